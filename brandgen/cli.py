@@ -1,0 +1,79 @@
+"""Command line: `brandgen serve | generate` (train and benchmark join as their tabs land)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from brandgen.errors import BrandGenError
+
+
+def _serve(args: argparse.Namespace) -> None:
+    from brandgen.manager import PipelineManager
+    from brandgen.ui.app import build_app
+
+    manager = PipelineManager.instance()
+    auth = None
+    if args.auth or os.environ.get("BRANDGEN_AUTH"):
+        user, _, password = (args.auth or os.environ["BRANDGEN_AUTH"]).partition(":")
+        auth = (user, password)
+    demo = build_app(manager)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
+        allowed_paths=[str(manager.paths.outputs)], show_error=True,
+    )
+
+
+def _generate(args: argparse.Namespace) -> None:
+    from brandgen.generation import GenerationRequest
+    from brandgen.manager import PipelineManager
+
+    manager = PipelineManager.instance()
+    loras = tuple((name, float(weight)) for name, _, weight in (s.partition(":") for s in args.lora))
+    request = GenerationRequest(
+        prompt=args.prompt, asset_type=args.asset_type, model_id=args.model, preset=args.preset,
+        seed=args.seed, count=args.count, loras=loras,
+    )
+    result = manager.generate(request)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    for image, meta in zip(result.images, result.metadata):
+        path = out / f"{meta['model']}_{meta['seed']}.png"
+        image.save(path)
+        meta["file"] = str(path)
+    print(json.dumps(result.to_dict(), indent=2))
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="brandgen", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="start the web app")
+    serve.add_argument("--host", default=os.environ.get("BRANDGEN_HOST", "127.0.0.1"))
+    serve.add_argument("--port", type=int, default=int(os.environ.get("BRANDGEN_PORT", "7860")))
+    serve.add_argument("--share", action="store_true", default=os.environ.get("BRANDGEN_SHARE") == "1",
+                       help="also publish a temporary public gradio.live link")
+    serve.add_argument("--auth", default=None, help="user:password required to open the app")
+    serve.set_defaults(run=_serve)
+    gen = sub.add_parser("generate", help="generate images to a folder")
+    gen.add_argument("prompt")
+    gen.add_argument("--asset-type", default="icons")
+    gen.add_argument("--model", default=None)
+    gen.add_argument("--preset", default="standard")
+    gen.add_argument("--seed", type=int, default=-1)
+    gen.add_argument("--count", type=int, default=1)
+    gen.add_argument("--lora", action="append", default=[], help="name:weight (repeatable)")
+    gen.add_argument("--out", default="outputs/cli")
+    gen.set_defaults(run=_generate)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except BrandGenError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        raise SystemExit(2) from None

@@ -1,0 +1,80 @@
+"""Generation requests and results: plain data shared by the UI, the CLI and the API."""
+
+from __future__ import annotations
+
+import random
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from PIL import Image
+
+from brandgen.errors import InvalidInput
+
+MAX_COUNT = 8
+MAX_STEPS = 150
+MAX_SIDE = 2048
+MIN_SIDE = 64
+MAX_SEED = 2**32 - 1
+MAX_LORAS = 4
+
+
+@dataclass(frozen=True)
+class GenerationRequest:
+    """What the user asked for. None means 'use the model's or the preset's default'."""
+
+    prompt: str
+    asset_type: str = "icons"
+    model_id: str | None = None
+    preset: str = "standard"
+    loras: tuple[tuple[str, float], ...] = ()
+    seed: int = -1
+    count: int = 1
+    negative_prompt: str = ""
+    steps: int | None = None
+    guidance_scale: float | None = None
+    width: int | None = None
+    height: int | None = None
+    use_template: bool = True
+
+    def validated(self) -> "GenerationRequest":
+        """Refuse what cannot be meant; the message names the field and the allowed range."""
+        if not isinstance(self.count, int) or not 1 <= self.count <= MAX_COUNT:
+            raise InvalidInput(f"Count must be between 1 and {MAX_COUNT}, got {self.count}.")
+        if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:
+            raise InvalidInput(f"Steps must be between 1 and {MAX_STEPS}, got {self.steps}.")
+        if self.guidance_scale is not None and not 0 <= float(self.guidance_scale) <= 30:
+            raise InvalidInput(f"Guidance must be between 0 and 30, got {self.guidance_scale}.")
+        for side_name, side in (("Width", self.width), ("Height", self.height)):
+            if side is not None and not (MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0):
+                raise InvalidInput(
+                    f"{side_name} must be a multiple of 8 between {MIN_SIDE} and {MAX_SIDE}, got {side}."
+                )
+        if not -1 <= int(self.seed) <= MAX_SEED:
+            raise InvalidInput(f"Seed must be -1 (random) or between 0 and {MAX_SEED}, got {self.seed}.")
+        if len(self.loras) > MAX_LORAS:
+            raise InvalidInput(f"Use at most {MAX_LORAS} LoRAs at once.")
+        for name, weight in self.loras:
+            if not -2.0 <= float(weight) <= 2.0:
+                raise InvalidInput(f"LoRA weight for {name!r} must be between -2 and 2, got {weight}.")
+        return self
+
+    def resolved_seed(self) -> int:
+        return random.randint(0, MAX_SEED - MAX_COUNT) if self.seed == -1 else int(self.seed)
+
+
+@dataclass
+class GenerationResult:
+    """Images and, for each, the full settings that reproduce it."""
+
+    images: list[Image.Image]
+    metadata: list[dict[str, Any]] = field(default_factory=list)
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"seconds": self.seconds, "images": self.metadata}
+
+
+def request_to_dict(request: GenerationRequest) -> dict[str, Any]:
+    data = asdict(request)
+    data["loras"] = [list(pair) for pair in request.loras]
+    return data

@@ -1,0 +1,396 @@
+"""PipelineManager: the one owner of loaded models and LoRAs, and the only door to the accelerator."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import os
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, ClassVar
+
+import diffusers
+import torch
+from huggingface_hub import try_to_load_from_cache
+
+from brandgen import __version__
+from brandgen.device import (
+    MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_vram_gb, is_out_of_memory,
+    peak_memory_gb, reset_peak_memory,
+)
+from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
+from brandgen.generation import GenerationRequest, GenerationResult
+from brandgen.loras import LoraInfo, LoraLibrary
+from brandgen.paths import AppPaths
+from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
+from brandgen.registry import ModelEntry, ModelRegistry
+from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
+
+ProgressFn = Callable[[int, int], None]
+
+
+@dataclass
+class _Loaded:
+    """The pipeline in memory and the LoRA state applied to it."""
+
+    entry: ModelEntry
+    pipe: Any
+    load_seconds: float
+    loras: dict[str, LoraInfo] = field(default_factory=dict)  # adapter name -> file
+    active: tuple[tuple[str, float], ...] = ()
+    fused: bool = False
+
+
+class PipelineManager:
+    """Loads, swaps and runs diffusers pipelines; one lock keeps the accelerator to one job at a time.
+
+    `PipelineManager.instance()` is the app's singleton; tests build their own with explicit arguments.
+    """
+
+    _instance: ClassVar["PipelineManager | None"] = None
+    _instance_lock: ClassVar[threading.Lock] = threading.Lock()
+
+    def __init__(
+        self,
+        registry: ModelRegistry | None = None,
+        paths: AppPaths | None = None,
+        device: DeviceInfo | None = None,
+        memory_mode: str = "auto",
+        vae_tiling: bool = False,
+        upscaler: Upscaler | None = None,
+        fuse_single_lora: bool = True,
+    ):
+        self.registry = registry or ModelRegistry.from_file()
+        self.paths = paths or AppPaths.from_env()
+        self.device = device or detect_device()
+        self.asset_types: dict[str, AssetType] = load_asset_types()
+        self.presets: dict[str, QualityPreset] = load_quality_presets()
+        self.lora_library = LoraLibrary(self.paths.loras)
+        self.upscaler = upscaler or LanczosUpscaler()
+        self.fuse_single_lora = fuse_single_lora
+        self.memory_mode = "auto"
+        self.vae_tiling = vae_tiling
+        self.set_memory_mode(memory_mode, vae_tiling)
+        self.lock = threading.RLock()
+        self._loaded: _Loaded | None = None
+        self._cancel = threading.Event()
+
+    @classmethod
+    def instance(cls) -> "PipelineManager":
+        with cls._instance_lock:
+            if cls._instance is None:
+                cls._instance = cls()
+            return cls._instance
+
+    # ----- models -------------------------------------------------------------------------------
+    @property
+    def current_model(self) -> str | None:
+        return self._loaded.entry.id if self._loaded else None
+
+    @property
+    def pipeline(self) -> Any:
+        """The loaded diffusers pipeline (for the trainer and benchmark, which hold `lock` while using it)."""
+        if self._loaded is None:
+            raise ModelUnavailable("No model is loaded.")
+        return self._loaded.pipe
+
+    @property
+    def last_load_seconds(self) -> float | None:
+        return self._loaded.load_seconds if self._loaded else None
+
+    def model_summary(self, model_id: str) -> str:
+        """Markdown for the UI: what the model is, its licence, and whether it can load right now."""
+        entry = self.registry.get(model_id)
+        return f"{entry.summary()}\n\n{self.availability(entry)}"
+
+    def availability(self, entry: ModelEntry) -> str:
+        if entry.source_type == "local":
+            ok = Path(entry.resolved_source(), "model_index.json").is_file()
+            return "✅ Embedded: works offline." if ok else f"❌ Missing folder {entry.source}."
+        cached = try_to_load_from_cache(entry.source, "model_index.json")
+        if isinstance(cached, str):
+            return "✅ In the local Hugging Face cache."
+        return "⬇️ Not downloaded yet: the first load needs the Hugging Face Hub (and a token if gated)."
+
+    def set_memory_mode(self, memory_mode: str, vae_tiling: bool | None = None) -> None:
+        """Takes effect at the next model load (offload hooks cannot be removed from a live pipeline)."""
+        if memory_mode not in MEMORY_MODES:
+            raise InvalidInput(f"Memory mode must be one of {MEMORY_MODES}, got {memory_mode!r}.")
+        changed = memory_mode != self.memory_mode or (vae_tiling is not None and vae_tiling != self.vae_tiling)
+        self.memory_mode = memory_mode
+        if vae_tiling is not None:
+            self.vae_tiling = vae_tiling
+        if changed and getattr(self, "_loaded", None) is not None:
+            self.unload()
+
+    def load_model(self, model_id: str | None = None) -> ModelEntry:
+        """Make `model_id` the loaded model, freeing the previous one first so two never share memory."""
+        entry = self.registry.get(model_id or self.registry.default_id)
+        with self.lock:
+            if self._loaded and self._loaded.entry.id == entry.id:
+                return entry
+            self.unload()
+            start = time.perf_counter()
+            try:
+                pipe = self._from_pretrained(entry)
+                self._place(pipe, entry)
+            except Exception as exc:
+                free_memory()
+                if is_out_of_memory(exc):
+                    raise OutOfMemory(
+                        f"Not enough accelerator memory to load {entry.label} (~{entry.vram_gb:g} GB). "
+                        "Choose memory mode 'model_offload' or 'sequential_offload', or a smaller model."
+                    ) from exc
+                raise
+            pipe.set_progress_bar_config(disable=True)
+            self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start)
+            return entry
+
+    swap_model = load_model
+
+    def unload(self) -> None:
+        with self.lock:
+            self._loaded = None
+            free_memory()
+
+    def _from_pretrained(self, entry: ModelEntry) -> Any:
+        source = entry.resolved_source()
+        if entry.source_type == "local" and not Path(source, "model_index.json").is_file():
+            raise ModelUnavailable(f"{entry.label}: no diffusers model folder at {source}.")
+        try:
+            pipeline_cls = getattr(diffusers, entry.pipeline_class)
+        except AttributeError:
+            raise ModelUnavailable(
+                f"{entry.label} needs diffusers.{entry.pipeline_class}, which this diffusers "
+                f"({diffusers.__version__}) lacks. Upgrade diffusers."
+            ) from None
+        kwargs: dict[str, Any] = {"dtype": self.device.dtype}
+        if entry.source_type == "local":
+            kwargs["use_safetensors"] = True
+        try:
+            for name, spec in entry.extra_components.items():
+                kwargs[name] = self._load_component(spec)
+            return pipeline_cls.from_pretrained(source, **kwargs)
+        except ModelUnavailable:
+            raise
+        except (OSError, ValueError) as exc:
+            raise ModelUnavailable(self._unavailable_message(entry, exc)) from exc
+
+    def _load_component(self, spec: dict[str, Any]) -> Any:
+        module = importlib.import_module(spec["library"])
+        component_cls = getattr(module, spec["class"])
+        kwargs = dict(spec.get("kwargs", {}))
+        if "Tokenizer" not in spec["class"]:
+            kwargs["dtype"] = self.device.dtype
+        return component_cls.from_pretrained(spec["source"], **kwargs)
+
+    def _unavailable_message(self, entry: ModelEntry, exc: Exception) -> str:
+        if entry.source_type == "local":
+            return f"{entry.label} could not be loaded from {entry.resolved_source()}: {exc}"
+        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
+        how = (
+            "HF_HUB_OFFLINE is set, so nothing is downloaded"
+            if offline else "they are not in the local Hugging Face cache and the Hub could not be reached"
+        )
+        return (
+            f"Weights for {entry.label} ({entry.source}) are not available: {how}. On a connected machine run "
+            f"`huggingface-cli download {entry.source}` (gated models need their licence accepted and "
+            f"HF_TOKEN set), or pick BrandGen Tiny, which works offline. Details: {type(exc).__name__}: "
+            f"{str(exc)[:300]}"
+        )
+
+    def _place(self, pipe: Any, entry: ModelEntry) -> None:
+        mode = self.memory_mode
+        if mode == "auto":
+            free = free_vram_gb()
+            mode = "model_offload" if free is not None and entry.vram_gb > 0.9 * free else "resident"
+        if self.device.device != "cuda" or mode == "resident":
+            pipe.to(self.device.device)
+        elif mode == "model_offload":
+            pipe.enable_model_cpu_offload()
+        else:
+            pipe.enable_sequential_cpu_offload()
+        if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
+            pipe.vae.enable_tiling()
+
+    # ----- LoRAs --------------------------------------------------------------------------------
+    def list_loras(self) -> list[LoraInfo]:
+        return self.lora_library.scan()
+
+    def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> None:
+        """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed."""
+        wanted = tuple((name, float(weight)) for name, weight in wanted if name and float(weight) != 0.0)
+        if len({name for name, _ in wanted}) != len(wanted):
+            raise InvalidInput("The same LoRA is selected twice; pick it once with one weight.")
+        with self.lock:
+            loaded = self._require_loaded()
+            if wanted == loaded.active:
+                return
+            pipe = loaded.pipe
+            if loaded.fused:
+                pipe.unfuse_lora()
+                loaded.fused = False
+            infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
+            if not wanted:
+                if loaded.loras:
+                    pipe.disable_lora()
+            else:
+                pipe.enable_lora()
+                pipe.set_adapters([info.adapter_name for info in infos], adapter_weights=[w for _, w in wanted])
+                if len(wanted) == 1 and self.fuse_single_lora:
+                    pipe.fuse_lora(adapter_names=[infos[0].adapter_name], lora_scale=1.0)
+                    loaded.fused = True
+            loaded.active = wanted
+
+    def unload_loras(self) -> None:
+        with self.lock:
+            loaded = self._require_loaded()
+            if loaded.loras:
+                loaded.pipe.unload_lora_weights()
+            loaded.loras.clear()
+            loaded.active, loaded.fused = (), False
+
+    def _ensure_adapter(self, loaded: _Loaded, name: str) -> LoraInfo:
+        info = self.lora_library.get(name)
+        if info.adapter_name in loaded.loras:
+            return info
+        family = info.base_family
+        if family and family != loaded.entry.family:
+            raise LoraError(
+                f"LoRA {name!r} was trained for {family} models; {loaded.entry.label} is {loaded.entry.family}."
+            )
+        pipe = loaded.pipe
+        try:
+            pipe.load_lora_weights(str(info.path), adapter_name=info.adapter_name)
+        except Exception as exc:
+            self._drop_adapter(pipe, info.adapter_name)
+            raise LoraError(f"LoRA {name!r} does not fit {loaded.entry.label}: {str(exc)[:300]}") from exc
+        adapters = {a for names in pipe.get_list_adapters().values() for a in names}
+        if info.adapter_name not in adapters:
+            raise LoraError(
+                f"LoRA {name!r} matched no layer of {loaded.entry.label}: it was made for another model."
+            )
+        loaded.loras[info.adapter_name] = info
+        return info
+
+    @staticmethod
+    def _drop_adapter(pipe: Any, adapter_name: str) -> None:
+        """Undo a half-loaded adapter so a failed load leaves the model as it was."""
+        try:
+            if any(adapter_name in names for names in pipe.get_list_adapters().values()):
+                pipe.delete_adapters(adapter_name)
+        except Exception:  # nothing was registered; the pipeline is unchanged
+            pass
+
+    def _require_loaded(self) -> _Loaded:
+        if self._loaded is None:
+            self.load_model()
+        assert self._loaded is not None
+        return self._loaded
+
+    # ----- generation ---------------------------------------------------------------------------
+    def cancel(self) -> None:
+        """Ask the running generation to stop after its current denoising step."""
+        self._cancel.set()
+
+    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
+        """Run one request end to end: template, model, LoRAs, denoising, upscale, metadata."""
+        request = request.validated()
+        entry = self.registry.get(request.model_id or self.current_model or self.registry.default_id)
+        preset = get_preset(request.preset, self.presets)
+        triggers = self._lora_triggers(request.loras)
+        if request.use_template:
+            pair = build_prompt(request.prompt, request.asset_type, request.negative_prompt, triggers, self.asset_types)
+            prompt, negative = pair.prompt, pair.negative
+        else:
+            prompt, negative = clean_prompt(request.prompt), " ".join(request.negative_prompt.split())
+            if request.asset_type not in self.asset_types:
+                raise InvalidInput(f"Unknown asset type {request.asset_type!r}.")
+        steps, guidance = self._steps_and_guidance(entry, preset, request)
+        width = request.width or entry.native_resolution[0]
+        height = request.height or entry.native_resolution[1]
+        seed = request.resolved_seed()
+        seeds = [seed + i for i in range(request.count)]
+        with self.lock:
+            self._cancel.clear()
+            self.load_model(entry.id)
+            self.set_loras(request.loras)
+            pipe = self.pipeline
+            kwargs = self._call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress)
+            reset_peak_memory()
+            start = time.perf_counter()
+            try:
+                with torch.inference_mode():
+                    images = pipe(**kwargs).images
+            except Exception as exc:
+                if is_out_of_memory(exc):
+                    free_memory()
+                    raise OutOfMemory(
+                        f"Out of accelerator memory generating {request.count} image(s) at {width}x{height}. "
+                        "Memory was freed. Lower the count or size, or choose memory mode 'model_offload' "
+                        "and VAE tiling in Advanced settings."
+                    ) from exc
+                raise
+            if self._cancel.is_set():
+                raise Cancelled("Generation cancelled.")
+            seconds = time.perf_counter() - start
+            peak = peak_memory_gb()
+        images = [self.upscaler(image, preset.upscale) for image in images]
+        created = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        common = {
+            "user_prompt": request.prompt, "prompt": prompt, "negative_prompt": negative,
+            "asset_type": request.asset_type, "model": entry.id, "model_label": entry.label,
+            "loras": [{"name": n, "weight": w} for n, w in request.loras if n and w],
+            "preset": preset.id, "steps": steps, "guidance_scale": guidance, "width": width,
+            "height": height, "upscale": preset.upscale, "upscaler": self.upscaler.name,
+            "seconds": round(seconds, 3), "seconds_per_image": round(seconds / request.count, 3),
+            "peak_memory_gb": None if peak is None else round(peak, 3), "device": self.device.describe(),
+            "commercial_use": entry.commercial_use, "app_version": __version__, "created_at": created,
+        }
+        metadata = [{**common, "seed": s, "output_width": im.width, "output_height": im.height}
+                    for s, im in zip(seeds, images)]
+        return GenerationResult(images=images, metadata=metadata, seconds=seconds)
+
+    def _lora_triggers(self, loras: tuple[tuple[str, float], ...]) -> tuple[str, ...]:
+        triggers = []
+        for name, weight in loras:
+            if name and weight:
+                trigger = self.lora_library.get(name).trigger
+                if trigger and trigger not in triggers:
+                    triggers.append(trigger)
+        return tuple(triggers)
+
+    @staticmethod
+    def _steps_and_guidance(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> tuple[int, float]:
+        """Distilled models run their own step count; elsewhere the preset sets steps."""
+        steps = request.steps or (entry.default_steps if entry.distilled else preset.steps)
+        guidance = entry.default_guidance if request.guidance_scale is None else float(request.guidance_scale)
+        return int(steps), guidance
+
+    def _call_kwargs(
+        self, pipe: Any, prompt: str, negative: str, steps: int, guidance: float,
+        width: int, height: int, seeds: list[int], progress: ProgressFn | None,
+    ) -> dict[str, Any]:
+        accepted = inspect.signature(pipe.__call__).parameters
+        cancel = self._cancel
+
+        def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
+            if progress is not None:
+                progress(step + 1, steps)
+            if cancel.is_set():
+                pipeline._interrupt = True
+            return callback_kwargs
+
+        kwargs: dict[str, Any] = {
+            "prompt": prompt, "num_inference_steps": steps, "guidance_scale": guidance,
+            "width": width, "height": height, "num_images_per_prompt": len(seeds),
+            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
+            "callback_on_step_end": on_step_end, "output_type": "pil",
+        }
+        if negative and "negative_prompt" in accepted:
+            kwargs["negative_prompt"] = negative
+        return {key: value for key, value in kwargs.items() if key in accepted}

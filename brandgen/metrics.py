@@ -1,0 +1,106 @@
+"""Image quality measures that need no model: palette adherence and background cleanliness.
+
+CLIP score needs a CLIP model on disk; without one it is reported as None ("n/a"), never guessed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from brandgen.errors import InvalidInput
+
+_HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
+PALETTE_TOLERANCE = 18.0  # CIE76 delta E: about "clearly the same brand colour"
+
+
+def parse_palette(text: str | list[str]) -> list[str]:
+    """'#1A2B3C, ff8800' -> ['#1a2b3c', '#ff8800']; a clear error for anything else."""
+    items = text if isinstance(text, list) else re.split(r"[\s,;]+", text or "")
+    palette = []
+    for item in (i.strip() for i in items):
+        if not item:
+            continue
+        match = _HEX.match(item)
+        if not match:
+            raise InvalidInput(f"{item!r} is not a hex colour like #1a73e8.")
+        palette.append("#" + match.group(1).lower())
+    if not palette:
+        raise InvalidInput("The palette is empty: give 1 to 12 hex colours like #1a73e8, #fbbc04.")
+    if len(palette) > 12:
+        raise InvalidInput("Use at most 12 palette colours.")
+    return palette
+
+
+def hex_to_rgb(color: str) -> tuple[int, int, int]:
+    value = color.lstrip("#")
+    return int(value[0:2], 16), int(value[2:4], 16), int(value[4:6], 16)
+
+
+def rgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """sRGB (..., 3) uint8/float 0-255 -> CIELAB (D65), so distances match what eyes see."""
+    c = np.asarray(rgb, dtype=np.float64) / 255.0
+    c = np.where(c > 0.04045, ((c + 0.055) / 1.055) ** 2.4, c / 12.92)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = c @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > 0.008856, np.cbrt(xyz), 7.787 * xyz + 16 / 116)
+    return np.stack([116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1)
+
+
+def _pixels(image: Image.Image, side: int = 128) -> np.ndarray:
+    image = image.convert("RGB")
+    if max(image.size) > side:
+        image = image.resize((side, side), Image.Resampling.BILINEAR)
+    return np.asarray(image)
+
+
+def palette_distances(image: Image.Image, palette: list[str]) -> np.ndarray:
+    """Per-pixel delta E to the nearest palette colour."""
+    lab = rgb_to_lab(_pixels(image)).reshape(-1, 1, 3)
+    targets = rgb_to_lab(np.array([hex_to_rgb(c) for c in parse_palette(palette)], dtype=np.float64))
+    return np.sqrt(((lab - targets[None]) ** 2).sum(-1)).min(1)
+
+
+def palette_adherence(image: Image.Image, palette: list[str], tolerance: float = PALETTE_TOLERANCE) -> float:
+    """Share of pixels within `tolerance` delta E of some brand colour (0..1; higher is more on-brand).
+
+    Include the background colour in the palette if it is part of the brand.
+    """
+    return float((palette_distances(image, palette) <= tolerance).mean())
+
+
+def background_cleanliness(image: Image.Image, border: float = 0.08) -> float:
+    """How plain the background is (0..1): share of the border band within a small delta E of its median.
+
+    Icons and logos want a flat, unbroken background; noise, texture or cut-off subjects lower it.
+    """
+    px = _pixels(image)
+    h, w, _ = px.shape
+    b = max(1, int(round(min(h, w) * border)))
+    band = np.concatenate([px[:b].reshape(-1, 3), px[-b:].reshape(-1, 3),
+                           px[:, :b].reshape(-1, 3), px[:, -b:].reshape(-1, 3)])
+    lab = rgb_to_lab(band)
+    median = np.median(lab, axis=0)
+    return float((np.sqrt(((lab - median) ** 2).sum(-1)) <= 10.0).mean())
+
+
+def clip_score(image: Image.Image, prompt: str, model_dir: str | Path | None = None) -> float | None:
+    """CLIP image-text similarity x100 when a CLIP model is on disk (BRANDGEN_CLIP_MODEL), else None."""
+    model_dir = model_dir or os.environ.get("BRANDGEN_CLIP_MODEL")
+    if not model_dir or not Path(model_dir).is_dir():
+        return None
+    import torch
+    from transformers import CLIPModel, CLIPProcessor
+
+    model = CLIPModel.from_pretrained(model_dir).eval()
+    processor = CLIPProcessor.from_pretrained(model_dir)
+    inputs = processor(text=[prompt], images=[image.convert("RGB")], return_tensors="pt", padding=True, truncation=True)
+    with torch.no_grad():
+        out = model(**inputs)
+    img = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
+    txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
+    return float(max(0.0, (img * txt).sum()) * 100)

@@ -1,0 +1,124 @@
+"""The model registry: presets/models.json read into validated ModelEntry records."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brandgen.errors import ModelUnavailable
+from brandgen.paths import PRESETS_DIR, REPO_ROOT
+
+FAMILIES = ("sd15", "sdxl", "sd3", "flux", "hidream")
+SOURCE_TYPES = ("local", "hub")
+_REQUIRED = {
+    "label": str, "family": str, "source_type": str, "source": str, "pipeline_class": str,
+    "default_steps": int, "default_guidance": (int, float), "distilled": bool,
+    "native_resolution": list, "vram_gb": (int, float), "license": str, "commercial_use": bool,
+}
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model a user can pick: where its weights live and how to run it well."""
+
+    id: str
+    label: str
+    family: str
+    source_type: str
+    source: str
+    pipeline_class: str
+    default_steps: int
+    default_guidance: float
+    distilled: bool
+    native_resolution: tuple[int, int]
+    vram_gb: float
+    license: str
+    commercial_use: bool
+    notes: str = ""
+    extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def resolved_source(self, base: Path = REPO_ROOT) -> str:
+        """Local paths are relative to the repository; hub ids are returned as they are."""
+        if self.source_type == "local":
+            path = Path(self.source)
+            return str(path if path.is_absolute() else base / path)
+        return self.source
+
+    def summary(self) -> str:
+        """One markdown paragraph for the UI: what it is, what it needs, what the licence allows."""
+        w, h = self.native_resolution
+        text = (
+            f"**{self.label}** · {self.family} · {w}x{h} · ~{self.vram_gb:g} GB VRAM · "
+            f"licence: {self.license}"
+        )
+        if not self.commercial_use:
+            text += "\n\n⚠️ **Not cleared for commercial use** — check the licence before using outputs."
+        if self.notes:
+            text += f"\n\n{self.notes}"
+        return text
+
+
+def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
+    problems = [
+        f"'{key}' must be {kind}" for key, kind in _REQUIRED.items()
+        if not isinstance(raw.get(key), kind) or (kind is int and isinstance(raw.get(key), bool))
+    ]
+    if raw.get("family") not in FAMILIES:
+        problems.append(f"family must be one of {FAMILIES}")
+    if raw.get("source_type") not in SOURCE_TYPES:
+        problems.append(f"source_type must be one of {SOURCE_TYPES}")
+    res = raw.get("native_resolution")
+    if not (isinstance(res, list) and len(res) == 2 and all(isinstance(v, int) and v % 8 == 0 for v in res)):
+        problems.append("native_resolution must be [width, height], multiples of 8")
+    if isinstance(raw.get("default_steps"), int) and raw["default_steps"] < 1:
+        problems.append("default_steps must be >= 1")
+    for name, spec in (raw.get("extra_components") or {}).items():
+        if not {"library", "class", "source"} <= set(spec):
+            problems.append(f"extra component {name!r} needs library, class and source")
+    if problems:
+        raise ValueError(f"presets/models.json entry {model_id!r}: " + "; ".join(problems))
+    known = set(_REQUIRED) | {"notes", "extra_components"}
+    return ModelEntry(
+        id=model_id,
+        **{k: v for k, v in raw.items() if k in known and k != "native_resolution"},
+        native_resolution=(res[0], res[1]),
+    )
+
+
+class ModelRegistry:
+    """All models from one models.json, in file order (the first is the default)."""
+
+    def __init__(self, entries: dict[str, ModelEntry]):
+        if not entries:
+            raise ValueError("The model registry is empty.")
+        self._entries = entries
+
+    @classmethod
+    def from_file(cls, path: Path | None = None) -> "ModelRegistry":
+        path = path or PRESETS_DIR / "models.json"
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls({model_id: _validate(model_id, spec) for model_id, spec in raw.items()})
+
+    @property
+    def default_id(self) -> str:
+        return next(iter(self._entries))
+
+    def ids(self) -> list[str]:
+        return list(self._entries)
+
+    def entries(self) -> list[ModelEntry]:
+        return list(self._entries.values())
+
+    def get(self, model_id: str) -> ModelEntry:
+        try:
+            return self._entries[model_id]
+        except KeyError:
+            raise ModelUnavailable(
+                f"Unknown model {model_id!r}. Available: {', '.join(self._entries)}."
+            ) from None
+
+    def with_entry(self, entry: ModelEntry) -> "ModelRegistry":
+        """A copy with one more (or a replaced) entry: used by tests and by local imports."""
+        return ModelRegistry({**self._entries, entry.id: entry})

@@ -1,0 +1,90 @@
+"""Asset-type prompt templates: trigger word + prefix + the user's words + suffix, and a negative prompt."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from brandgen.errors import InvalidInput
+from brandgen.paths import PRESETS_DIR
+
+MAX_PROMPT_CHARS = 2000
+
+
+@dataclass(frozen=True)
+class AssetType:
+    """How one kind of brand asset is asked for, and how many images train a LoRA for it."""
+
+    id: str
+    label: str
+    trigger: str
+    prefix: str
+    suffix: str
+    negative: str
+    min_images: int
+    recommended_images: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class PromptPair:
+    prompt: str
+    negative: str
+
+
+def load_asset_types(path: Path | None = None) -> dict[str, AssetType]:
+    raw = json.loads(Path(path or PRESETS_DIR / "asset_types.json").read_text(encoding="utf-8"))
+    types = {}
+    for type_id, spec in raw.items():
+        lo, hi = spec["recommended_images"]
+        if not 0 < spec["min_images"] <= lo <= hi:
+            raise ValueError(f"asset type {type_id!r}: need 0 < min_images <= recommended range")
+        types[type_id] = AssetType(
+            id=type_id, label=spec["label"], trigger=spec["trigger"], prefix=spec["prefix"],
+            suffix=spec["suffix"], negative=spec["negative"], min_images=spec["min_images"],
+            recommended_images=(lo, hi),
+        )
+    return types
+
+
+def clean_prompt(user_prompt: str | None) -> str:
+    """Collapse whitespace and refuse what would make a useless or abusive prompt."""
+    text = " ".join((user_prompt or "").split())
+    if not text:
+        raise InvalidInput("The prompt is empty: describe the asset, e.g. 'a blue shield icon'.")
+    if len(text) > MAX_PROMPT_CHARS:
+        raise InvalidInput(
+            f"The prompt has {len(text)} characters; keep it under {MAX_PROMPT_CHARS} "
+            "(text encoders read only the first ~77 tokens anyway)."
+        )
+    return text
+
+
+def get_asset_type(asset_type: str, types: dict[str, AssetType] | None = None) -> AssetType:
+    types = types if types is not None else load_asset_types()
+    try:
+        return types[asset_type]
+    except KeyError:
+        raise InvalidInput(
+            f"Unknown asset type {asset_type!r}. Choose one of: {', '.join(types)}."
+        ) from None
+
+
+def build_prompt(
+    user_prompt: str,
+    asset_type: str,
+    extra_negative: str = "",
+    extra_triggers: tuple[str, ...] = (),
+    types: dict[str, AssetType] | None = None,
+) -> PromptPair:
+    """Wrap the user's words in the asset type's template.
+
+    Brand LoRA trigger words (extra_triggers) go first, next to the type's trigger, because
+    LoRAs are trained with the trigger at the start of each caption.
+    """
+    kind = get_asset_type(asset_type, types)
+    words = clean_prompt(user_prompt)
+    lead = ", ".join(t for t in (*extra_triggers, kind.trigger) if t)
+    prompt = f"{lead}, {kind.prefix} {words}, {kind.suffix}" if lead else f"{kind.prefix} {words}, {kind.suffix}"
+    negative = ", ".join(part for part in (kind.negative, " ".join(extra_negative.split())) if part)
+    return PromptPair(prompt=prompt, negative=negative)

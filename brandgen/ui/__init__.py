@@ -1,0 +1,1 @@
+"""Gradio layer: one module per tab, thin over the core (no torch here)."""

@@ -1,0 +1,163 @@
+"""The Generate tab: prompt + asset type + model + preset + brand LoRAs -> images with their settings."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import gradio as gr
+
+from brandgen.device import MEMORY_MODES
+from brandgen.errors import Cancelled
+from brandgen.generation import MAX_COUNT, GenerationRequest
+from brandgen.manager import PipelineManager
+from brandgen.ui.common import NO_LORA, user_errors
+
+LORA_SLOTS = 3
+
+
+@dataclass
+class GenerateControls:
+    """The tab's inputs, exposed so other tabs (Gallery's "use these settings") can fill them."""
+
+    prompt: gr.Textbox
+    asset_type: gr.Radio
+    model: gr.Dropdown
+    preset: gr.Radio
+    seed: gr.Number
+    count: gr.Slider
+    negative: gr.Textbox
+    steps: gr.Number
+    guidance: gr.Number
+    loras: list[tuple[gr.Dropdown, gr.Slider]]
+
+    def inputs(self) -> list[gr.components.Component]:
+        slots = [c for pair in self.loras for c in pair]
+        return [self.prompt, self.asset_type, self.model, self.preset, self.seed, self.count,
+                self.negative, self.steps, self.guidance, *slots]
+
+
+def lora_choices(manager: PipelineManager) -> list[str]:
+    return [NO_LORA, *(info.name for info in manager.list_loras())]
+
+
+def request_from_ui(
+    prompt: str, asset_type: str, model_id: str, preset: str, seed: float | None, count: float,
+    negative: str, steps: float | None, guidance: float | None, *lora_slots: Any,
+) -> GenerationRequest:
+    """Translate widget values (floats, '(none)', 0 = default) into a core request."""
+    pairs = [(lora_slots[i], lora_slots[i + 1]) for i in range(0, len(lora_slots), 2)]
+    loras = tuple((str(name), float(weight or 0.0)) for name, weight in pairs if name and name != NO_LORA)
+    return GenerationRequest(
+        prompt=prompt or "", asset_type=asset_type, model_id=model_id or None, preset=preset,
+        seed=-1 if seed is None else int(seed), count=int(count or 1), negative_prompt=negative or "",
+        steps=int(steps) if steps else None, guidance_scale=None if guidance in (None, "") or guidance < 0 else float(guidance),
+        loras=loras,
+    )
+
+
+def caption_for(meta: dict[str, Any]) -> str:
+    loras = ", ".join(f"{l['name']}:{l['weight']:g}" for l in meta["loras"]) or "no LoRA"
+    return f"seed {meta['seed']} · {meta['model']} · {meta['preset']} · {loras}"
+
+
+def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> GenerateControls:
+    """Lay out the tab and wire its events; returns the controls for cross-tab wiring."""
+    registry = manager.registry
+    model_choices = [(entry.label, entry.id) for entry in registry.entries()]
+    default_entry = registry.get(registry.default_id)
+
+    with gr.Row():
+        with gr.Column(scale=2):
+            prompt = gr.Textbox(label="Prompt", placeholder="a blue shield icon", lines=2, max_lines=6)
+            asset_type = gr.Radio(
+                [(t.label, t.id) for t in manager.asset_types.values()], value="icons", label="Asset type",
+            )
+            preset = gr.Radio(
+                [(f"{p.label} · {p.steps} steps" + (f" + {p.upscale}x" if p.upscale > 1 else ""), p.id)
+                 for p in manager.presets.values()],
+                value="standard", label="Quality",
+            )
+            with gr.Row():
+                model = gr.Dropdown(model_choices, value=default_entry.id, label="Model", scale=3)
+                seed = gr.Number(value=-1, label="Seed (-1 = random)", precision=0, scale=1)
+                count = gr.Slider(1, MAX_COUNT, value=1, step=1, label="Count", scale=1)
+            model_info = gr.Markdown(manager.model_summary(default_entry.id))
+            with gr.Accordion("Brand LoRAs", open=False):
+                slots = []
+                choices = lora_choices(manager)
+                for i in range(LORA_SLOTS):
+                    with gr.Row():
+                        name = gr.Dropdown(choices, value=NO_LORA, label=f"LoRA {i + 1}", scale=3)
+                        weight = gr.Slider(-2.0, 2.0, value=0.8, step=0.05, label="Weight", scale=2)
+                    slots.append((name, weight))
+                refresh = gr.Button("Refresh LoRA list", size="sm")
+                lora_status = gr.Markdown()
+            with gr.Accordion("Advanced", open=False):
+                negative = gr.Textbox(label="Extra negative prompt (added to the asset type's)", lines=1)
+                with gr.Row():
+                    steps = gr.Number(value=0, label="Steps (0 = preset)", precision=0)
+                    guidance = gr.Number(value=-1, label="Guidance (-1 = model default)")
+                with gr.Row():
+                    memory_mode = gr.Dropdown(list(MEMORY_MODES), value=manager.memory_mode, label="Memory mode")
+                    vae_tiling = gr.Checkbox(value=manager.vae_tiling, label="VAE tiling (large images)")
+            with gr.Row():
+                run = gr.Button("Generate", variant="primary", scale=3)
+                stop = gr.Button("Cancel", scale=1)
+        with gr.Column(scale=3):
+            gallery = gr.Gallery(label="Results", columns=2, height=520, format="png", interactive=False)
+            status = gr.Markdown()
+            settings = gr.JSON(label="Settings of the selected image")
+    metadata_state = gr.JSON(visible=False, label="Settings of every image")  # also the API's metadata output
+    controls = GenerateControls(prompt, asset_type, model, preset, seed, count, negative, steps, guidance, slots)
+
+    @user_errors
+    def generate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
+        request = request_from_ui(*values)
+        progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
+        try:
+            result = manager.generate(request, progress=lambda i, n: progress((i, n), desc="Denoising"))
+        except Cancelled:
+            gr.Info("Generation cancelled.")
+            return [], [], "Cancelled.", None
+        if gallery_store is not None:
+            for image, meta in zip(result.images, result.metadata):
+                meta["gallery_id"] = gallery_store.add(image, meta).id
+        items = [(image, caption_for(meta)) for image, meta in zip(result.images, result.metadata)]
+        first = result.metadata[0]
+        note = "" if first["commercial_use"] else " · ⚠️ model not cleared for commercial use"
+        text = (f"{len(items)} image(s) in {result.seconds:.2f} s on {first['device']} · "
+                f"{first['steps']} steps · seed {first['seed']}{note}")
+        return items, result.metadata, text, first
+
+    def show_settings(metadata: list[dict], evt: gr.SelectData) -> dict | None:
+        return metadata[evt.index] if metadata and evt.index is not None and evt.index < len(metadata) else None
+
+    @user_errors
+    def on_model_change(model_id: str) -> str:
+        entry = registry.get(model_id)
+        if not entry.commercial_use:
+            gr.Warning(f"{entry.label}: not cleared for commercial use ({entry.license}).")
+        return manager.model_summary(model_id)
+
+    def refresh_loras() -> list:
+        choices = lora_choices(manager)
+        problems = manager.lora_library.problems
+        text = f"{len(choices) - 1} LoRA(s) found." + "".join(f"\n- ⚠️ {n}: {p}" for n, p in problems.items())
+        return [gr.Dropdown(choices=choices) for _ in slots] + [text]
+
+    @user_errors
+    def on_memory(mode: str, tiling: bool) -> None:
+        manager.set_memory_mode(mode, tiling)
+        gr.Info(f"Memory mode {mode}{' + VAE tiling' if tiling else ''}: applies from the next generation.")
+
+    event = run.click(generate, controls.inputs(), [gallery, metadata_state, status, settings], api_name="generate")
+    prompt.submit(generate, controls.inputs(), [gallery, metadata_state, status, settings], api_name=False)
+    stop.click(manager.cancel, None, None, api_name="cancel_generation", queue=False)
+    gallery.select(show_settings, metadata_state, settings, api_name=False)
+    model.change(on_model_change, model, model_info, api_name=False)
+    refresh.click(refresh_loras, None, [s[0] for s in slots] + [lora_status], api_name="refresh_loras")
+    memory_mode.change(on_memory, [memory_mode, vae_tiling], None, api_name=False)
+    vae_tiling.change(on_memory, [memory_mode, vae_tiling], None, api_name=False)
+    controls.event = event  # type: ignore[attr-defined]
+    return controls

@@ -1,0 +1,188 @@
+"""PipelineManager on tiny random-weight pipelines: load, swap, LoRAs, determinism, errors."""
+
+from __future__ import annotations
+
+import functools
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
+from brandgen.generation import GenerationRequest
+from brandgen.manager import PipelineManager
+from conftest import make_sd15_lora
+
+
+def _pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in result.images])
+
+
+def _req(**kw) -> GenerationRequest:
+    base = dict(prompt="a red star icon", model_id="tiny-sd15", preset="draft", seed=7, steps=3)
+    return GenerationRequest(**{**base, **kw})
+
+
+def test_default_model_and_generation_metadata(manager: PipelineManager):
+    steps_seen = []
+    result = manager.generate(_req(count=2), progress=lambda i, n: steps_seen.append((i, n)))
+    assert manager.current_model == "tiny-sd15"
+    assert [im.size for im in result.images] == [(32, 32), (32, 32)]
+    assert steps_seen == [(1, 3), (2, 3), (3, 3)]
+    first, second = result.metadata
+    assert (first["seed"], second["seed"]) == (7, 8)
+    assert first["prompt"].startswith("bgicon, flat vector icon of a red star icon")
+    assert "watermark" in first["negative_prompt"]
+    assert first["model"] == "tiny-sd15" and first["preset"] == "draft" and first["steps"] == 3
+    assert first["device"].startswith("CPU") and first["app_version"]
+
+
+def test_same_seed_same_images_other_seed_differs(manager: PipelineManager):
+    a = _pixels(manager.generate(_req()))
+    b = _pixels(manager.generate(_req()))
+    c = _pixels(manager.generate(_req(seed=8)))
+    assert np.array_equal(a, b)
+    assert np.abs(a - c).mean() > 1.0
+    # the second image of a count=2 batch is the same as asking for its seed alone
+    batch = _pixels(manager.generate(_req(count=2)))
+    assert np.abs(batch[1] - c[0]).max() <= 1.0
+
+
+def test_preset_upscale_applies(manager: PipelineManager):
+    result = manager.generate(_req(preset="high"))
+    assert result.images[0].size == (64, 64)
+    assert result.metadata[0]["upscale"] == 2 and result.metadata[0]["output_width"] == 64
+
+
+def test_swap_to_transformer_family_frees_previous(manager: PipelineManager):
+    manager.load_model("tiny-sd15")
+    first_pipe = manager.pipeline
+    result = manager.generate(_req(model_id="tiny-flux", steps=2))
+    assert manager.current_model == "tiny-flux"
+    assert type(manager.pipeline).__name__ == "FluxPipeline" and manager.pipeline is not first_pipe
+    assert result.images[0].size == (32, 32)
+    assert result.metadata[0]["commercial_use"] is False
+
+
+def test_unknown_model_and_unavailable_hub_weights(manager: PipelineManager):
+    with pytest.raises(ModelUnavailable, match="Unknown model"):
+        manager.generate(_req(model_id="nope"))
+    with pytest.raises(ModelUnavailable, match="huggingface-cli download stabilityai/stable-diffusion-xl-base-1.0"):
+        manager.load_model("sdxl-base")
+    assert "Not downloaded yet" in manager.model_summary("sdxl-base")
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("prompt", "", "prompt is empty"), ("asset_type", "poster", "Unknown asset type"),
+    ("count", 0, "Count"), ("count", 99, "Count"), ("steps", 1000, "Steps"), ("width", 33, "Width"),
+    ("seed", -5, "Seed"), ("preset", "max", "Unknown quality preset"), ("guidance_scale", -1.0, "Guidance"),
+])
+def test_bad_requests_get_clear_errors(manager: PipelineManager, field, value, match):
+    with pytest.raises(InvalidInput, match=match):
+        manager.generate(_req(**{field: value}))
+
+
+def test_lora_changes_output_fuses_and_unloads(manager: PipelineManager, tiny_dirs):
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "acme.safetensors", seed=1)
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "other" / "pytorch_lora_weights.safetensors", seed=2)
+    assert [i.name for i in manager.list_loras()] == ["acme", "other"]
+    plain = _pixels(manager.generate(_req()))
+
+    unfused_mgr = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                                  fuse_single_lora=False)
+    with_lora = _pixels(manager.generate(_req(loras=(("acme", 1.0),))))
+    assert manager._loaded.fused
+    unfused = _pixels(unfused_mgr.generate(_req(loras=(("acme", 1.0),))))
+    assert np.abs(with_lora - plain).mean() > 1.0
+    assert np.abs(with_lora - unfused).max() <= 2.0, "fusing must not change what the LoRA does"
+
+    half = _pixels(manager.generate(_req(loras=(("acme", 0.5),))))
+    both = _pixels(manager.generate(_req(loras=(("acme", 1.0), ("other", 0.7)))))
+    assert not manager._loaded.fused
+    assert np.abs(half - with_lora).mean() > 0.5 and np.abs(both - with_lora).mean() > 0.5
+    back = _pixels(manager.generate(_req(loras=())))
+    assert np.abs(back - plain).max() <= 2.0, "switching LoRAs off restores the base model"
+    manager.unload_loras()
+    assert np.abs(_pixels(manager.generate(_req())) - plain).max() <= 2.0
+
+
+def test_bad_lora_files_are_refused_and_model_keeps_working(manager: PipelineManager, tiny_dirs):
+    loras = manager.paths.loras
+    (loras / "evil.ckpt").write_bytes(b"\x80\x04pickle")
+    good = make_sd15_lora(tiny_dirs["sd15"], loras / "good.safetensors")
+    (loras / "cut.safetensors").write_bytes(good.read_bytes()[:200])
+    (loras / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
+    names = [i.name for i in manager.list_loras()]
+    assert names == ["good"]
+    assert "pickle" in manager.lora_library.problems["evil"]
+    assert "truncated or corrupt" in manager.lora_library.problems["cut"]
+    for name, match in [("evil", "pickle"), ("cut", "corrupt"), ("missing", "No LoRA named"),
+                        ("../etc/passwd", "Invalid LoRA name")]:
+        with pytest.raises((LoraError, InvalidInput), match=match):
+            manager.generate(_req(loras=((name, 1.0),)))
+    assert manager.generate(_req()).images
+
+
+def test_lora_for_another_family_is_refused(manager: PipelineManager, tiny_dirs):
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "sdlora.safetensors")
+    manager.load_model("tiny-flux")
+    with pytest.raises(LoraError, match="sdlora"):
+        manager.generate(_req(model_id="tiny-flux", steps=2, loras=(("sdlora", 1.0),)))
+    assert manager.generate(_req(model_id="tiny-flux", steps=2)).images
+
+
+def test_out_of_memory_is_caught_and_manager_recovers(manager: PipelineManager, monkeypatch):
+    manager.load_model("tiny-sd15")
+    pipe_cls = type(manager.pipeline)
+    original = pipe_cls.__call__
+    calls = {"n": 0}
+
+    @functools.wraps(original)
+    def oom_once(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_cls, "__call__", oom_once)
+    with pytest.raises(OutOfMemory, match="Lower the count"):
+        manager.generate(_req())
+    assert manager.generate(_req()).images, "the next request works after an OOM"
+
+
+def test_cancel_stops_generation(manager: PipelineManager):
+    def cancel_at_first_step(i: int, n: int) -> None:
+        manager.cancel()
+
+    with pytest.raises(Cancelled):
+        manager.generate(_req(steps=10), progress=cancel_at_first_step)
+    assert manager.generate(_req()).images, "a cancel does not stick to the next request"
+
+
+def test_concurrent_requests_are_serialised(manager: PipelineManager):
+    results, errors = [], []
+
+    def worker(seed: int) -> None:
+        try:
+            results.append((seed, _pixels(manager.generate(_req(seed=seed)))))
+        except Exception as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(s,)) for s in (1, 2, 1)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert not errors and len(results) == 3
+    ones = [px for seed, px in results if seed == 1]
+    assert np.array_equal(ones[0], ones[1])
+
+
+def test_memory_mode_validation(manager: PipelineManager):
+    with pytest.raises(InvalidInput, match="Memory mode"):
+        manager.set_memory_mode("turbo")
+    manager.load_model("tiny-sd15")
+    manager.set_memory_mode("model_offload", vae_tiling=True)
+    assert manager.current_model is None, "changing memory mode reloads the model"
+    assert manager.generate(_req()).images
+    assert manager.pipeline.vae.use_tiling

@@ -1,0 +1,116 @@
+"""Tiny random-weight pipelines of the real diffusers classes, built from configs (no downloads).
+
+They exercise the same loading, LoRA and generation code paths as the Hub models they stand for.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from diffusers import (
+    AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxPipeline, FluxTransformer2DModel,
+    StableDiffusionPipeline, StableDiffusionXLPipeline, UNet2DConditionModel, EulerDiscreteScheduler,
+)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer, T5Config, T5EncoderModel
+
+TEXT_DIM = 32
+
+
+def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
+    """A CLIP BPE tokenizer with a byte-level alphabet and a few whole-word merges."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    chars = list(bytes_to_unicode().values())
+    vocab = {c: i for i, c in enumerate(chars)}
+    vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(chars)})
+    merges = []
+    for word in ("red", "blue", "star", "icon", "circle"):
+        pieces = list(word[:-1]) + [word[-1] + "</w>"]
+        while len(pieces) > 1:
+            merges.append((pieces[0], pieces[1]))
+            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+            vocab.setdefault(pieces[0], len(vocab))
+    for special in ("<|startoftext|>", "<|endoftext|>"):
+        vocab[special] = len(vocab)
+    return CLIPTokenizer(vocab=vocab, merges=merges, model_max_length=max_length)
+
+
+def _clip_text(tokenizer: CLIPTokenizer, projection: bool = False) -> CLIPTextModel:
+    torch.manual_seed(0)
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=4, max_position_embeddings=77, projection_dim=TEXT_DIM,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )
+    return (CLIPTextModelWithProjection if projection else CLIPTextModel)(config).eval()
+
+
+def _vae(latent_channels: int = 4, blocks: tuple[int, ...] = (32, 64), **kwargs) -> AutoencoderKL:
+    torch.manual_seed(0)
+    return AutoencoderKL(
+        block_out_channels=blocks, in_channels=3, out_channels=3,
+        down_block_types=["DownEncoderBlock2D"] * len(blocks), up_block_types=["UpDecoderBlock2D"] * len(blocks),
+        latent_channels=latent_channels, sample_size=32, **kwargs,
+    )
+
+
+def build_sd15(out: Path) -> Path:
+    """SD1.5-family: UNet2DConditionModel + AutoencoderKL + CLIPTextModel, 32x32 pixels."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=TEXT_DIM, attention_head_dim=8, norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    pipe = StableDiffusionPipeline(
+        vae=_vae(), text_encoder=_clip_text(tokenizer), tokenizer=tokenizer, unet=unet, scheduler=scheduler,
+        safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_sdxl(out: Path) -> Path:
+    """SDXL-family: two CLIP text encoders, added time/text conditioning."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64), layers_per_block=1, sample_size=16, in_channels=4, out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4), use_linear_projection=True, addition_embed_type="text_time",
+        addition_time_embed_dim=8, transformer_layers_per_block=(1, 1), projection_class_embeddings_input_dim=80,
+        cross_attention_dim=2 * TEXT_DIM, norm_num_groups=32,
+    )
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1)
+    pipe = StableDiffusionXLPipeline(
+        vae=_vae(), text_encoder=_clip_text(tokenizer), text_encoder_2=_clip_text(tokenizer, projection=True),
+        tokenizer=tokenizer, tokenizer_2=tokenizer, unet=unet, scheduler=scheduler,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_flux(out: Path) -> Path:
+    """FLUX-family: MMDiT transformer, CLIP + T5 text encoders, flow-matching scheduler."""
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=TEXT_DIM, pooled_projection_dim=TEXT_DIM,
+        axes_dims_rope=(4, 4, 8),
+    )
+    t5 = T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=TEXT_DIM, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0,
+    ))
+    vae = _vae(latent_channels=1, blocks=(4,), norm_num_groups=1, use_quant_conv=False,
+               use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+    pipe = FluxPipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(), vae=vae, text_encoder=_clip_text(tokenizer),
+        tokenizer=tokenizer, text_encoder_2=t5, tokenizer_2=tiny_tokenizer(max_length=64), transformer=transformer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
