@@ -1,0 +1,1 @@
+"""brandgen-tiny: the embedded default model (procedural data, local tokenizer, recipe, evaluator)."""

@@ -1,0 +1,109 @@
+"""brandgen-tiny components built from plain configs, assembled into a standard StableDiffusionPipeline.
+
+Using the SD1.5 classes (UNet2DConditionModel, AutoencoderKL, CLIPTextModel) keeps LoRA training,
+load_lora_weights, set_adapters and fuse_lora working exactly as they do for SD1.5 checkpoints.
+"""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+import torch
+from diffusers import (AutoencoderKL, DDPMScheduler, DPMSolverMultistepScheduler, StableDiffusionPipeline,
+                       UNet2DConditionModel)
+from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+from brandgen.tiny import tokenizer as tiny_tokenizer
+
+SCHEDULE_KEYS = ("num_train_timesteps", "beta_start", "beta_end", "beta_schedule", "prediction_type", "steps_offset")
+
+MODEL_CARD = """---
+license: apache-2.0
+library_name: diffusers
+pipeline_tag: text-to-image
+tags: [brandgen, stable-diffusion, tiny, procedural-data]
+---
+# brandgen-tiny
+
+The embedded default model of BrandGen: a {params:.1f}M-parameter text-to-image model in the SD1.5 family
+(UNet2DConditionModel + AutoencoderKL + CLIPTextModel, {size}x{size} pixels), trained from scratch in
+minutes on procedurally drawn flat brand icons (`brandgen/tiny/data.py`). It knows colors, basic shapes,
+icon/logo styles and backgrounds; it exists so the app works offline and LoRA training can be tried on
+any machine. It is not a general image model.
+
+- Recipe: `python -m brandgen.tiny.train --config brandgen/tiny/recipe.json` (see `brandgen/tiny/`).
+- Prompts like "a red star icon" or the app's templates ("bgicon, flat vector icon of ...").
+- Weights: float16 safetensors; load with `DiffusionPipeline.from_pretrained(path)`.
+- Data: synthetic only (no scraped images). License: Apache-2.0, like the BrandGen repository.
+"""
+
+
+def build_components(cfg: dict, tokenizer: CLIPTokenizer | None = None) -> dict:
+    """Fresh, randomly initialised components for a recipe config (no downloads).
+
+    The tokenizer is trained locally unless given or cached in cfg["tokenizer_dir"].
+    """
+    if tokenizer is None:
+        tok_cfg = cfg.get("tokenizer", {})
+        if cfg.get("tokenizer_dir"):
+            tokenizer = tiny_tokenizer.load_or_train(cfg["tokenizer_dir"], tok_cfg.get("vocab_size", 1536))
+        else:
+            tokenizer = tiny_tokenizer.train_tokenizer(tok_cfg.get("vocab_size", 1536))
+    text_config = CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **cfg["text_encoder"],
+    )
+    text_encoder = CLIPTextModel(text_config)
+    unet_cfg = dict(cfg["unet"])
+    unet_cfg.setdefault("cross_attention_dim", text_config.hidden_size)
+    unet = UNet2DConditionModel(**unet_cfg)
+    vae = AutoencoderKL(**cfg["vae"])
+    schedule = {k: cfg["scheduler"][k] for k in SCHEDULE_KEYS if k in cfg["scheduler"]}
+    noise_scheduler = DDPMScheduler(**schedule)
+    scheduler = DPMSolverMultistepScheduler(**schedule, **cfg["scheduler"].get("inference", {}))
+    return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "text_config": text_config,
+            "tokenizer": tokenizer, "scheduler": scheduler, "noise_scheduler": noise_scheduler}
+
+
+def assemble_pipeline(components: dict) -> StableDiffusionPipeline:
+    """A standard SD pipeline (no safety checker: the model only draws flat shapes)."""
+    return StableDiffusionPipeline(
+        vae=components["vae"], text_encoder=components["text_encoder"], tokenizer=components["tokenizer"],
+        unet=components["unet"], scheduler=components["scheduler"], safety_checker=None,
+        feature_extractor=None, requires_safety_checker=False,
+    )
+
+
+def count_parameters(module: torch.nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+def parameter_counts(pipe: StableDiffusionPipeline) -> dict[str, int]:
+    return {name: count_parameters(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
+
+
+def save_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path) -> Path:
+    """Save as float16 safetensors in shards under 16 MiB (keeps every file small enough for plain git).
+
+    A copy is converted, so the caller's pipeline keeps its dtype and weights.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    half = copy.deepcopy(pipe)
+    for name in ("unet", "vae", "text_encoder"):  # nn.Module.to: skips diffusers' fp32-module warning
+        torch.nn.Module.to(getattr(half, name), torch.float16)
+    half.save_pretrained(out, safe_serialization=True, max_shard_size="15MB")
+    tok_dir = out / "tokenizer"
+    tiny_tokenizer.save_tokenizer(pipe.tokenizer, tok_dir)
+    counts = parameter_counts(pipe)
+    size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
+    (out / "README.md").write_text(MODEL_CARD.format(params=sum(counts.values()) / 1e6, size=size), encoding="utf-8")
+    return out
+
+
+def folder_size(path: str | Path) -> tuple[int, int]:
+    """(total bytes, largest file bytes) of a saved model folder."""
+    sizes = [p.stat().st_size for p in Path(path).rglob("*") if p.is_file()]
+    return sum(sizes), max(sizes, default=0)

@@ -1,0 +1,385 @@
+"""Train brandgen-tiny from scratch: data -> VAE -> latents -> UNet + text encoder -> saved pipeline.
+
+    python -m brandgen.tiny.train --config brandgen/tiny/recipe.json --work-dir .work/tiny \
+        --out assets/brandgen-tiny [--resume] [--smoke] [--samples docs/tiny_samples.png]
+
+Each stage caches its output in --work-dir and checkpoints while it runs, so --resume continues
+where a run stopped. Stages stop by step count or by their time budget (config "seconds"), whichever
+comes first, and the learning rate decays over that same progress so a time-cut run still anneals.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import random
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brandgen.tiny import data, model
+from brandgen.tiny import eval as tiny_eval
+from brandgen.tiny import tokenizer as tiny_tokenizer
+
+STAGES = ("data", "vae", "latents", "unet", "save")
+
+
+class StopRequested(Exception):
+    """Raised by --stop-after to simulate an interrupted run (used by the resume test)."""
+
+
+def deep_merge(base: dict, override: dict) -> dict:
+    out = copy.deepcopy(base)
+    for key, value in override.items():
+        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def load_config(path: str | Path, smoke: bool = False) -> dict:
+    cfg = json.loads(Path(path).read_text(encoding="utf-8"))
+    smoke_cfg = cfg.pop("smoke", {})
+    return deep_merge(cfg, smoke_cfg) if smoke else cfg
+
+
+def log(stage: str, start: float, **fields) -> None:
+    parts = " ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in fields.items())
+    print(f"[{stage}] {parts} elapsed {time.time() - start:.1f}s", flush=True)
+
+
+class Run:
+    """Paths, device and progress state of one training run; state.json records finished stages."""
+
+    def __init__(self, cfg: dict, work_dir: Path, device: str, resume: bool, stop_after: str | None):
+        self.cfg, self.work, self.device, self.start = cfg, work_dir, torch.device(device), time.time()
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.state_path = self.work / "state.json"
+        state = json.loads(self.state_path.read_text()) if resume and self.state_path.exists() else {}
+        if state and state.get("config") != cfg:
+            raise SystemExit(f"--resume: config differs from the one in {self.state_path}; use a new --work-dir")
+        if not resume:
+            for f in [*self.work.glob("*.pt"), self.work / "images.npy"]:
+                f.unlink(missing_ok=True)
+        self.state = state or {"config": cfg, "done": [], "timings": {}}
+        self.stop_stage, _, stop_step = (stop_after or "").partition(":")
+        self.stop_step = int(stop_step) if stop_step else None
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if self.device.type == "cuda" \
+            else torch.autocast("cpu", enabled=False)
+
+    def done(self, stage: str) -> bool:
+        return stage in self.state["done"]
+
+    def finish(self, stage: str, seconds: float, **info) -> None:
+        self.state["done"].append(stage)
+        self.state["timings"][stage] = round(seconds, 1)
+        self.state.setdefault("info", {}).update(info)
+        self.save_state()
+        if self.stop_stage == stage and self.stop_step is None:
+            raise StopRequested(stage)
+
+    def save_state(self) -> None:
+        tmp = self.state_path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self.state, indent=1))
+        tmp.replace(self.state_path)
+
+    def save_ckpt(self, name: str, payload: dict) -> None:
+        tmp = self.work / f"{name}.pt.tmp"
+        torch.save(payload, tmp)
+        tmp.replace(self.work / f"{name}.pt")
+
+    def maybe_stop(self, stage: str, step: int) -> bool:
+        return self.stop_stage == stage and self.stop_step is not None and step >= self.stop_step
+
+
+def lr_factor(progress: float, step: int, warmup: int, min_ratio: float) -> float:
+    """Linear warmup by steps, then cosine by progress (max of step and time fractions)."""
+    if step < warmup:
+        return (step + 1) / warmup
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+
+
+def _images(run: Run) -> np.ndarray:
+    dcfg, path = run.cfg["data"], run.work / "images.npy"
+    if path.exists():
+        return np.load(path)
+    images, _, _ = data.make_training_set(dcfg["n_images"], dcfg["seed"], run.cfg["image_size"], dcfg["workers"])
+    return images
+
+
+def stage_data(run: Run) -> tuple[torch.Tensor | None, torch.Tensor, Path]:
+    """Images (uint8, on device, only while the VAE/latent stages need them), the tokenizer, and
+    tokenized captions [N, K, 77]. Images render before anything starts threads, as workers fork."""
+    dcfg, t0 = run.cfg["data"], time.time()
+    ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
+    if run.done("data"):
+        images = torch.from_numpy(_images(run)).to(run.device) if not run.done("latents") else None
+        return images, torch.load(ids_path).to(run.device), tok_dir
+    k = dcfg.get("captions_per_image", 1)
+    images, captions, _ = data.make_training_set(dcfg["n_images"], dcfg["seed"], run.cfg["image_size"],
+                                                 dcfg["workers"], k)
+    log("data", run.start, images=len(images), seconds=time.time() - t0)
+    tok_cfg = run.cfg["tokenizer"]
+    lines = tiny_tokenizer.corpus(tok_cfg.get("corpus_captions", 6000))
+    tokenizer = tiny_tokenizer.train_tokenizer(tok_cfg["vocab_size"], lines)
+    tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
+    flat = [c for group in captions for c in group]
+    ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(captions), k, -1)
+    torch.save(ids, ids_path)
+    (run.work / "captions_sample.json").write_text(json.dumps(captions[:500], indent=0))
+    if dcfg.get("cache_images", False):
+        np.save(run.work / "images.npy", images)
+    run.finish("data", time.time() - t0, vocab_size=len(tokenizer))
+    log("data", run.start, captions=len(flat), vocab=len(tokenizer), seconds=time.time() - t0)
+    return torch.from_numpy(images).to(run.device), ids.to(run.device), tok_dir
+
+
+def to_pixels(batch_uint8: torch.Tensor) -> torch.Tensor:
+    return batch_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
+
+
+def stage_vae(run: Run, vae, images: torch.Tensor | None) -> None:
+    """Autoencoder with L1 + L2 + a small KL; flat art reconstructs well after a short run."""
+    tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
+    if run.done("vae"):
+        vae.load_state_dict(torch.load(path, map_location="cpu"))
+        return
+    vae.to(run.device, memory_format=torch.channels_last).train()
+    opt = torch.optim.AdamW(vae.parameters(), lr=tcfg["lr"], weight_decay=0.0, betas=(0.9, 0.99))
+    step, elapsed = 0, 0.0
+    ckpt = run.work / "vae_ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=run.device)
+        vae.load_state_dict(state["model"])
+        opt.load_state_dict(state["opt"])
+        step, elapsed = state["step"], state["elapsed"]
+        log("vae", run.start, resumed_at_step=step)
+    gen = torch.Generator(device=run.device).manual_seed(run.cfg["seed"] + step)
+    t_resume, last_ckpt, last_log, n = time.time() - elapsed, time.time(), time.time(), len(images)
+    while True:
+        elapsed = time.time() - t_resume
+        progress = max(step / tcfg["max_steps"], elapsed / tcfg["seconds"])
+        if progress >= 1:
+            break
+        for group in opt.param_groups:
+            group["lr"] = tcfg["lr"] * lr_factor(progress, step, tcfg["warmup_steps"], 0.05)
+        x = to_pixels(images[torch.randint(0, n, (tcfg["batch_size"],), device=run.device, generator=gen)])
+        with run.autocast:
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample(generator=gen)).sample.float()
+        kl = post.kl().mean() / post.mean[0].numel()
+        loss = (tcfg["l1_weight"] * (rec - x).abs().mean() + tcfg["l2_weight"] * F.mse_loss(rec, x)
+                + tcfg["kl_weight"] * kl)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
+        opt.step()
+        step += 1
+        if step % tcfg["log_every"] == 0 or step == 1:
+            psnr = 10 * math.log10(4.0 / max(F.mse_loss(rec.detach().clamp(-1, 1), x).item(), 1e-10))
+            its = (tcfg["log_every"] if step > 1 else 1) / (time.time() - last_log)
+            log("vae", run.start, step=step, loss=loss.item(), psnr=psnr, its=its)
+            last_log = time.time()
+        if time.time() - last_ckpt > tcfg["ckpt_seconds"] or run.maybe_stop("vae", step):
+            run.save_ckpt("vae_ckpt", {"model": vae.state_dict(), "opt": opt.state_dict(), "step": step,
+                                      "elapsed": time.time() - t_resume})
+            last_ckpt = time.time()
+            if run.maybe_stop("vae", step):
+                raise StopRequested(f"vae:{step}")
+    vae.eval()
+    torch.save(vae.state_dict(), path)
+    run.finish("vae", time.time() - t_resume, vae_steps=step)
+
+
+@torch.no_grad()
+def stage_latents(run: Run, vae, images: torch.Tensor | None) -> torch.Tensor:
+    """Posterior means of all images, and vae.config.scaling_factor = 1 / their std."""
+    path, t0 = run.work / "latents.pt", time.time()
+    if run.done("latents"):
+        state = torch.load(path, map_location=run.device)
+        vae.register_to_config(scaling_factor=state["scaling_factor"])
+        return state["latents"]
+    vae.to(run.device, memory_format=torch.channels_last).eval()
+    chunks, bs, mse = [], run.cfg["encode_batch"], []
+    for s in range(0, len(images), bs):
+        x = to_pixels(images[s:s + bs])
+        with run.autocast:
+            lat = vae.encode(x).latent_dist.mean
+            if s == 0:
+                mse.append(F.mse_loss(vae.decode(lat).sample.float().clamp(-1, 1), x).item())
+        chunks.append(lat.to(torch.float16))
+    latents = torch.cat(chunks)
+    scale = float(1.0 / latents.float().std())
+    vae.register_to_config(scaling_factor=scale)
+    torch.save({"latents": latents, "scaling_factor": scale}, path)
+    psnr = 10 * math.log10(4.0 / max(mse[0], 1e-10))
+    log("latents", run.start, n=len(latents), scaling_factor=scale, mean=float(latents.float().mean()), psnr=psnr)
+    run.finish("latents", time.time() - t0, scaling_factor=scale, vae_psnr=round(psnr, 2))
+    return latents
+
+
+def _uncond_ids(tokenizer, device) -> torch.Tensor:
+    """Prompts trained as 'unconditional': empty, and the app's negative prompts, so CFG with them works."""
+    texts = [""] + data.NEGATIVES + [", ".join(n.split(", ")[:3]) for n in data.NEGATIVES]
+    return tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True,
+                     return_tensors="pt").input_ids.to(device, torch.int32)
+
+
+def stage_unet(run: Run, comps: dict, latents: torch.Tensor, ids: torch.Tensor) -> None:
+    """UNet + text encoder from scratch: epsilon loss with min-SNR weighting, CFG dropout, EMA of both."""
+    tcfg, unet, text = run.cfg["train_unet"], comps["unet"], comps["text_encoder"]
+    done_path = run.work / "unet_done.pt"
+    if run.done("unet"):
+        state = torch.load(done_path, map_location="cpu")
+        unet.load_state_dict(state["unet"])
+        text.load_state_dict(state["text_encoder"])
+        return
+    dev = run.device
+    unet.to(dev, memory_format=torch.channels_last).train()
+    text.to(dev).train()
+    params = list(unet.parameters()) + list(text.parameters())
+    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.99),
+                            fused=dev.type == "cuda")
+    ema = [p.detach().clone().float() for p in params]
+    step, elapsed, ckpt = 0, 0.0, run.work / "unet_ckpt.pt"
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=dev)
+        unet.load_state_dict(state["unet"])
+        text.load_state_dict(state["text_encoder"])
+        opt.load_state_dict(state["opt"])
+        ema = [e.to(dev) for e in state["ema"]]
+        step, elapsed = state["step"], state["elapsed"]
+        log("unet", run.start, resumed_at_step=step)
+    unet_fwd = torch.compile(unet) if run.cfg.get("compile") else unet
+    sched = comps["noise_scheduler"]
+    abar = sched.alphas_cumprod.to(dev, torch.float32)
+    snr = abar / (1 - abar)
+    weights = torch.clamp(snr, max=tcfg["snr_gamma"]) / snr if tcfg.get("snr_gamma") else torch.ones_like(snr)
+    uncond = _uncond_ids(comps["tokenizer"], dev)
+    scale, n, k = comps["vae"].config.scaling_factor, len(latents), ids.shape[1]
+    gen = torch.Generator(device=dev).manual_seed(run.cfg["seed"] + 1 + step)
+    bs = tcfg["batch_size"]
+    t_resume, last_ckpt, last_log = time.time() - elapsed, time.time(), time.time()
+    while True:
+        elapsed = time.time() - t_resume
+        progress = max(step / tcfg["max_steps"], elapsed / tcfg["seconds"])
+        if progress >= 1:
+            break
+        lr = tcfg["lr"] * lr_factor(progress, step, tcfg["warmup_steps"], tcfg["min_lr_ratio"])
+        for group in opt.param_groups:
+            group["lr"] = lr
+        idx = torch.randint(0, n, (bs,), device=dev, generator=gen)
+        x0 = latents[idx].float() * scale
+        tok = ids[idx, torch.randint(0, k, (bs,), device=dev, generator=gen)]
+        drop = torch.rand(bs, device=dev, generator=gen) < tcfg["caption_dropout"]
+        neg = torch.rand(bs, device=dev, generator=gen) < tcfg["negative_as_uncond"]
+        which = torch.where(neg, torch.randint(1, len(uncond), (bs,), device=dev, generator=gen), 0)
+        tok = torch.where(drop[:, None], uncond[which], tok).long()
+        noise = torch.randn(x0.shape, device=dev, generator=gen)
+        t = torch.randint(0, len(abar), (bs,), device=dev, generator=gen)
+        a = abar[t].view(-1, 1, 1, 1)
+        noisy = (a.sqrt() * x0 + (1 - a).sqrt() * noise).contiguous(memory_format=torch.channels_last)
+        with run.autocast:
+            cond = text(tok)[0]
+            pred = unet_fwd(noisy, t, encoder_hidden_states=cond).sample
+        loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, tcfg["grad_clip"])
+        opt.step()
+        step += 1
+        decay = min(tcfg["ema_decay"], (1 + step) / (10 + step))
+        torch._foreach_lerp_(ema, [p.detach().float() for p in params], 1 - decay)
+        if step % tcfg["log_every"] == 0 or step == 1:
+            its = (tcfg["log_every"] if step > 1 else 1) / (time.time() - last_log)
+            log("unet", run.start, step=step, loss=loss.item(), lr=lr, its=its, progress=progress)
+            last_log = time.time()
+        if time.time() - last_ckpt > tcfg["ckpt_seconds"] or run.maybe_stop("unet", step):
+            run.save_ckpt("unet_ckpt", {"unet": unet.state_dict(), "text_encoder": text.state_dict(),
+                                       "opt": opt.state_dict(), "ema": ema, "step": step,
+                                       "elapsed": time.time() - t_resume})
+            last_ckpt = time.time()
+            if run.maybe_stop("unet", step):
+                raise StopRequested(f"unet:{step}")
+    with torch.no_grad():
+        for p, e in zip(params, ema):
+            p.copy_(e)
+    unet.eval()
+    text.eval()
+    torch.save({"unet": unet.state_dict(), "text_encoder": text.state_dict()}, done_path)
+    run.finish("unet", time.time() - t_resume, unet_steps=step)
+
+
+def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False, device: str | None = None,
+          samples: str | None = None, stop_after: str | None = None, eval_n: int = 0) -> dict:
+    """Run (or resume) every stage; returns a summary with timings, sizes and parameter counts."""
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda"):
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = True
+    random.seed(cfg["seed"])
+    np.random.seed(cfg["seed"])
+    torch.manual_seed(cfg["seed"])
+    run = Run(cfg, Path(work_dir), device, resume, stop_after)
+    log("setup", run.start, device=device, resume=resume, done=",".join(run.state["done"]) or "-")
+    images, ids, tok_dir = stage_data(run)
+    comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(tok_dir))
+    stage_vae(run, comps["vae"], images)
+    latents = stage_latents(run, comps["vae"], images)
+    del images
+    stage_unet(run, comps, latents, ids)
+    t0 = time.time()
+    pipe = model.assemble_pipeline(comps).to("cpu", torch.float32)
+    model.save_pipeline(pipe, out)
+    total, largest = model.folder_size(out)
+    counts = model.parameter_counts(pipe)
+    summary = {"out": str(out), "bytes": total, "largest_file": largest, "params": counts,
+               "timings": run.state["timings"], **run.state.get("info", {})}
+    log("save", run.start, out=str(out), megabytes=total / 2**20, largest_mib=largest / 2**20)
+    if samples:
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        tiny_eval.render_samples(pipe, samples, cfg["sample"]["steps"], cfg["sample"]["guidance_scale"])
+        log("samples", run.start, path=samples)
+    if eval_n:
+        pipe.to(device)
+        pipe.set_progress_bar_config(disable=True)
+        scores = tiny_eval.evaluate_pipeline(pipe, data.heldout_pairs(eval_n), cfg["sample"]["steps"],
+                                             cfg["sample"]["guidance_scale"])
+        (run.work / "eval.json").write_text(json.dumps(scores, indent=1))
+        summary["eval"] = {k: v for k, v in scores.items() if k != "results"}
+        log("eval", run.start, **summary["eval"])
+    summary["timings"]["save_samples_eval"] = round(time.time() - t0, 1)
+    summary["total_seconds"] = round(time.time() - run.start, 1)
+    (run.work / "summary.json").write_text(json.dumps(summary, indent=1))
+    print(json.dumps(summary), flush=True)
+    return summary
+
+
+def main(argv: list[str] | None = None) -> dict | None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--config", default=str(Path(__file__).with_name("recipe.json")))
+    parser.add_argument("--work-dir", default=".work/tiny")
+    parser.add_argument("--out", default="assets/brandgen-tiny")
+    parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work-dir")
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (CPU, seconds)")
+    parser.add_argument("--samples", default=None, help="write a 4x4 sample grid PNG here")
+    parser.add_argument("--device", default=None)
+    parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts at the end")
+    parser.add_argument("--stop-after", default=None, help="STAGE or STAGE:STEP; stop there (for testing resume)")
+    args = parser.parse_args(argv)
+    cfg = load_config(args.config, smoke=args.smoke)
+    try:
+        return train(cfg, args.work_dir, args.out, args.resume, args.device, args.samples, args.stop_after,
+                     args.eval)
+    except StopRequested as stop:
+        print(f"[stop] stopped after {stop} as requested; continue with --resume", flush=True)
+        return None
+
+
+if __name__ == "__main__":
+    main()

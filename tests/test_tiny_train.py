@@ -1,0 +1,132 @@
+"""brandgen-tiny recipe: the smoke run trains, saves a loadable SD pipeline, and resumes after a stop."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from brandgen.tiny import model, train
+
+RECIPE = Path(train.__file__).with_name("recipe.json")
+MIB = 2**20
+
+
+def _smoke(tmp_path: Path, *extra: str) -> dict | None:
+    return train.main(["--config", str(RECIPE), "--smoke", "--device", "cpu", "--work-dir", str(tmp_path / "work"),
+                       "--out", str(tmp_path / "model"), *extra])
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory) -> tuple[Path, dict]:
+    tmp = tmp_path_factory.mktemp("smoke")
+    return tmp, _smoke(tmp, "--samples", str(tmp / "grid.png"))
+
+
+def test_smoke_run_saves_a_pipeline_that_loads_offline(smoke_run):
+    tmp_path, summary = smoke_run
+    out = tmp_path / "model"
+    assert summary["largest_file"] < 16 * MIB and (out / "model_index.json").exists()
+    assert (tmp_path / "grid.png").exists() and (out / "README.md").exists()
+    script = (
+        "import torch; from diffusers import DiffusionPipeline\n"
+        f"pipe = DiffusionPipeline.from_pretrained({str(out)!r}, torch_dtype=torch.float32)\n"
+        "pipe.set_progress_bar_config(disable=True)\n"
+        "img = pipe('a red star icon', num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]\n"
+        "print(type(pipe).__name__, pipe.unet.dtype, img.size)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=env, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "StableDiffusionPipeline torch.float32 (32, 32)" in done.stdout
+
+
+def test_lora_load_set_adapters_and_fuse_work_like_sd15(smoke_run, tmp_path):
+    from diffusers import DiffusionPipeline, StableDiffusionPipeline
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    model_dir = smoke_run[0] / "model"
+    pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    pipe.unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(0)
+    for name, param in pipe.unet.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.5)
+    StableDiffusionPipeline.save_lora_weights(tmp_path / "lora", unet_lora_layers=get_peft_model_state_dict(pipe.unet))
+
+    def draw():
+        gen = torch.Generator().manual_seed(0)
+        return pipe("a red star icon", num_inference_steps=2, generator=gen, output_type="np").images
+
+    pipe = DiffusionPipeline.from_pretrained(model_dir, torch_dtype=torch.float32)
+    pipe.set_progress_bar_config(disable=True)
+    base = draw()
+    pipe.load_lora_weights(tmp_path / "lora", adapter_name="brand")
+    pipe.set_adapters(["brand"], adapter_weights=[1.0])
+    with_lora = draw()
+    pipe.fuse_lora()
+    pipe.unload_lora_weights()
+    assert abs(with_lora - base).max() > 1e-3
+    assert abs(draw() - with_lora).max() < 1e-4
+
+
+def test_resume_continues_from_the_checkpoints(tmp_path, capsys):
+    work = tmp_path / "work"
+    assert _smoke(tmp_path, "--stop-after", "vae:2") is None
+    assert json.loads((work / "state.json").read_text())["done"] == ["data"] and (work / "vae_ckpt.pt").exists()
+    assert _smoke(tmp_path, "--resume", "--stop-after", "unet:3") is None
+    state = json.loads((work / "state.json").read_text())
+    assert state["done"] == ["data", "vae", "latents"] and (work / "unet_ckpt.pt").exists()
+    assert state["info"]["vae_steps"] == train.load_config(RECIPE, smoke=True)["train_vae"]["max_steps"]
+    assert not (tmp_path / "model").exists()
+    log = capsys.readouterr().out
+    assert "[vae] resumed_at_step 2" in log and log.count("[data] images") == 1
+    summary = _smoke(tmp_path, "--resume")
+    log = capsys.readouterr().out
+    assert "[unet] resumed_at_step 3" in log and "[data] images" not in log and "[vae] step" not in log
+    assert summary["unet_steps"] == train.load_config(RECIPE, smoke=True)["train_unet"]["max_steps"]
+    assert (tmp_path / "model" / "unet" / "config.json").exists()
+
+
+def test_resume_refuses_a_different_config(tmp_path):
+    _smoke(tmp_path, "--stop-after", "data")
+    cfg = train.load_config(RECIPE, smoke=True)
+    cfg["train_unet"]["lr"] *= 2
+    with pytest.raises(SystemExit):
+        train.train(cfg, tmp_path / "work", tmp_path / "model", resume=True, device="cpu")
+
+
+def test_default_config_fits_the_size_budget(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    cfg = train.load_config(RECIPE)
+    torch.manual_seed(0)
+    pipe = model.assemble_pipeline(model.build_components(cfg))
+    counts = model.parameter_counts(pipe)
+    assert sum(counts.values()) * 2 <= 30e6
+    assert pipe.vae_scale_factor == 4 and pipe.unet.config.sample_size * 4 == cfg["image_size"]
+    assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
+    model.save_pipeline(pipe, tmp_path / "full")
+    assert pipe.unet.dtype == torch.float32  # saving converts a copy
+    files = [p for p in (tmp_path / "full").rglob("*") if p.is_file()]
+    assert max(p.stat().st_size for p in files) < 16 * MIB
+    assert sum(p.stat().st_size for p in files) < 31e6
+    loaded = DiffusionPipeline.from_pretrained(tmp_path / "full", torch_dtype=torch.float32)
+    loaded.set_progress_bar_config(disable=True)
+    sd_in, sd_out = pipe.unet.state_dict(), loaded.unet.state_dict()
+    assert all(torch.allclose(sd_in[k].half().float(), sd_out[k]) for k in sd_in)
+    image = loaded("a red star icon", num_inference_steps=2, generator=torch.Generator().manual_seed(0)).images[0]
+    assert image.size == (128, 128)
+
+
+def test_lr_factor_warms_up_then_anneals():
+    assert train.lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
+    assert train.lr_factor(0.0, 10, 10, 0.1) == pytest.approx(1.0)
+    assert train.lr_factor(1.0, 500, 10, 0.1) == pytest.approx(0.1)
