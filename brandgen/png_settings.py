@@ -1,0 +1,182 @@
+"""Generation settings inside image files: the A1111 "parameters" text and BrandGen's full JSON.
+
+Writing both makes BrandGen PNGs readable by A1111, ComfyUI and Civitai; reading both lets a user bring any
+such PNG back into the Generate tab.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import re
+from pathlib import Path
+from typing import Any
+
+from PIL import Image, PngImagePlugin, UnidentifiedImageError
+
+from brandgen.errors import InvalidInput
+from brandgen.generation import MAX_SIDE, MIN_SIDE, GenerationRequest
+from brandgen.templates import AssetType, load_asset_types
+
+log = logging.getLogger(__name__)
+
+_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
+_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?[^>]*>")
+
+
+def _quote(value: Any) -> str:
+    """A1111 quotes values that would break its 'Key: value, Key: value' line."""
+    text = str(value)
+    return json.dumps(text, ensure_ascii=False) if any(c in text for c in ',:\n"') else text
+
+
+def a1111_parameters(meta: dict[str, Any]) -> str:
+    """The settings as A1111 writes them, so Civitai, A1111 and ComfyUI readers understand BrandGen PNGs."""
+    tags = "".join(f" <lora:{lora['name']}:{float(lora['weight']):g}>" for lora in meta.get("loras", []))
+    fields: dict[str, Any] = {"Steps": meta.get("steps")}
+    if meta.get("sampler"):
+        fields["Sampler"] = meta["sampler"]
+    fields.update({
+        "CFG scale": f"{float(meta.get('guidance_scale') or 0):g}", "Seed": meta.get("seed"),
+        "Size": f"{meta.get('width')}x{meta.get('height')}", "Model": meta.get("model"),
+        "Asset type": meta.get("asset_type"), "Preset": meta.get("preset"),
+    })
+    if (meta.get("upscale") or 1) > 1:
+        fields.update({"Upscale": meta["upscale"], "Upscaler": meta.get("upscaler")})
+    if meta.get("palette_lock"):
+        fields["Palette"] = " ".join(meta.get("palette", []))
+    fields["Version"] = f"BrandGen {meta.get('app_version', '')}".strip()
+    line = ", ".join(f"{key}: {_quote(value)}" for key, value in fields.items() if value not in (None, ""))
+    return f"{meta.get('prompt', '')}{tags}\nNegative prompt: {meta.get('negative_prompt', '')}\n{line}"
+
+
+def png_info(meta: dict[str, Any]) -> PngImagePlugin.PngInfo:
+    """Text chunks for a PNG: 'parameters' (A1111 format) and 'brandgen' (the full JSON)."""
+    info = PngImagePlugin.PngInfo()
+    info.add_text("parameters", a1111_parameters(meta))
+    info.add_text("brandgen", json.dumps(meta, ensure_ascii=False, default=str))
+    return info
+
+
+def parse_a1111(text: str) -> dict[str, Any]:
+    """A1111 'parameters' text -> {'prompt', 'negative_prompt', key: value...}, as A1111 itself parses it."""
+    lines = text.strip().split("\n")
+    params: dict[str, Any] = {}
+    if lines and len(_A1111_PARAM.findall(lines[-1])) >= 3:
+        for key, value in _A1111_PARAM.findall(lines.pop()):
+            if value.startswith('"') and value.endswith('"'):
+                try:
+                    value = json.loads(value)
+                except json.JSONDecodeError:
+                    pass
+            params[key.strip()] = value.strip() if isinstance(value, str) else value
+    prompt, negative, in_negative = [], [], False
+    for line in lines:
+        if line.startswith("Negative prompt:"):
+            in_negative, line = True, line[len("Negative prompt:"):].strip()
+        (negative if in_negative else prompt).append(line)
+    return {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip(), **params}
+
+
+def _number(value: Any, kind: type) -> Any:
+    try:
+        return kind(float(value)) if kind is int else kind(value)
+    except (TypeError, ValueError):
+        return None
+
+
+def _settings_from_a1111(text: str) -> dict[str, Any]:
+    params = parse_a1111(text)
+    loras = [{"name": n, "weight": float(w) if w else 1.0} for n, w in _LORA_TAG.findall(params["prompt"])]
+    prompt = re.sub(r"\s+,", ",", " ".join(_LORA_TAG.sub(" ", params["prompt"]).split())).strip(" ,")
+    size = re.match(r"^(\d+)x(\d+)$", str(params.get("Size", "")))
+    return {
+        "source": "a1111", "prompt": prompt, "negative_prompt": params["negative_prompt"],
+        "asset_type": params.get("Asset type"), "model": params.get("Model"), "preset": params.get("Preset"),
+        "seed": _number(params.get("Seed"), int), "steps": _number(params.get("Steps"), int),
+        "guidance_scale": _number(params.get("CFG scale"), float),
+        "width": int(size.group(1)) if size else None, "height": int(size.group(2)) if size else None,
+        "loras": loras, "use_template": False, "metadata": params,
+    }
+
+
+def extra_negative(meta: dict[str, Any], asset_types: dict[str, AssetType] | None = None) -> str:
+    """The user's own negative words: the stored negative minus the asset type's built-in one."""
+    negative = meta.get("negative_prompt") or ""
+    kind = (asset_types or load_asset_types()).get(meta.get("asset_type") or "")
+    if kind and negative.startswith(kind.negative):
+        return negative[len(kind.negative):].lstrip(", ").strip()
+    return negative
+
+
+def _settings_from_brandgen(meta: dict[str, Any], asset_types: dict[str, AssetType] | None) -> dict[str, Any]:
+    return {
+        "source": "brandgen", "prompt": meta.get("user_prompt") or meta.get("prompt", ""),
+        "negative_prompt": extra_negative(meta, asset_types), "asset_type": meta.get("asset_type"),
+        "model": meta.get("model"), "preset": meta.get("preset"), "seed": meta.get("seed"),
+        "steps": meta.get("steps"), "guidance_scale": meta.get("guidance_scale"), "width": meta.get("width"),
+        "height": meta.get("height"), "loras": list(meta.get("loras") or []), "use_template": True,
+        "metadata": meta,
+    }
+
+
+def _open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    if isinstance(source, Image.Image):
+        return source
+    try:
+        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        name = "The upload" if isinstance(source, bytes) else Path(source).name
+        raise InvalidInput(f"{name} is not an image BrandGen can read (expected a PNG).") from exc
+
+
+def _exif_comment(image: Image.Image) -> str | None:
+    """A1111 JPEG/WebP files keep the parameters in EXIF UserComment instead of a PNG chunk."""
+    raw = image.getexif().get_ifd(0x8769).get(0x9286)
+    if isinstance(raw, bytes):
+        body = raw[8:] if raw[:8] in (b"UNICODE\0", b"ASCII\0\0\0") else raw
+        encoding = "utf-16-be" if raw.startswith(b"UNICODE\0") else "utf-8"
+        return body.decode(encoding, errors="ignore").strip("\0") or None
+    return raw or None
+
+
+def read_parameters(
+    source: str | Path | bytes | Image.Image, asset_types: dict[str, AssetType] | None = None,
+) -> dict[str, Any]:
+    """Settings for the Generate tab from a BrandGen or A1111 image; a clear error when it has none."""
+    image = _open_image(source)
+    info = getattr(image, "text", None) or image.info
+    if info.get("brandgen"):
+        try:
+            meta = json.loads(info["brandgen"])
+            if isinstance(meta, dict):
+                return _settings_from_brandgen(meta, asset_types)
+        except json.JSONDecodeError:
+            log.warning("Unreadable brandgen chunk; falling back to the A1111 parameters.")
+    text = info.get("parameters") or _exif_comment(image)
+    if not text or not str(text).strip():
+        raise InvalidInput(
+            "This image has no generation settings: BrandGen and A1111 write them into the PNG, but "
+            "screenshots, and images re-saved by most editors or chat apps, lose them."
+        )
+    return _settings_from_a1111(str(text))
+
+
+def settings_to_request(settings: dict[str, Any]) -> GenerationRequest:
+    """A request that reproduces the image: same words, model, preset, LoRAs, seed, steps and guidance."""
+    return GenerationRequest(
+        prompt=settings.get("prompt") or "", asset_type=settings.get("asset_type") or "icons",
+        model_id=settings.get("model") or None, preset=settings.get("preset") or "standard",
+        loras=tuple((str(lora["name"]), float(lora["weight"])) for lora in settings.get("loras") or []),
+        seed=-1 if settings.get("seed") is None else int(settings["seed"]), count=1,
+        negative_prompt=settings.get("negative_prompt") or "", steps=settings.get("steps"),
+        guidance_scale=settings.get("guidance_scale"), width=_side(settings.get("width")),
+        height=_side(settings.get("height")), use_template=bool(settings.get("use_template", True)),
+    )
+
+
+def _side(value: Any) -> int | None:
+    """A recorded size the request accepts, else None (the model's native size, which it then was)."""
+    side = _number(value, int)
+    return side if side is not None and MIN_SIDE <= side <= MAX_SIDE and side % 8 == 0 else None
