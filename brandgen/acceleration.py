@@ -1,0 +1,406 @@
+"""The fast path: everything that makes a resident pipeline generate faster on a CUDA GPU, in one place.
+
+bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
+quantization, and regional torch.compile (only the repeated transformer blocks, so compiling takes seconds, not
+minutes) with a persistent inductor cache. LoRA hotswapping keeps one adapter slot whose weights are replaced in
+place, so switching brand LoRAs does not recompile. On CPU the GPU-only steps are skipped and the report says why.
+The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brandgen.errors import InvalidInput, LoraError
+
+log = logging.getLogger(__name__)
+
+COMPILE_MODES = ("off", "regional", "full")
+TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+QUANTIZATIONS = ("none", "fp8", "int8wo")
+DENOISER_NAMES = ("transformer", "unet")
+HOTSWAP_ADAPTER = "brandgen_hotswap"
+# Classes without `_repeated_blocks`, or whose repeated block holds data-dependent code (HiDream's MoE routing
+# reads expert counts on the host), are compiled at these smaller, graph-safe regions instead.
+REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
+    "HiDreamImageTransformer2DModel": ("HiDreamAttention", "HiDreamImageFeedForwardSwiGLU"),
+}
+
+
+@dataclass(frozen=True)
+class FastPathOptions:
+    """Which speed-ups to apply; the defaults are the recipe measured in docs/perf/benchmark.md."""
+
+    bf16: bool = True
+    sdpa: bool = True
+    fuse_qkv: bool = True
+    channels_last: bool = True
+    compile: str = "regional"
+    compile_mode: str | None = None  # torch.compile mode; None = inductor's default
+    fullgraph: bool = True
+    compile_vae: bool = False
+    compile_backend: str = "inductor"
+    cache_dir: str | None = None  # persistent inductor cache, so a restart compiles from cache
+    lora_hotswap: bool = False
+    hotswap_rank: int = 64  # the highest LoRA rank that will be swapped in
+    quantization: str = "none"
+    allow_cpu: bool = False  # compile/bf16 on CPU too: only for smoke tests of the code path
+
+    def validated(self) -> "FastPathOptions":
+        problems = []
+        if self.compile not in COMPILE_MODES:
+            problems.append(f"compile must be one of {COMPILE_MODES}, got {self.compile!r}")
+        if self.compile_mode not in TORCH_COMPILE_MODES:
+            problems.append(f"compile_mode must be one of {TORCH_COMPILE_MODES}, got {self.compile_mode!r}")
+        if self.quantization not in QUANTIZATIONS:
+            problems.append(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if not isinstance(self.hotswap_rank, int) or not 1 <= self.hotswap_rank <= 1024:
+            problems.append(f"hotswap_rank must be an integer 1..1024, got {self.hotswap_rank!r}")
+        if problems:
+            raise InvalidInput("Invalid fast path options: " + "; ".join(problems) + ".")
+        return self
+
+
+# ----- pieces that work on one model (used by apply_fast_path and by scripts/gpu_bench.py) ------------------
+def find_denoiser(pipe: Any) -> tuple[str | None, torch.nn.Module | None]:
+    for name in DENOISER_NAMES:
+        module = getattr(pipe, name, None)
+        if isinstance(module, torch.nn.Module):
+            return name, module
+    return None, None
+
+
+def _processors(model: torch.nn.Module) -> list[tuple[torch.nn.Module, Any]]:
+    return [(m, m.processor) for m in model.modules() if hasattr(m, "processor") and hasattr(m, "set_processor")]
+
+
+def ensure_sdpa(model: torch.nn.Module) -> dict[str, int]:
+    """Replace eager (matmul + softmax) attention processors with SDPA ones; count processors by class.
+
+    diffusers defaults to SDPA; this undoes anything that forced the slow path (an old pipeline's saved
+    processors, `set_default_attn_processor()`).
+    """
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    counts: dict[str, int] = {}
+    for module, processor in _processors(model):
+        if type(processor).__name__ == "AttnProcessor":
+            module.set_processor(AttnProcessor2_0())
+            processor = module.processor
+            counts["replaced_eager"] = counts.get("replaced_eager", 0) + 1
+        counts[type(processor).__name__] = counts.get(type(processor).__name__, 0) + 1
+    return counts
+
+
+def qkv_fused(model: torch.nn.Module) -> bool:
+    """True when attention reads the fused to_qkv/to_kv projections (and so would bypass LoRAs on to_q/k/v)."""
+    for module, processor in _processors(model):
+        if type(processor).__name__.startswith("Fused"):
+            return True
+        if type(module).__name__ != "Attention" and getattr(module, "fused_projections", False):
+            return True
+    return False
+
+
+def fuse_qkv(model: torch.nn.Module) -> int:
+    """One matmul instead of three per attention; returns how many attention modules now use fused weights."""
+    if not hasattr(model, "fuse_qkv_projections"):
+        return 0
+    model.fuse_qkv_projections()
+    return sum(1 for module, processor in _processors(model)
+               if type(processor).__name__.startswith("Fused") or getattr(module, "fused_projections", False))
+
+
+def unfuse_qkv(model: torch.nn.Module) -> bool:
+    """Go back to separate projections so LoRA layers on to_q/to_k/to_v take effect again."""
+    if not qkv_fused(model):
+        return False
+    model.unfuse_qkv_projections()
+    return True
+
+
+def _compile_kwargs(mode: str | None, fullgraph: bool, backend: str) -> dict[str, Any]:
+    return {"fullgraph": fullgraph, "backend": backend, **({"mode": mode} if mode not in (None, "default") else {})}
+
+
+def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
+                    backend: str = "inductor") -> int:
+    """Regional compilation: compile each repeated block once (they share one graph), leave the glue eager."""
+    kwargs = _compile_kwargs(mode, fullgraph, backend)
+    names = REGION_OVERRIDES.get(type(model).__name__) or tuple(getattr(model, "_repeated_blocks", ()) or ())
+    if not names:
+        raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile; use compile='full'.")
+    count = 0
+    for module in model.modules():
+        if type(module).__name__ in names:
+            module.compile(**kwargs)
+            count += 1
+    if not count:
+        raise ValueError(f"None of {names} found in {type(model).__name__}.")
+    return count
+
+
+def compile_full(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
+                 backend: str = "inductor") -> int:
+    model.compile(**_compile_kwargs(mode, fullgraph, backend))
+    return 1
+
+
+def compiled_modules(model: torch.nn.Module) -> int:
+    return sum(1 for m in model.modules() if getattr(m, "_compiled_call_impl", None) is not None)
+
+
+def configure_compile_cache(cache_dir: str | Path) -> dict[str, Any]:
+    """Point inductor's FX-graph and autograd caches at a folder that outlives the process.
+
+    torch reads these as process-wide settings (environment + config); a restart then reuses compiled kernels.
+    """
+    path = Path(cache_dir).expanduser().resolve()
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path)
+    os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "1"
+    os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "1"
+    import torch._inductor.config as inductor_config
+
+    inductor_config.fx_graph_cache = True
+    autograd = False
+    try:
+        import torch._functorch.config as functorch_config
+
+        functorch_config.enable_autograd_cache = True
+        autograd = True
+    except (ImportError, AttributeError):  # older torch: FX graph cache only
+        pass
+    return {"cache_dir": str(path), "fx_graph_cache": True, "autograd_cache": autograd}
+
+
+def torchao_missing_reason() -> str | None:
+    try:
+        import torchao.quantization  # noqa: F401
+    except ImportError:
+        return ("torchao is not installed: `pip install torchao` (a build matching your torch) to use fp8/int8 "
+                "weights; running in bf16 instead")
+    return None
+
+
+def quantize_weights(model: torch.nn.Module, kind: str) -> str:
+    """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot."""
+    if kind == "none":
+        return "none"
+    reason = torchao_missing_reason()
+    if reason:
+        raise InvalidInput(reason)
+    from torchao.quantization import quantize_
+
+    if kind == "fp8":
+        if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
+            raise InvalidInput("fp8 weights need an NVIDIA GPU with compute capability 8.9+ (Ada, Hopper).")
+        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
+
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+    elif kind == "int8wo":
+        from torchao.quantization import Int8WeightOnlyConfig
+
+        config = Int8WeightOnlyConfig()
+    else:
+        raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
+    quantize_(model, config)
+    return kind
+
+
+def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,
+                     report: dict[str, Any]) -> dict[str, Any]:
+    """The denoiser half of the fast path, in the order that keeps each step valid for the next."""
+    applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
+    if options.sdpa:
+        report["attention_processors"] = ensure_sdpa(model)
+        applied.append("sdpa")
+    if not options.fuse_qkv:
+        skipped["fuse_qkv"] = "off"
+    elif options.lora_hotswap:
+        skipped["fuse_qkv"] = "LoRA hotswap keeps to_q/to_k/to_v separate (fused QKV would bypass the LoRA)"
+    else:
+        try:
+            report["fused_attention_modules"] = fuse_qkv(model)
+            if report["fused_attention_modules"]:
+                applied.append("fuse_qkv")
+            else:
+                skipped["fuse_qkv"] = f"{type(model).__name__} has no fusable attention"
+        except ValueError as exc:  # e.g. added-KV processors
+            skipped["fuse_qkv"] = str(exc)
+    if not options.channels_last:
+        skipped["channels_last"] = "off"
+    elif type(model).__name__ != "UNet2DConditionModel":
+        skipped["channels_last"] = "only convolutional UNets gain from channels_last"
+    elif not gpu_ok:
+        skipped["channels_last"] = "CPU: no gain"
+    else:
+        model.to(memory_format=torch.channels_last)
+        applied.append("channels_last")
+    if options.quantization == "none":
+        pass
+    elif not gpu_ok:
+        skipped["quantization"] = "CPU: torchao fp8/int8 kernels are for CUDA"
+    elif (reason := torchao_missing_reason()) is not None:
+        skipped["quantization"] = reason
+        log.warning(reason)
+    else:
+        report["quantization"] = quantize_weights(model, options.quantization)
+        applied.append(f"quantization:{options.quantization}")
+    if options.compile == "off":
+        skipped["compile"] = "off"
+    elif not gpu_ok:
+        skipped["compile"] = "CPU: compile time outweighs the gain (set allow_cpu for smoke tests)"
+    else:
+        compile_fn = compile_regions if options.compile == "regional" else compile_full
+        try:
+            report["compiled_regions"] = compile_fn(model, options.compile_mode, options.fullgraph,
+                                                    options.compile_backend)
+            applied.append(f"compile:{options.compile}")
+        except ValueError as exc:
+            skipped["compile"] = str(exc)
+    return report
+
+
+# ----- the pipeline entry point ------------------------------------------------------------------------------
+def _has_offload_hooks(pipe: Any) -> bool:
+    return any(getattr(c, "_hf_hook", None) is not None
+               for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module))
+
+
+def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None) -> dict[str, Any]:
+    """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not."""
+    options = options.validated()
+    device = str(device or getattr(pipe, "device", "cpu"))
+    on_cuda = device.startswith("cuda")
+    gpu_ok = on_cuda or options.allow_cpu
+    report: dict[str, Any] = {"device": device, "applied": [], "skipped": {}}
+    applied, skipped = report["applied"], report["skipped"]
+    name, denoiser = find_denoiser(pipe)
+    report["denoiser"] = name
+    if denoiser is None:
+        skipped["all"] = "the pipeline has no unet or transformer"
+        return report
+    if not on_cuda:
+        skipped["resident"] = "not a CUDA device"
+    elif _has_offload_hooks(pipe):
+        skipped["resident"] = "CPU offload is on (memory mode); choose 'resident' for the full speed-up"
+    else:
+        pipe.to(device)
+        applied.append("resident")
+    if options.cache_dir and options.compile != "off":
+        report["compile_cache"] = configure_compile_cache(options.cache_dir)
+    if not options.bf16:
+        skipped["bf16"] = "off"
+    elif not gpu_ok:
+        skipped["bf16"] = "CPU: float32 kernels are faster than bf16 here"
+    elif on_cuda and not torch.cuda.is_bf16_supported():
+        skipped["bf16"] = "this GPU has no bf16; float16 stays"
+    else:
+        if denoiser.dtype != torch.bfloat16:
+            pipe.to(dtype=torch.bfloat16)
+        applied.append("bf16")
+    vae = getattr(pipe, "vae", None)
+    if options.fuse_qkv and vae is not None and hasattr(vae, "fuse_qkv_projections"):
+        try:
+            vae.fuse_qkv_projections()
+            applied.append("fuse_qkv_vae")
+        except ValueError as exc:
+            skipped["fuse_qkv_vae"] = str(exc)
+    if options.lora_hotswap:
+        if hasattr(pipe, "enable_lora_hotswap"):
+            pipe.enable_lora_hotswap(target_rank=options.hotswap_rank, check_compiled="warn")
+            applied.append("lora_hotswap")
+        else:
+            skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
+    accelerate_model(denoiser, options, gpu_ok, report)
+    if options.compile_vae and vae is not None and gpu_ok and hasattr(vae, "decoder"):
+        vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))
+        applied.append("compile_vae")
+    return report
+
+
+# ----- LoRA hotswap ------------------------------------------------------------------------------------------
+class LoraHotswapper:
+    """One LoRA slot whose weights are replaced in place, so a compiled denoiser never recompiles.
+
+    The user's LoRA strength is written into peft's scaling tensors; `set_adapters` would replace them with
+    Python floats, which torch.compile guards on (one recompile per new weight). One LoRA at a time.
+    """
+
+    def __init__(self, pipe: Any, target_rank: int):
+        self.pipe = pipe
+        self.target_rank = target_rank
+        self.path: Path | None = None
+        self._base: dict[torch.nn.Module, float] = {}
+
+    def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> None:
+        """Make the LoRA at `path` the one in the slot at `weight`; None turns the slot off (scale 0)."""
+        if path is None:
+            self._scale(0.0)
+            return
+        if self.path != Path(path):
+            self._load(Path(path), name or Path(path).stem)
+        self._scale(weight)
+
+    def reset(self) -> None:
+        """Empty the slot and get ready for a fresh first load."""
+        try:
+            loaded = any(names for names in self.pipe.get_list_adapters().values())
+        except Exception:  # no peft layers at all
+            loaded = False
+        if loaded:
+            self.pipe.unload_lora_weights()
+        self.path, self._base = None, {}
+        self.pipe.enable_lora_hotswap(target_rank=self.target_rank, check_compiled="ignore")
+
+    def _load(self, path: Path, name: str) -> None:
+        try:
+            self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER, hotswap=self.path is not None)
+        except Exception as exc:
+            if self.path is None:
+                self.reset()
+                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc)[:300]}") from exc
+            # other layers or a higher rank than the slot holds: reload fresh, at the cost of one recompile
+            log.warning("LoRA %s cannot be hotswapped (%s); reloading it (one recompile).", name, exc)
+            self.reset()
+            try:
+                self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER)
+            except Exception as exc2:
+                self.reset()
+                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc2)[:300]}") from exc2
+        from peft.tuners.lora import LoraLayer
+
+        modules = [m for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)
+                   for m in c.modules() if isinstance(m, LoraLayer) and HOTSWAP_ADAPTER in m.scaling]
+        self.path = path
+        self._base = {m: float(m.scaling[HOTSWAP_ADAPTER]) for m in modules}
+        if not self._base:
+            self.reset()
+            raise LoraError(f"LoRA {name!r} matched no layer of this model: it was made for another model.")
+
+    def _scale(self, weight: float) -> None:
+        for module, base in self._base.items():
+            scaling = module.scaling[HOTSWAP_ADAPTER]
+            if torch.is_tensor(scaling):
+                scaling.fill_(base * weight)
+            else:
+                module.scaling[HOTSWAP_ADAPTER] = base * weight
+
+
+def hotswapper_for(pipe: Any, options: FastPathOptions | None) -> LoraHotswapper | None:
+    if options is None or not options.lora_hotswap or not hasattr(pipe, "load_lora_weights"):
+        return None
+    return LoraHotswapper(pipe, options.hotswap_rank)
+
+
+def prepare_for_lora(pipe: Any) -> bool:
+    """Unfuse QKV before a LoRA loads: fused projections would silently bypass LoRA layers on to_q/k/v."""
+    _, denoiser = find_denoiser(pipe)
+    return denoiser is not None and unfuse_qkv(denoiser)

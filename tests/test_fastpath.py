@@ -1,0 +1,119 @@
+"""The GPU fast path on CPU: option checks, QKV fusion, what is skipped and why, LoRA safety, hotswap."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from brandgen.acceleration import (
+    HOTSWAP_ADAPTER, FastPathOptions, accelerate_model, apply_fast_path, compiled_modules, qkv_fused,
+    torchao_missing_reason,
+)
+from brandgen.errors import InvalidInput
+from brandgen.generation import GenerationRequest
+from brandgen.manager import PipelineManager
+from conftest import make_sd15_lora
+
+
+def _pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in result.images])
+
+
+def _req(**kw) -> GenerationRequest:
+    return GenerationRequest(**{**dict(prompt="a red star icon", model_id="tiny-sd15", preset="draft", seed=7,
+                                       steps=1), **kw})
+
+
+def _fast_manager(manager: PipelineManager, **options) -> PipelineManager:
+    return PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                           fast_path=FastPathOptions(**options))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("compile", "turbo", "compile must be one of"), ("compile_mode", "fastest", "compile_mode"),
+    ("quantization", "int4", "quantization"), ("hotswap_rank", 0, "hotswap_rank"),
+])
+def test_option_validation(field, value, match):
+    with pytest.raises(InvalidInput, match=match):
+        FastPathOptions(**{field: value}).validated()
+    assert FastPathOptions(compile="full", compile_mode="max-autotune-no-cudagraphs").validated()
+
+
+def test_fused_qkv_on_cpu_keeps_outputs_and_reports_skips(manager: PipelineManager):
+    plain = _pixels(manager.generate(_req()))
+    fast = _fast_manager(manager, quantization="int8wo")
+    result = fast.generate(_req())
+    assert qkv_fused(fast.pipeline.unet)
+    assert type(next(iter(fast.pipeline.unet.attn_processors.values()))).__name__ == "FusedAttnProcessor2_0"
+    assert np.abs(_pixels(result) - plain).max() <= 1.0, "fusing QKV must not change the image"
+    report = fast.fast_path_report
+    assert report["denoiser"] == "unet" and report["fused_attention_modules"] > 0
+    assert {"sdpa", "fuse_qkv", "fuse_qkv_vae"} <= set(report["applied"])
+    for step in ("resident", "bf16", "channels_last", "compile", "quantization"):
+        assert "CPU" in report["skipped"][step] or "CUDA" in report["skipped"][step], step
+    assert compiled_modules(fast.pipeline.unet) == 0 and fast.pipeline.unet.dtype == torch.float32
+
+
+def test_compile_off_leaves_modules_untouched(manager: PipelineManager):
+    manager.load_model("tiny-sd15")
+    pipe = manager.pipeline
+    before = {k: v.clone() for k, v in pipe.unet.state_dict().items()}
+    processors = {k: type(v) for k, v in pipe.unet.attn_processors.items()}
+    report = apply_fast_path(pipe, FastPathOptions(compile="off", fuse_qkv=False, bf16=False, allow_cpu=True))
+    after = pipe.unet.state_dict()
+    assert before.keys() == after.keys() and all(torch.equal(before[k], after[k]) for k in before)
+    assert {k: type(v) for k, v in pipe.unet.attn_processors.items()} == processors
+    assert compiled_modules(pipe.unet) == 0 and compiled_modules(pipe.vae) == 0
+    assert report["skipped"]["compile"] == "off" and report["skipped"]["fuse_qkv"] == "off"
+
+
+def test_regional_compile_path_on_cpu(manager: PipelineManager):
+    """The compile code path itself, with dynamo's eager backend so it takes seconds on CPU."""
+    plain = _pixels(manager.generate(_req()))
+    fast = _fast_manager(manager, allow_cpu=True, bf16=False, compile_backend="eager", fuse_qkv=False)
+    result = fast.generate(_req())
+    report = fast.fast_path_report
+    assert "compile:regional" in report["applied"]
+    assert report["compiled_regions"] == compiled_modules(fast.pipeline.unet) > 0
+    assert np.abs(_pixels(result) - plain).max() <= 1.0
+
+
+@pytest.mark.skipif(torchao_missing_reason() is None, reason="torchao is installed here")
+def test_missing_torchao_is_reported_not_fatal(manager: PipelineManager):
+    manager.load_model("tiny-sd15")
+    report = accelerate_model(manager.pipeline.unet, FastPathOptions(quantization="fp8", compile="off"),
+                              gpu_ok=True, report={})
+    assert "pip install torchao" in report["skipped"]["quantization"]
+
+
+def test_lora_after_fused_qkv_unfuses_so_the_lora_applies(manager: PipelineManager, tiny_dirs):
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "acme.safetensors", seed=1)
+    expected = _pixels(manager.generate(_req(loras=(("acme", 1.0),))))
+    fast = _fast_manager(manager)
+    plain = _pixels(fast.generate(_req()))
+    assert qkv_fused(fast.pipeline.unet) and np.abs(expected - plain).mean() > 1.0, "the LoRA must show"
+    got = _pixels(fast.generate(_req(loras=(("acme", 1.0),))))
+    assert not qkv_fused(fast.pipeline.unet)
+    assert np.abs(got - expected).max() <= 2.0, "a fused QKV projection must not bypass the LoRA"
+
+
+def test_hotswap_uses_one_slot_and_matches_normal_loading(manager: PipelineManager, tiny_dirs):
+    loras = manager.paths.loras
+    make_sd15_lora(tiny_dirs["sd15"], loras / "acme.safetensors", seed=1)
+    make_sd15_lora(tiny_dirs["sd15"], loras / "other.safetensors", seed=2, rank=8)
+    reference = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                                fuse_single_lora=False)
+    fast = _fast_manager(manager, lora_hotswap=True, hotswap_rank=8)
+    assert "lora_hotswap" in (fast.load_model("tiny-sd15") and fast.fast_path_report["applied"])
+    assert fast.fast_path_report["skipped"]["fuse_qkv"].startswith("LoRA hotswap")
+    for loras_wanted in ((("acme", 1.0),), (("other", 1.0),), (("other", 0.5),), ()):
+        got = _pixels(fast.generate(_req(loras=loras_wanted)))
+        want = _pixels(reference.generate(_req(loras=loras_wanted)))
+        assert np.abs(got - want).max() <= 2.0, loras_wanted
+        assert fast.pipeline.get_list_adapters().get("unet") == [HOTSWAP_ADAPTER]
+        assert not fast._loaded.fused
+    with pytest.raises(InvalidInput, match="one LoRA at a time"):
+        fast.generate(_req(loras=(("acme", 1.0), ("other", 1.0))))
+    fast.unload_loras()
+    assert fast.generate(_req(loras=(("other", 1.0),))).images
