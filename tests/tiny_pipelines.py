@@ -114,3 +114,82 @@ def build_flux(out: Path) -> Path:
     )
     pipe.save_pretrained(out, safe_serialization=True)
     return out
+
+
+def _tiny_t5(tokenizer: CLIPTokenizer, d_model: int = TEXT_DIM) -> T5EncoderModel:
+    torch.manual_seed(0)
+    return T5EncoderModel(T5Config(
+        vocab_size=len(tokenizer), d_model=d_model, d_kv=8, d_ff=64, num_layers=2, num_heads=4,
+        relative_attention_num_buckets=8, decoder_start_token_id=0,
+    ))
+
+
+def _tiny_flow_vae() -> AutoencoderKL:
+    return _vae(latent_channels=4, blocks=(4,), norm_num_groups=1, use_quant_conv=False,
+                use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035)
+
+
+def build_sd3(out: Path) -> Path:
+    """SD3-family: SD3Transformer2DModel (MMDiT) over 2x CLIPTextModelWithProjection + T5, flow matching.
+
+    The pipeline pads the concatenated CLIP embeddings (2 x 32) to the T5 width, so T5 and the joint
+    attention are 64 wide; the pooled projection is the two CLIP projections side by side (64).
+    """
+    from diffusers import SD3Transformer2DModel, StableDiffusion3Pipeline
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    transformer = SD3Transformer2DModel(
+        sample_size=32, patch_size=2, in_channels=4, out_channels=4, num_layers=2, attention_head_dim=8,
+        num_attention_heads=4, caption_projection_dim=32, joint_attention_dim=2 * TEXT_DIM,
+        pooled_projection_dim=2 * TEXT_DIM,
+    )
+    pipe = StableDiffusion3Pipeline(
+        transformer=transformer, scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_flow_vae(),
+        text_encoder=_clip_text(tokenizer, projection=True), tokenizer=tokenizer,
+        text_encoder_2=_clip_text(tokenizer, projection=True), tokenizer_2=tokenizer,
+        text_encoder_3=_tiny_t5(tokenizer, d_model=2 * TEXT_DIM), tokenizer_3=tiny_tokenizer(max_length=32),
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out
+
+
+def build_hidream(out: Path) -> Path:
+    """HiDream-family: HiDreamImageTransformer2DModel (sparse MoE DiT) over 2x CLIP + T5 + a tiny
+    LlamaForCausalLM whose hidden states are read per layer (llama_layers)."""
+    from diffusers import HiDreamImagePipeline, HiDreamImageTransformer2DModel
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    tokenizer = tiny_tokenizer()
+    torch.manual_seed(0)
+    transformer = HiDreamImageTransformer2DModel(
+        patch_size=2, in_channels=4, out_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+        num_attention_heads=4, caption_channels=[TEXT_DIM, 16], text_emb_dim=2 * TEXT_DIM, num_routed_experts=4,
+        num_activated_experts=2, axes_dims_rope=(4, 2, 2), max_resolution=(32, 32), llama_layers=(0, 1),
+    ).eval()
+    torch.manual_seed(0)
+    llama = LlamaForCausalLM(LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=2, max_position_embeddings=128, bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
+    )).eval()
+    # HiDream pads CLIP prompts to 128 tokens (its real CLIPs are long-context), so these CLIPs are too
+    tokenizer = tiny_tokenizer(max_length=128)
+
+    def long_clip() -> CLIPTextModelWithProjection:
+        torch.manual_seed(0)
+        return CLIPTextModelWithProjection(CLIPTextConfig(
+            vocab_size=len(tokenizer), hidden_size=TEXT_DIM, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=4, max_position_embeddings=128, projection_dim=TEXT_DIM,
+            bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+            pad_token_id=tokenizer.pad_token_id,
+        )).eval()
+
+    pipe = HiDreamImagePipeline(
+        scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0), vae=_tiny_flow_vae(),
+        text_encoder=long_clip(), tokenizer=tokenizer, text_encoder_2=long_clip(), tokenizer_2=tokenizer,
+        text_encoder_3=_tiny_t5(tokenizer), tokenizer_3=tiny_tokenizer(max_length=32),
+        text_encoder_4=llama, tokenizer_4=tiny_tokenizer(max_length=32), transformer=transformer,
+    )
+    pipe.save_pretrained(out, safe_serialization=True)
+    return out

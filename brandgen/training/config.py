@@ -1,0 +1,118 @@
+"""TrainConfig: every knob of one LoRA training run, as plain JSON so the UI, CLI and resume share it."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from brandgen.errors import InvalidInput
+from brandgen.paths import safe_name
+
+OPTIMIZERS = ("auto", "adamw", "adamw8bit")
+LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
+MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
+
+
+@dataclass
+class TrainConfig:
+    """One LoRA training run. Defaults follow the design notes (rank 32, alpha 16, lr 1e-4, 10 epochs, batch 1).
+
+    `base_model` is a registry id (presets/models.json) or a path to a diffusers model folder.
+    `max_steps` > 0 caps the optimizer steps and wins over `epochs`.
+    """
+
+    name: str
+    base_model: str = "brandgen-tiny"
+    asset_type: str = "icons"
+    data_dir: str = "assets/brand_example/icons"
+    trigger: str = ""  # the LoRA's own trigger word; prepended to every caption that lacks it
+    resolution: int = 0  # 0: the base model's native resolution
+    bucketing: bool = False  # aspect-ratio buckets instead of a centre crop
+    rank: int = 32
+    alpha: float = 16.0
+    lr: float = 1e-4
+    epochs: int = 10
+    max_steps: int = 0
+    batch_size: int = 1
+    grad_accum: int = 1
+    gradient_checkpointing: bool = True
+    optimizer: str = "auto"  # auto: 8-bit AdamW when bitsandbytes works on CUDA, else AdamW
+    weight_decay: float = 1e-4
+    max_grad_norm: float = 1.0
+    warmup_steps: int = 0
+    lr_scheduler: str = "constant"
+    seed: int = 42
+    checkpoint_every: int = 500
+    keep_checkpoints: int = 2
+    validate_every: int = 0  # 0: only at the end
+    validation_prompt: str = ""
+    validation_images: int = 2
+    validation_steps: int = 0  # 0: the model's default step count
+    mixed_precision: str = "auto"  # auto: bf16 on CUDA when supported, fp32 elsewhere
+    allow_small_dataset: bool = False  # below the asset type's minimum is an error unless this is set
+    target_modules: list[str] = field(default_factory=list)  # empty: the family's default layers
+    family: str = ""  # empty: from the registry entry or the model folder's pipeline class
+
+    def validated(self) -> "TrainConfig":
+        """Check ranges here so a bad value fails before minutes of model loading, with a clear message."""
+        safe_name(self.name, "LoRA name")
+        if self.trigger and not self.trigger.replace("_", "").replace("-", "").isalnum():
+            raise InvalidInput(f"Trigger word {self.trigger!r}: use one word of letters, digits, '_' or '-'.")
+        checks = [
+            (
+                self.resolution == 0 or (self.resolution >= 16 and self.resolution % 16 == 0),
+                "resolution must be 0 (native) or a multiple of 16",
+            ),
+            (1 <= self.rank <= 256, "rank must be 1..256"),
+            (self.alpha > 0, "alpha must be > 0"),
+            (0 < self.lr < 1, "learning rate must be between 0 and 1"),
+            (self.epochs >= 1 or self.max_steps >= 1, "give epochs >= 1 or max_steps >= 1"),
+            (self.max_steps >= 0 and self.epochs >= 0, "epochs and max_steps cannot be negative"),
+            (1 <= self.batch_size <= 64, "batch size must be 1..64"),
+            (1 <= self.grad_accum <= 128, "gradient accumulation must be 1..128"),
+            (self.optimizer in OPTIMIZERS, f"optimizer must be one of {OPTIMIZERS}"),
+            (self.lr_scheduler in LR_SCHEDULERS, f"lr scheduler must be one of {LR_SCHEDULERS}"),
+            (self.mixed_precision in MIXED_PRECISIONS, f"mixed precision must be one of {MIXED_PRECISIONS}"),
+            (self.warmup_steps >= 0, "warmup steps cannot be negative"),
+            (self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every >= 0, keep >= 1"),
+            (self.validate_every >= 0 and 0 <= self.validation_images <= 8, "validation images must be 0..8"),
+        ]
+        problems = [message for ok, message in checks if not ok]
+        if problems:
+            raise InvalidInput("Training settings: " + "; ".join(problems) + ".")
+        return self
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+    def save(self, path: Path) -> None:
+        Path(path).write_text(self.to_json() + "\n", encoding="utf-8")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "TrainConfig":
+        """Unknown keys are an error (a typo would otherwise silently train with a default)."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInput(f"Unknown training setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
+        if "name" not in data:
+            raise InvalidInput("The training config needs a 'name' (the LoRA's name).")
+        return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "TrainConfig":
+        path = Path(path)
+        try:
+            data = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise InvalidInput(f"Config file not found: {path}.") from None
+        except json.JSONDecodeError as exc:
+            raise InvalidInput(f"{path.name} is not valid JSON: {exc}.") from None
+        if not isinstance(data, dict):
+            raise InvalidInput(f"{path.name} must hold one JSON object of settings.")
+        return cls.from_dict(data)

@@ -1,0 +1,238 @@
+"""Training jobs: one LoRA training at a time in a background thread, with live state the UI polls.
+
+The registry belongs to the app process (build_app creates one and hands it to the tab), not to a module
+global. The accelerator is shared with generation through the PipelineManager's lock: on a GPU the job
+holds it for the whole run (generation waits; two big models would not fit), on a CPU only around each
+step (generation keeps working between steps).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from brandgen.device import free_memory
+from brandgen.errors import BrandGenError, InvalidInput
+from brandgen.paths import AppPaths, resolve_inside
+from brandgen.registry import ModelRegistry
+from brandgen.training.checkpoints import latest_checkpoint
+from brandgen.training.config import TrainConfig
+from brandgen.training.export import lora_name_taken
+from brandgen.training.history import LossHistory
+from brandgen.training.loading import new_run_dir
+from brandgen.training.progress import TrainHooks, TrainProgress
+from brandgen.training.trainer import LoraTrainer
+
+ACTIVE = ("queued", "running", "cancelling")
+MAX_HISTORY_POINTS = 2000
+
+
+@dataclass
+class JobState:
+    """Everything the Train tab shows; a copy is handed out, so readers never see a half-updated state."""
+
+    id: str
+    name: str
+    run_dir: str
+    status: str = "queued"  # queued | running | cancelling | cancelled | failed | done
+    phase: str = ""
+    step: int = 0
+    total: int = 0
+    loss: float | None = None
+    eta_seconds: float | None = None
+    message: str = ""
+    error: str = ""
+    samples: list[str] = field(default_factory=list)
+    history: list[dict[str, float]] = field(default_factory=list)  # {"step", "loss"}
+    lora_dir: str = ""
+    metrics: dict[str, float] = field(default_factory=dict)
+    started_at: float = field(default_factory=time.time)
+    finished_at: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class TrainingJob:
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool):
+        self.config, self.run_dir, self.resume = config, run_dir, resume
+        self.state = JobState(id=run_dir.name, name=config.name, run_dir=str(run_dir))
+        self.stop = threading.Event()
+        self.lock = threading.Lock()
+        self.thread: threading.Thread | None = None
+
+
+class TrainingJobs:
+    """Starts, watches, cancels and resumes LoRA training runs for one app process."""
+
+    def __init__(
+        self,
+        manager: Any = None,
+        paths: AppPaths | None = None,
+        registry: ModelRegistry | None = None,
+        device: str | None = None,
+        exclusive: bool | None = None,
+    ):
+        self.manager = manager
+        self.paths = paths or (manager.paths if manager is not None else AppPaths.from_env())
+        self.registry = registry or (manager.registry if manager is not None else None)
+        self.device = device or (manager.device.device if manager is not None else None)
+        self.exclusive = (self.device == "cuda") if exclusive is None else exclusive
+        self.asset_types = manager.asset_types if manager is not None else None
+        self._jobs: dict[str, TrainingJob] = {}
+        self._latest: str | None = None
+        self._lock = threading.Lock()
+
+    @classmethod
+    def for_manager(cls, manager: Any) -> "TrainingJobs":
+        """The app's registry, kept on the manager (`manager.training_jobs`) so rebuilding the UI finds the
+        running job again instead of starting a second registry."""
+        jobs = getattr(manager, "training_jobs", None)
+        if not isinstance(jobs, cls):
+            jobs = cls(manager)
+            manager.training_jobs = jobs
+        return jobs
+
+    # ----- queries ---------------------------------------------------------------------------------
+    def active(self) -> TrainingJob | None:
+        with self._lock:
+            return next((j for j in self._jobs.values() if j.state.status in ACTIVE), None)
+
+    def status(self, job_id: str | None = None) -> JobState | None:
+        """A copy of a job's state (the latest job when no id is given)."""
+        job = self._jobs.get(job_id or self._latest or "")
+        if job is None:
+            return None
+        with job.lock:
+            return JobState(
+                **{
+                    **job.state.to_dict(),
+                    "samples": list(job.state.samples),
+                    "history": list(job.state.history),
+                    "metrics": dict(job.state.metrics),
+                }
+            )
+
+    def list_runs(self) -> list[dict[str, Any]]:
+        """Run folders, newest first, and whether each can be resumed (it has a checkpoint)."""
+        root = self.paths.training_runs
+        if not root.is_dir():
+            return []
+        runs = [p for p in root.iterdir() if (p / "config.json").is_file()]
+        runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
+        out = []
+        for p in runs:
+            result = (
+                json.loads((p / "result.json").read_text(encoding="utf-8")) if (p / "result.json").is_file() else {}
+            )
+            out.append(
+                {
+                    "run": p.name,
+                    "status": result.get("status", "failed" if (p / "error.txt").is_file() else "unfinished"),
+                    "resumable": latest_checkpoint(p / "checkpoints") is not None and result.get("status") != "done",
+                }
+            )
+        return out
+
+    def wait(self, job_id: str | None = None, timeout: float | None = None) -> JobState | None:
+        job = self._jobs.get(job_id or self._latest or "")
+        if job is not None and job.thread is not None:
+            job.thread.join(timeout)
+        return self.status(job_id)
+
+    # ----- actions ---------------------------------------------------------------------------------
+    def start(self, config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> JobState:
+        """Queue a run in a background thread; refused while another job is active (one accelerator)."""
+        config = config.validated()
+        busy = self.active()
+        if busy is not None:
+            raise InvalidInput(f"Training job {busy.state.name!r} is {busy.state.status}; cancel it or wait.")
+        if not resume and lora_name_taken(self.paths.loras, config.name):
+            raise InvalidInput(f"A LoRA named {config.name!r} already exists in loras/; pick another name.")
+        job = TrainingJob(config, Path(run_dir) if run_dir else new_run_dir(self.paths, config.name), resume)
+        if resume:  # the curve continues where the checkpoint left it
+            rows = LossHistory.load(job.run_dir / "loss.csv").rows
+            job.state.history = [{"step": r["step"], "loss": r["loss"]} for r in rows]
+            job.state.step = rows[-1]["step"] if rows else 0
+        with self._lock:
+            self._jobs[job.state.id] = job
+            self._latest = job.state.id
+        job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{config.name}", daemon=True)
+        job.thread.start()
+        return self.status(job.state.id)  # type: ignore[return-value]
+
+    def resume(self, run: str | Path) -> JobState:
+        """Continue a cancelled or crashed run from its newest checkpoint (same run folder, same settings)."""
+        run_dir = Path(run) if Path(run).is_absolute() else resolve_inside(self.paths.training_runs, str(run), "run")
+        if not (run_dir / "config.json").is_file():
+            raise InvalidInput(f"{run_dir.name} is not a training run folder.")
+        if latest_checkpoint(run_dir / "checkpoints") is None:
+            raise InvalidInput(f"Run {run_dir.name} has no checkpoint to resume from; start a new run.")
+        return self.start(TrainConfig.from_file(run_dir / "config.json"), run_dir=run_dir, resume=True)
+
+    def cancel(self, job_id: str | None = None) -> JobState | None:
+        """Stop after the current step; the trainer saves a checkpoint so the run can be resumed."""
+        job = self._jobs.get(job_id or self._latest or "")
+        if job is not None and job.state.status in ("queued", "running"):
+            job.stop.set()
+            with job.lock:
+                job.state.status = "cancelling"
+                job.state.message = "Stopping after the current step and saving a checkpoint…"
+        return self.status(job_id)
+
+    # ----- the worker ------------------------------------------------------------------------------
+    def _update(self, job: TrainingJob, progress: TrainProgress) -> None:
+        with job.lock:
+            s = job.state
+            s.phase, s.message = progress.phase, progress.message or s.message
+            s.step, s.total = progress.step or s.step, progress.total or s.total
+            s.eta_seconds = progress.eta_seconds
+            s.samples = list(progress.samples)
+            if progress.loss is not None:
+                s.loss = progress.loss
+                if progress.phase == "training" and (not s.history or s.history[-1]["step"] < progress.step):
+                    s.history.append({"step": progress.step, "loss": progress.loss})
+                    del s.history[:-MAX_HISTORY_POINTS]
+
+    def _guard(self) -> contextlib.AbstractContextManager:
+        return self.manager.lock if self.manager is not None else contextlib.nullcontext()
+
+    def _run(self, job: TrainingJob) -> None:
+        with job.lock:
+            job.state.status = "cancelling" if job.stop.is_set() else "running"
+        per_step = None if self.exclusive else self._guard
+        hooks = TrainHooks(on_progress=lambda p: self._update(job, p), should_stop=job.stop.is_set, step_guard=per_step)
+        try:
+            with self._guard() if self.exclusive else contextlib.nullcontext():
+                if self.exclusive and self.manager is not None:
+                    self.manager.unload()  # the generation model leaves the GPU while training has it
+                trainer = LoraTrainer(
+                    job.config,
+                    paths=self.paths,
+                    registry=self.registry,
+                    run_dir=job.run_dir,
+                    hooks=hooks,
+                    device=self.device,
+                    asset_types=self.asset_types,
+                )
+                result = trainer.run(resume=job.resume)
+                del trainer
+            with job.lock:
+                job.state.status, job.state.message = result.status, result.message
+                job.state.lora_dir = str(result.lora_dir or "")
+                job.state.metrics = dict(result.metrics)
+                job.state.step = result.steps
+        except Exception as exc:  # the thread must end in a readable state, whatever happened
+            text = str(exc) if isinstance(exc, BrandGenError) else f"{type(exc).__name__}: {exc}"
+            with job.lock:
+                job.state.status, job.state.error = "failed", text
+                job.state.message = f"Training failed: {text[:500]}"
+        finally:
+            with job.lock:
+                job.state.finished_at = time.time()
+            free_memory()

@@ -1,0 +1,127 @@
+"""Getting a base model ready to train: which folder, which family, which dtype, which optimizer."""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brandgen.errors import ModelUnavailable
+from brandgen.paths import REPO_ROOT, AppPaths
+from brandgen.registry import ModelEntry, ModelRegistry
+from brandgen.training.config import TrainConfig
+from brandgen.training.families import PIPELINE_FAMILIES
+
+
+def resolve_base_model(
+    base_model: str, registry: ModelRegistry | None, family: str = ""
+) -> tuple[str, str, ModelEntry | None]:
+    """(source folder or hub id, family, registry entry) for a registry id or a diffusers folder path."""
+    registry = registry or ModelRegistry.from_file()
+    if base_model in registry.ids():
+        entry = registry.get(base_model)
+        return entry.resolved_source(), family or entry.family, entry
+    path = Path(base_model).expanduser()
+    index = path / "model_index.json"
+    if not index.is_file():
+        raise ModelUnavailable(
+            f"Base model {base_model!r} is neither a registry id ({', '.join(registry.ids()[:4])}, ...) "
+            "nor a diffusers model folder (with model_index.json)."
+        )
+    class_name = json.loads(index.read_text(encoding="utf-8")).get("_class_name", "")
+    detected = family or PIPELINE_FAMILIES.get(class_name, "")
+    if not detected:
+        raise ModelUnavailable(f"{path.name} holds a {class_name}, which BrandGen cannot train LoRAs for.")
+    return str(path), detected, None
+
+
+def resolve_precision(mixed_precision: str, device_type: str) -> str:
+    """'auto' means bf16 on CUDA GPUs that support it, fp16 on older ones, full precision elsewhere."""
+    if mixed_precision != "auto":
+        return "no" if device_type == "cpu" else mixed_precision
+    if device_type != "cuda":
+        return "no"
+    return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+
+
+WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _load_component(spec: dict[str, Any], dtype: torch.dtype) -> Any:
+    module = importlib.import_module(spec["library"])
+    component_cls = getattr(module, spec["class"])
+    kwargs = dict(spec.get("kwargs", {}))
+    if "Tokenizer" not in spec["class"]:
+        kwargs["dtype"] = dtype
+    return component_cls.from_pretrained(spec["source"], **kwargs)
+
+
+def load_training_pipeline(source: str, family: str, entry: ModelEntry | None, dtype: torch.dtype) -> Any:
+    """The full pipeline on the CPU in `dtype`; HiDream's transformer is asked for image-shaped outputs in
+    training mode too (force_inference_output), as the diffusers HiDream LoRA script does."""
+    from diffusers import DiffusionPipeline
+
+    kwargs: dict[str, Any] = {"dtype": dtype}
+    if entry is None or entry.source_type == "local":
+        kwargs["use_safetensors"] = True
+    try:
+        for name, spec in (entry.extra_components if entry else {}).items():
+            kwargs[name] = _load_component(spec, dtype)
+        if family == "hidream":
+            from diffusers import HiDreamImageTransformer2DModel
+
+            kwargs["transformer"] = HiDreamImageTransformer2DModel.from_pretrained(
+                source, subfolder="transformer", dtype=dtype, force_inference_output=True
+            )
+        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+    except (OSError, ValueError) as exc:
+        label = entry.label if entry else source
+        raise ModelUnavailable(
+            f"Could not load {label} for training: {type(exc).__name__}: {str(exc)[:300]}. Hub models must be "
+            "downloaded first (`hf download <id>`); BrandGen Tiny works offline."
+        ) from exc
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def make_optimizer(
+    name: str, params: list[torch.nn.Parameter], lr: float, weight_decay: float, device_type: str
+) -> tuple[torch.optim.Optimizer, str]:
+    """8-bit AdamW (bitsandbytes) on CUDA when asked or when 'auto' finds it; plain AdamW otherwise."""
+    if name in ("auto", "adamw8bit") and device_type == "cuda":
+        try:
+            import bitsandbytes as bnb
+
+            return bnb.optim.AdamW8bit(params, lr=lr, weight_decay=weight_decay), "adamw8bit"
+        except Exception:  # not installed, or no kernel for this GPU: fall back rather than fail the run
+            pass
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay), "adamw"
+
+
+def new_run_dir(paths: AppPaths, name: str) -> Path:
+    return paths.training_runs / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+
+
+def resolve_data_dir(data_dir: str) -> Path:
+    """Relative folders are looked up from the working directory, then from the repository root."""
+    path = Path(data_dir).expanduser()
+    return path if path.is_absolute() or path.exists() else REPO_ROOT / path
+
+
+def make_accelerator(config: TrainConfig, device: str | None, run_dir: Path) -> Any:
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # in-process runs may differ in precision; start clean
+        AcceleratorState._reset_state(reset_partial_state=True)
+    cpu = device == "cpu" or (device is None and not torch.cuda.is_available())
+    kind = "cpu" if cpu else ("cuda" if torch.cuda.is_available() else "mps")
+    precision = resolve_precision(config.mixed_precision, kind)
+    return Accelerator(
+        mixed_precision=precision, gradient_accumulation_steps=config.grad_accum, cpu=cpu, project_dir=str(run_dir)
+    )

@@ -1,0 +1,312 @@
+"""The Train LoRA tab: dataset check, settings, start/cancel/resume, and live progress of the one job."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import gradio as gr
+import pandas as pd
+from PIL import Image
+
+from brandgen.manager import PipelineManager
+from brandgen.registry import ModelEntry
+from brandgen.training.config import TrainConfig
+from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
+from brandgen.training.export import push_to_hub
+from brandgen.training.families import UNET_CONV_TARGETS, get_family
+from brandgen.training.jobs import JobState, TrainingJobs
+from brandgen.training.trainer import resolve_data_dir
+from brandgen.ui.common import user_errors
+
+DEFAULT_DATA = "assets/brand_example/icons"
+ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "✋", "cancelled": "⏹️", "failed": "❌", "done": "✅"}
+
+
+def suggested_settings(entry: ModelEntry) -> dict[str, Any]:
+    """Small embedded models learn fast and cheaply; big ones use the design defaults (rank 32, lr 1e-4)."""
+    size = entry.native_resolution[0]
+    if size <= 256:
+        return {"resolution": size, "rank": 16, "alpha": 16, "lr": 1e-3, "epochs": 8, "convs": True}
+    return {"resolution": size, "rank": 32, "alpha": 16, "lr": 1e-4, "epochs": 10, "convs": False}
+
+
+def config_from_ui(
+    folder: str,
+    asset_type: str,
+    model_id: str,
+    name: str,
+    trigger: str,
+    rank: float,
+    alpha: float,
+    lr: float,
+    epochs: float,
+    max_steps: float,
+    resolution: float,
+    batch_size: float,
+    grad_accum: float,
+    validate_every: float,
+    checkpoint_every: float,
+    allow_small: bool,
+    bucketing: bool,
+    convs: bool = False,
+    family: str = "",
+) -> TrainConfig:
+    """Widget values (floats, blanks) -> a validated TrainConfig; `convs` adds a UNet's resnet layers."""
+    targets = [*get_family(family).default_targets, *UNET_CONV_TARGETS] if convs and family in ("sd15", "sdxl") else []
+    return TrainConfig(
+        name=(name or "").strip(),
+        base_model=model_id,
+        asset_type=asset_type,
+        data_dir=str(resolve_data_dir(folder or DEFAULT_DATA)),
+        trigger=(trigger or "").strip(),
+        resolution=int(resolution or 0),
+        rank=int(rank or 32),
+        alpha=float(alpha or 16),
+        lr=float(lr or 1e-4),
+        epochs=int(epochs or 0),
+        max_steps=int(max_steps or 0),
+        batch_size=int(batch_size or 1),
+        grad_accum=int(grad_accum or 1),
+        validate_every=int(validate_every or 0),
+        checkpoint_every=int(checkpoint_every or 0),
+        allow_small_dataset=bool(allow_small),
+        bucketing=bool(bucketing),
+        target_modules=targets,
+    ).validated()
+
+
+def _duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "–"
+    seconds = int(seconds)
+    return f"{seconds // 60}m {seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def status_text(state: JobState | None) -> str:
+    if state is None:
+        return "No training job yet. Check the dataset, then press **Start training**."
+    head = f"{ICONS.get(state.status, '')} **{state.name}** · {state.status}"
+    if state.total:
+        head += f" · step {state.step}/{state.total}"
+    if state.loss is not None:
+        head += f" · loss {state.loss:.4f}"
+    if state.status == "running" and state.eta_seconds is not None:
+        head += f" · ETA {_duration(state.eta_seconds)}"
+    lines = [head]
+    if state.status == "failed":
+        lines.append(f"Error: {state.error}")
+    elif state.message:
+        lines.append(state.message)
+    if state.status == "done":
+        lines.append(
+            f"LoRA **{state.name}** is ready: in **Generate → Brand LoRAs** press *Refresh LoRA list* and pick it."
+        )
+        if state.metrics:
+            m = state.metrics
+            base, final = m.get("eval_loss_base", 0.0), m.get("eval_loss_final", 0.0)
+            lines.append(f"Fixed-noise loss on the dataset: {base:.4f} → {final:.4f}.")
+    return "\n\n".join(lines)
+
+
+def loss_frame(state: JobState | None) -> pd.DataFrame:
+    return pd.DataFrame(state.history if state else [], columns=["step", "loss"])
+
+
+def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
+    """Lay out the tab and wire its events; the job itself lives in `jobs`, owned by the app."""
+    entries = manager.registry.entries()
+    default = manager.registry.get(manager.registry.default_id)
+    start_values = suggested_settings(default)
+
+    with gr.Row():
+        with gr.Column(scale=2):
+            folder = gr.Textbox(DEFAULT_DATA, label="Dataset folder (images + .txt captions)")
+            upload = gr.File(
+                label="…or upload images (PNG/JPEG/WebP, optional .txt captions)",
+                file_count="multiple",
+                type="filepath",
+            )
+            asset_type = gr.Radio(
+                [(t.label, t.id) for t in manager.asset_types.values()], value="icons", label="Asset type"
+            )
+            model = gr.Dropdown(
+                [(f"{e.label} · {e.family}", e.id) for e in entries], value=default.id, label="Base model"
+            )
+            with gr.Row():
+                name = gr.Textbox("my-brand", label="LoRA name")
+                trigger = gr.Textbox("mybrand", label="Trigger word")
+            with gr.Accordion("Training settings", open=False):
+                with gr.Row():
+                    rank = gr.Number(start_values["rank"], label="Rank", precision=0)
+                    alpha = gr.Number(start_values["alpha"], label="Alpha")
+                    lr = gr.Number(start_values["lr"], label="Learning rate")
+                with gr.Row():
+                    epochs = gr.Number(start_values["epochs"], label="Epochs", precision=0)
+                    max_steps = gr.Number(0, label="Max steps (0 = epochs)", precision=0)
+                    resolution = gr.Number(start_values["resolution"], label="Resolution", precision=0)
+                with gr.Row():
+                    batch_size = gr.Number(1, label="Batch size", precision=0)
+                    grad_accum = gr.Number(1, label="Gradient accumulation", precision=0)
+                    validate_every = gr.Number(0, label="Samples every N steps (0 = end)", precision=0)
+                    checkpoint_every = gr.Number(100, label="Checkpoint every N steps", precision=0)
+                with gr.Row():
+                    allow_small = gr.Checkbox(False, label="Allow fewer images than the asset type's minimum")
+                    bucketing = gr.Checkbox(False, label="Aspect-ratio buckets (instead of centre crop)")
+                    convs = gr.Checkbox(start_values["convs"], label="Also train UNet convolutions (stronger style)")
+            with gr.Row():
+                check = gr.Button("Validate dataset")
+                captions = gr.Button("Write template captions")
+            with gr.Row():
+                start = gr.Button("Start training", variant="primary", scale=2)
+                cancel = gr.Button("Cancel", scale=1)
+            with gr.Accordion("Share a finished LoRA on the Hugging Face Hub (optional)", open=False):
+                with gr.Row():
+                    hub_repo = gr.Textbox(label="Repository (user/name)", placeholder="acme/acme-icons-lora", scale=3)
+                    hub_private = gr.Checkbox(True, label="Private", scale=1)
+                push = gr.Button("Upload LoRA named above", size="sm")
+                hub_status = gr.Markdown()
+            with gr.Row():
+                runs = gr.Dropdown([], label="Earlier run to resume", scale=3, allow_custom_value=True)
+                refresh_runs = gr.Button("↻", scale=0, min_width=40)
+                resume = gr.Button("Resume", scale=1)
+        with gr.Column(scale=3):
+            status = gr.Markdown(status_text(jobs.status()))
+            refresh = gr.Button("Refresh status", size="sm")
+            plot = gr.LinePlot(loss_frame(jobs.status()), x="step", y="loss", title="Training loss", height=260)
+            samples = gr.Gallery(label="Latest samples", columns=4, height=220, interactive=False)
+            report_text = gr.Markdown()
+            report_table = gr.Dataframe(label="Files", interactive=False, wrap=True)
+    job_json = gr.JSON(visible=False, label="Job state")
+    shown_samples = gr.State([])
+    timer = gr.Timer(1.0, active=False)
+    settings = [
+        folder,
+        asset_type,
+        model,
+        name,
+        trigger,
+        rank,
+        alpha,
+        lr,
+        epochs,
+        max_steps,
+        resolution,
+        batch_size,
+        grad_accum,
+        validate_every,
+        checkpoint_every,
+        allow_small,
+        bucketing,
+        convs,
+    ]
+
+    @user_errors
+    def validate(folder_value: str, kind: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
+        report = validate_dataset(
+            resolve_data_dir(folder_value or DEFAULT_DATA),
+            kind,
+            int(size or 512),
+            manager.asset_types,
+            allow_small=bool(small),
+        )
+        return report.summary(), report.table()
+
+    @user_errors
+    def write_captions(folder_value: str, kind: str, word: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
+        written = write_template_captions(
+            resolve_data_dir(folder_value or DEFAULT_DATA), kind, (word or "").strip(), manager.asset_types
+        )
+        gr.Info(f"Wrote {len(written)} template caption file(s); edit them to describe each image.")
+        return validate(folder_value, kind, size, small)
+
+    @user_errors
+    def on_upload(files: list[str] | None, kind: str, size: float, small: bool) -> tuple[str, str, pd.DataFrame]:
+        dest = manager.paths.home / "training_data" / f"upload-{time.strftime('%Y%m%d-%H%M%S')}"
+        import_uploads(files or [], dest)
+        return (str(dest), *validate(str(dest), kind, size, small))
+
+    def on_model(model_id: str) -> list:
+        values = suggested_settings(manager.registry.get(model_id))
+        return [values["resolution"], values["rank"], values["alpha"], values["lr"], values["epochs"], values["convs"]]
+
+    @user_errors
+    def start_training(*values: Any) -> tuple[dict, str]:
+        state = jobs.start(config_from_ui(*values, family=manager.registry.get(values[2]).family))
+        return state.to_dict(), status_text(state)
+
+    @user_errors
+    def resume_training(run: str) -> tuple[dict, str]:
+        if not run:
+            raise gr.Error("Pick a run to resume (press ↻ to list them).")
+        state = jobs.resume(run)
+        return state.to_dict(), status_text(state)
+
+    def cancel_training() -> tuple[dict, str]:
+        state = jobs.cancel()
+        return (state.to_dict() if state else {}), status_text(state)
+
+    @user_errors
+    def push_to_hub_ui(lora_name: str, repo: str, private: bool) -> str:
+        if "/" not in (repo or ""):
+            raise gr.Error("Give the repository as user/name.")
+        info = manager.lora_library.get(lora_name)
+        if info.path.parent == manager.lora_library.root:
+            raise gr.Error("Only LoRA folders trained here (loras/<name>/) are uploaded, with their model card.")
+        result = push_to_hub(info.path.parent, repo.strip(), private=bool(private))
+        return f"**{result['status']}**: {result['message']}"
+
+    def list_runs() -> gr.Dropdown:
+        choices = [(f"{r['run']} ({r['status']})", r["run"]) for r in jobs.list_runs() if r["resumable"]]
+        return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
+
+    def poll(previous: list[str]) -> tuple:
+        state = jobs.status()
+        finished = state is None or state.status not in ("queued", "running", "cancelling")
+        paths = state.samples if state else []
+        gallery: Any = gr.skip()
+        if paths != previous:
+            gallery = [(Image.open(p).copy(), p.rsplit("/", 1)[-1]) for p in paths]
+        return (
+            state.to_dict() if state else {},
+            status_text(state),
+            loss_frame(state),
+            gallery,
+            paths,
+            gr.Timer(active=not finished),
+        )
+
+    def training_status() -> dict[str, Any]:
+        """The newest job's live state (status, step, total, loss, ETA, samples, loss history, error)."""
+        state = jobs.status()
+        return state.to_dict() if state else {"status": "none"}
+
+    poll_outputs = [job_json, status, plot, samples, shown_samples, timer]
+    check.click(
+        validate,
+        [folder, asset_type, resolution, allow_small],
+        [report_text, report_table],
+        api_name="validate_dataset",
+    )
+    captions.click(
+        write_captions,
+        [folder, asset_type, trigger, resolution, allow_small],
+        [report_text, report_table],
+        api_name="write_template_captions",
+    )
+    upload.upload(
+        on_upload, [upload, asset_type, resolution, allow_small], [folder, report_text, report_table], api_name=False
+    )
+    model.change(on_model, model, [resolution, rank, alpha, lr, epochs, convs], api_name=False)
+    start.click(start_training, settings, [job_json, status], api_name="start_training").then(
+        lambda: gr.Timer(active=True), None, timer, api_name=False
+    )
+    resume.click(resume_training, runs, [job_json, status], api_name="resume_training").then(
+        lambda: gr.Timer(active=True), None, timer, api_name=False
+    )
+    cancel.click(cancel_training, None, [job_json, status], api_name="cancel_training", queue=False)
+    refresh_runs.click(list_runs, None, runs, api_name=False)
+    push.click(push_to_hub_ui, [name, hub_repo, hub_private], hub_status, api_name="push_lora_to_hub")
+    refresh.click(poll, shown_samples, poll_outputs, api_name=False)
+    timer.tick(poll, shown_samples, poll_outputs, api_name=False, show_progress="hidden")
+    gr.api(training_status, api_name="training_status")

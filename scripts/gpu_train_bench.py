@@ -1,0 +1,292 @@
+"""LoRA training step cost of full-size backbones: SDXL UNet and FLUX transformer, random weights.
+
+For each model, with and without gradient checkpointing: ms per optimizer step (batch 1, 1024x1024, bf16
+autocast over bf16 base weights, fp32 LoRA r32, AdamW), peak GPU memory, and the floor 3 x forward FLOPs /
+800 TFLOP/s (one forward + a backward of about twice its cost; FLOPs counted with FlopCounterMode).
+
+cuDNN SDPA is disabled before training: a bf16 FLUX backward through it failed with
+CUBLAS_STATUS_EXECUTION_FAILED / "illegal memory access"; the flash/memory-efficient kernels are used instead.
+
+    python scripts/gpu_train_bench.py --out docs/perf/train_h100.json        # H100 / H200, ~5 min
+    python scripts/gpu_train_bench.py --tiny                                   # CPU smoke test of every path
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+PEAK_FLOPS = 800e12  # dense bf16 FLOP/s used for the floor (H100 SXM is ~989e12; a round, reachable figure)
+SDXL_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+
+
+def sdxl_config(tiny: bool) -> dict[str, Any]:
+    if tiny:
+        return dict(
+            block_out_channels=(32, 64),
+            layers_per_block=1,
+            sample_size=8,
+            in_channels=4,
+            out_channels=4,
+            down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+            up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+            attention_head_dim=(2, 4),
+            use_linear_projection=True,
+            addition_embed_type="text_time",
+            addition_time_embed_dim=8,
+            transformer_layers_per_block=(1, 2),
+            projection_class_embeddings_input_dim=80,
+            cross_attention_dim=64,
+            norm_num_groups=32,
+        )
+    return dict(  # stabilityai/stable-diffusion-xl-base-1.0 unet/config.json
+        sample_size=128,
+        in_channels=4,
+        out_channels=4,
+        flip_sin_to_cos=True,
+        freq_shift=0,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+        mid_block_type="UNetMidBlock2DCrossAttn",
+        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+        block_out_channels=(320, 640, 1280),
+        layers_per_block=2,
+        downsample_padding=1,
+        act_fn="silu",
+        norm_num_groups=32,
+        norm_eps=1e-5,
+        cross_attention_dim=2048,
+        transformer_layers_per_block=(1, 2, 10),
+        attention_head_dim=(5, 10, 20),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=256,
+        projection_class_embeddings_input_dim=2816,
+    )
+
+
+def flux_config(tiny: bool) -> dict[str, Any]:
+    if tiny:
+        return dict(
+            patch_size=1,
+            in_channels=16,
+            num_layers=1,
+            num_single_layers=1,
+            attention_head_dim=16,
+            num_attention_heads=2,
+            joint_attention_dim=32,
+            pooled_projection_dim=32,
+            axes_dims_rope=(4, 4, 8),
+        )
+    return {}  # FluxTransformer2DModel defaults: FLUX.1 (19 double + 38 single blocks, 3072 wide)
+
+
+def build(name: str, tiny: bool, device: str, dtype: torch.dtype) -> torch.nn.Module:
+    """Random weights created directly on the device in the training dtype (no 48 GB fp32 detour for FLUX)."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            torch.manual_seed(0)
+            if name == "sdxl":
+                return UNet2DConditionModel(**sdxl_config(tiny))
+            return FluxTransformer2DModel(**flux_config(tiny))
+    finally:
+        torch.set_default_dtype(previous)
+
+
+def inputs(name: str, model: Any, batch: int, resolution: int, device: str, dtype: torch.dtype) -> dict[str, Any]:
+    """What the trainer feeds the model for one batch (text embeddings as cached by brandgen.training)."""
+    g = torch.Generator(device="cpu").manual_seed(0)
+
+    def rand(*shape: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=g).to(device, dtype)
+
+    latent = resolution // 8
+    if name == "sdxl":
+        c = model.config
+        return {
+            "sample": rand(batch, 4, latent, latent),
+            "timestep": torch.randint(0, 1000, (batch,), device=device),
+            "encoder_hidden_states": rand(batch, 77, c.cross_attention_dim),
+            "added_cond_kwargs": {
+                "text_embeds": rand(batch, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim),
+                "time_ids": torch.tensor(
+                    [[resolution, resolution, 0, 0, resolution, resolution]] * batch, device=device, dtype=dtype
+                ),
+            },
+        }
+    from diffusers import FluxPipeline
+
+    c = model.config
+    tokens = (latent // 2) ** 2
+    text = 512 if c.joint_attention_dim == 4096 else 16
+    out = {
+        "hidden_states": rand(batch, tokens, c.in_channels),
+        "timestep": torch.rand(batch, generator=g).to(device, dtype),
+        "encoder_hidden_states": rand(batch, text, c.joint_attention_dim),
+        "pooled_projections": rand(batch, c.pooled_projection_dim),
+        "img_ids": FluxPipeline._prepare_latent_image_ids(batch, latent // 2, latent // 2, device, dtype),
+        "txt_ids": torch.zeros(text, 3, device=device, dtype=dtype),
+    }
+    if c.guidance_embeds:
+        out["guidance"] = torch.full((batch,), 3.5, device=device)
+    return out
+
+
+def add_lora(model: torch.nn.Module, name: str, rank: int) -> list[torch.nn.Parameter]:
+    from diffusers.training_utils import cast_training_params
+    from peft import LoraConfig
+
+    from brandgen.training.families import FluxFamily
+
+    targets = SDXL_TARGETS if name == "sdxl" else list(FluxFamily.default_targets)
+    model.requires_grad_(False)
+    model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
+    cast_training_params(model, dtype=torch.float32)
+    return [p for p in model.parameters() if p.requires_grad]
+
+
+def forward_flops(model: torch.nn.Module, batch: dict[str, Any], autocast: Any) -> int:
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), autocast(), FlopCounterMode(display=False) as counter:
+        model(**batch, return_dict=False)
+    return int(counter.get_total_flops())
+
+
+def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[str, Any]:
+    device = "cpu" if args.tiny else "cuda"
+    dtype = torch.float32 if args.tiny else torch.bfloat16
+    row: dict[str, Any] = {
+        "model": name,
+        "gradient_checkpointing": checkpointing,
+        "resolution": args.resolution,
+        "batch": args.batch,
+        "rank": args.rank,
+        "dtype": str(dtype).replace("torch.", ""),
+    }
+    model = params = optimizer = None
+    try:
+        start = time.perf_counter()
+        model = build(name, args.tiny, device, dtype)
+        row["build_s"] = round(time.perf_counter() - start, 1)
+        row["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
+        params = add_lora(model, name, args.rank)
+        row["lora_params_m"] = round(sum(p.numel() for p in params) / 1e6, 2)
+        if checkpointing:
+            model.enable_gradient_checkpointing()
+        model.train()
+        optimizer = torch.optim.AdamW(params, lr=1e-4)
+        batch = inputs(name, model, args.batch, args.resolution, device, dtype)
+
+        def autocast():
+            return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=not args.tiny)
+
+        fwd = forward_flops(model, batch, autocast)
+        row["forward_flops"] = fwd
+        row["forward_tflop"] = round(fwd / 1e12, 3)
+        row["floor_ms"] = round(3 * fwd / PEAK_FLOPS * 1000, 4)
+
+        def step() -> float:
+            with autocast():
+                pred = model(**batch, return_dict=False)[0]
+            loss = F.mse_loss(pred.float(), torch.zeros_like(pred, dtype=torch.float32))
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(params, 1.0)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            return loss.item()
+
+        for _ in range(args.warmup):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+        times = []
+        for _ in range(args.steps):
+            t = time.perf_counter()
+            step()
+            if device == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t) * 1000)
+        times.sort()
+        row["step_ms_median"] = round(times[len(times) // 2], 1)
+        row["step_ms_min"] = round(times[0], 1)
+        row["floor_fraction"] = round(row["floor_ms"] / row["step_ms_median"], 4)
+        row["peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+    except torch.OutOfMemoryError as exc:
+        row["error"] = f"out of memory: {str(exc)[:200]}"
+    except Exception as exc:  # one failing configuration must not hide the others
+        row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+    finally:
+        model = params = optimizer = None  # free before the next configuration
+        import gc
+
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+    return row
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="sdxl,flux")
+    parser.add_argument("--resolution", type=int, default=1024)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--rank", type=int, default=32)
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--checkpointing", default="off,on", help="off,on | off | on")
+    parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: checks every code path")
+    parser.add_argument("--out", default=None, help="write the JSON here too")
+    args = parser.parse_args(argv)
+    if args.tiny:
+        args.resolution, args.warmup, args.steps = min(args.resolution, 64), min(args.warmup, 1), min(args.steps, 2)
+    elif not torch.cuda.is_available():
+        raise SystemExit("No CUDA GPU: run with --tiny for the CPU smoke test.")
+    else:
+        torch.backends.cuda.enable_cudnn_sdp(False)  # see the module docstring
+        torch.backends.cuda.matmul.allow_tf32 = True
+    rows = [
+        measure(name, mode == "on", args) for name in args.models.split(",") for mode in args.checkpointing.split(",")
+    ]
+    import diffusers
+
+    result = {
+        "meta": {
+            "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() and not args.tiny else "cpu",
+            "torch": torch.__version__,
+            "diffusers": diffusers.__version__,
+            "python": platform.python_version(),
+            "tiny": args.tiny,
+            "peak_flops_for_floor": PEAK_FLOPS,
+            "cudnn_sdp": False,
+            "command": " ".join(
+                ["python", "scripts/gpu_train_bench.py", *(argv if argv is not None else sys.argv[1:])]
+            ),
+            "date": time.strftime("%Y-%m-%d %H:%M"),
+        },
+        "rows": rows,
+    }
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n", encoding="utf-8")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,103 @@
+"""The Train LoRA tab through gradio_client: validate, start, poll, cancel, and the LoRA showing up."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import pytest
+from gradio_client import Client
+
+from brandgen.manager import PipelineManager
+from brandgen.ui.app import build_app
+from brandgen.ui.train_tab import config_from_ui, status_text
+from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def client(manager: PipelineManager):
+    demo = build_app(manager)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
+    )
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
+
+
+def _settings(folder: Path, **kw) -> dict:
+    values = dict(
+        folder=str(folder),
+        asset_type="icons",
+        model="tiny-sd15",
+        name="ui-brand",
+        trigger="acme",
+        rank=4,
+        alpha=4,
+        lr=1e-3,
+        epochs=0,
+        max_steps=8,
+        resolution=32,
+        batch_size=1,
+        grad_accum=1,
+        validate_every=0,
+        checkpoint_every=0,
+        allow_small=True,
+        bucketing=False,
+        convs=True,
+    )
+    values.update(kw)
+    return values
+
+
+def _status(client: Client) -> dict:
+    state = client.predict(api_name="/training_status")
+    return json.loads(state) if isinstance(state, str) else state
+
+
+def test_train_tab_end_to_end(client: Client, manager: PipelineManager, tmp_path: Path):
+    folder = make_dataset(tmp_path / "data", count=2)
+    text, table = client.predict(str(folder), "icons", 32, False, api_name="/validate_dataset")
+    assert "Not ready" in text and "at least 25" in text
+    assert [row[0] for row in table["data"]] == ["image_000.png", "image_001.png"]
+    assert _status(client) == {"status": "none"}
+
+    state, text = client.predict(*_settings(folder).values(), api_name="/start_training")
+    assert state["name"] == "ui-brand" and state["status"] in ("queued", "running")
+    with pytest.raises(Exception, match="cancel it or wait"):
+        client.predict(*_settings(folder, name="second").values(), api_name="/start_training")
+    deadline = time.time() + 180
+    while _status(client)["status"] in ("queued", "running") and time.time() < deadline:
+        time.sleep(0.2)
+    final = _status(client)
+    assert final["status"] == "done", final
+    assert final["step"] == 8 and len(final["history"]) == 8 and final["samples"]
+    loras = client.predict(api_name="/list_loras")
+    loras = json.loads(loras) if isinstance(loras, str) else loras
+    assert [(l["name"], l["format"], l["base_family"], l["trigger"]) for l in loras] == [
+        ("ui-brand", "diffusers", "sd15", "acme")
+    ]
+    state, text = client.predict(api_name="/cancel_training")
+    assert state["status"] == "done" and "ready" in text
+    with pytest.raises(Exception, match="already exists"):
+        client.predict(*_settings(folder).values(), api_name="/start_training")
+
+
+def test_ui_values_become_a_validated_config(tmp_path: Path):
+    config = config_from_ui(*_settings(tmp_path, max_steps=3.0, rank=8.0).values(), family="sd15")
+    assert "conv1" in config.target_modules and "to_q" in config.target_modules
+    assert config_from_ui(*_settings(tmp_path, convs=False).values(), family="sd15").target_modules == []
+    assert config.rank == 8 and config.max_steps == 3 and config.base_model == "tiny-sd15"
+    assert config.data_dir == str(tmp_path) and config.allow_small_dataset
+    with pytest.raises(Exception, match="LoRA name"):
+        config_from_ui(*_settings(tmp_path, name="a/b").values())
+    assert "No training job" in status_text(None)

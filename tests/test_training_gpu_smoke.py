@@ -1,0 +1,54 @@
+"""The GPU training benchmarks' code paths, run tiny on the CPU (the lead runs the real ones on GPUs)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SCRIPTS.parent)}
+
+
+def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
+    out = tmp_path / "train.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "gpu_train_bench.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    result = json.loads(out.read_text())
+    rows = result["rows"]
+    assert [(r["model"], r["gradient_checkpointing"]) for r in rows] == [
+        ("sdxl", False),
+        ("sdxl", True),
+        ("flux", False),
+        ("flux", True),
+    ]
+    for row in rows:
+        assert "error" not in row, row
+        assert row["forward_flops"] > 0 and row["step_ms_median"] > 0 and row["lora_params_m"] > 0
+        assert row["floor_ms"] == round(3 * row["forward_flops"] / 800e12 * 1000, 4)
+    assert result["meta"]["tiny"] and result["meta"]["cudnn_sdp"] is False
+
+
+def test_ddp_train_bench_tiny_runs_two_gloo_processes(tmp_path: Path):
+    out = tmp_path / "ddp.json"
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPTS / "ddp_train_bench.py"), "--tiny", "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=150,
+        env=ENV,
+    )
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    result = json.loads(out.read_text())
+    assert [r["num_processes"] for r in result["rows"]] == [1, 2]
+    for row in result["rows"]:
+        assert row["steps_per_s"] > 0 and row["lora_in_sync"] is True, row
+    assert result["trainer"]["status"] == "done" and result["trainer"]["num_processes"] == 2
