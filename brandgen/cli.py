@@ -23,7 +23,7 @@ def _serve(args: argparse.Namespace) -> None:
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=1).launch(
         server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        allowed_paths=[str(manager.paths.outputs)], show_error=True,
+        allowed_paths=[str(manager.paths.outputs), str(manager.paths.benchmarks)], show_error=True,
     )
 
 
@@ -47,6 +47,32 @@ def _generate(args: argparse.Namespace) -> None:
     print(json.dumps(result.to_dict(), indent=2))
 
 
+def _benchmark(args: argparse.Namespace) -> None:
+    from brandgen.benchmark import DEFAULT_PALETTE, DEFAULT_PROMPTS, BenchmarkSpec, display_table, run_benchmark
+    from brandgen.manager import PipelineManager
+
+    manager = PipelineManager.instance()
+    prompts = Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if args.prompts_file else DEFAULT_PROMPTS
+    spec = BenchmarkSpec(
+        models=tuple(args.model or [manager.registry.default_id]), prompts=tuple(prompts),
+        presets=tuple(args.preset or ["draft"]),
+        palette=tuple(args.palette.split(",")) if args.palette else DEFAULT_PALETTE,
+        loras=tuple((name, float(weight)) for name, _, weight in (s.partition(":") for s in args.lora)),
+        seed=args.seed, asset_type=args.asset_type, steps=args.steps,
+    )
+    result = run_benchmark(manager, spec, progress=lambda done, total, row: print(
+        f"[{done}/{total}] {row['model']} · {row['prompt'] or '-'} · {row['status']} {row['error'] or ''}",
+        file=sys.stderr, flush=True), out_root=Path(args.out) if args.out else None)
+    print(display_table(result.summary_df).to_string(index=False))
+    print(f"\n{'cancelled' if result.cancelled else 'done'}: {result.csv_path}\n{result.summary_csv_path}")
+
+
+def _train(args: argparse.Namespace) -> None:
+    from brandgen.training.command import train_command
+
+    train_command(args.config, resume=args.resume, device=args.device, log_every=args.log_every)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brandgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -67,6 +93,23 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--lora", action="append", default=[], help="name:weight (repeatable)")
     gen.add_argument("--out", default="outputs/cli")
     gen.set_defaults(run=_generate)
+    bench = sub.add_parser("benchmark", help="models x prompts x presets: timings, memory, quality -> CSV")
+    bench.add_argument("--model", action="append", help="model id (repeatable; default: the registry default)")
+    bench.add_argument("--prompts-file", help="one prompt per line (default: the 5 fintech icon prompts)")
+    bench.add_argument("--preset", action="append", help="quality preset (repeatable; default: draft)")
+    bench.add_argument("--palette", help="brand hex colours, comma separated")
+    bench.add_argument("--lora", action="append", default=[], help="name:weight")
+    bench.add_argument("--asset-type", default="icons")
+    bench.add_argument("--seed", type=int, default=42)
+    bench.add_argument("--steps", type=int, default=None, help="override the preset's step count")
+    bench.add_argument("--out", default=None, help="folder for the run folder (default: <BRANDGEN_HOME>/benchmarks)")
+    bench.set_defaults(run=_benchmark)
+    train = sub.add_parser("train", help="train a brand LoRA from a JSON config (works under accelerate launch)")
+    train.add_argument("--config", help="JSON file of TrainConfig fields (see docs/TRAINING.md)")
+    train.add_argument("--resume", default=None, help="run folder to continue from its newest checkpoint")
+    train.add_argument("--device", default=None, choices=["cpu", "cuda"], help="default: CUDA when available")
+    train.add_argument("--log-every", type=int, default=10)
+    train.set_defaults(run=_train)
     return parser
 
 

@@ -18,6 +18,7 @@ import torch
 from huggingface_hub import try_to_load_from_cache
 
 from brandgen import __version__
+from brandgen.acceleration import FastPathOptions, apply_fast_path, hotswapper_for, prepare_for_lora
 from brandgen.device import (
     MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_vram_gb, is_out_of_memory,
     peak_memory_gb, reset_peak_memory,
@@ -43,6 +44,7 @@ class _Loaded:
     loras: dict[str, LoraInfo] = field(default_factory=dict)  # adapter name -> file
     active: tuple[tuple[str, float], ...] = ()
     fused: bool = False
+    hotswap: Any = None  # acceleration.LoraHotswapper in performance mode with LoRA hotswap
 
 
 class PipelineManager:
@@ -63,6 +65,7 @@ class PipelineManager:
         vae_tiling: bool = False,
         upscaler: Upscaler | None = None,
         fuse_single_lora: bool = True,
+        fast_path: FastPathOptions | None = None,
     ):
         self.registry = registry or ModelRegistry.from_file()
         self.paths = paths or AppPaths.from_env()
@@ -72,6 +75,8 @@ class PipelineManager:
         self.lora_library = LoraLibrary(self.paths.loras)
         self.upscaler = upscaler or LanczosUpscaler()
         self.fuse_single_lora = fuse_single_lora
+        self.fast_path = fast_path.validated() if fast_path else None  # performance mode (GPU fast path)
+        self.fast_path_report: dict[str, Any] = {}
         self.memory_mode = "auto"
         self.vae_tiling = vae_tiling
         self.set_memory_mode(memory_mode, vae_tiling)
@@ -147,7 +152,8 @@ class PipelineManager:
                     ) from exc
                 raise
             pipe.set_progress_bar_config(disable=True)
-            self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start)
+            self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start,
+                                   hotswap=hotswapper_for(pipe, self.fast_path))
             return entry
 
     swap_model = load_model
@@ -216,6 +222,8 @@ class PipelineManager:
             pipe.enable_sequential_cpu_offload()
         if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
+        if self.fast_path is not None:
+            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device)
 
     # ----- LoRAs --------------------------------------------------------------------------------
     def list_loras(self) -> list[LoraInfo]:
@@ -231,6 +239,13 @@ class PipelineManager:
             if wanted == loaded.active:
                 return
             pipe = loaded.pipe
+            if loaded.hotswap is not None:  # one slot, swapped in place, never fused: no recompiles
+                if len(wanted) > 1:
+                    raise InvalidInput("With LoRA hotswap (performance mode) use one LoRA at a time.")
+                info = self._ensure_adapter(loaded, wanted[0][0]) if wanted else None
+                loaded.hotswap.activate(info and info.path, wanted[0][1] if wanted else 0.0, info and info.name)
+                loaded.active = wanted
+                return
             if loaded.fused:
                 pipe.unfuse_lora()
                 loaded.fused = False
@@ -251,6 +266,8 @@ class PipelineManager:
             loaded = self._require_loaded()
             if loaded.loras:
                 loaded.pipe.unload_lora_weights()
+            if loaded.hotswap is not None:
+                loaded.hotswap.reset()
             loaded.loras.clear()
             loaded.active, loaded.fused = (), False
 
@@ -263,7 +280,10 @@ class PipelineManager:
             raise LoraError(
                 f"LoRA {name!r} was trained for {family} models; {loaded.entry.label} is {loaded.entry.family}."
             )
+        if loaded.hotswap is not None:
+            return info  # set_loras loads it into the hotswap slot
         pipe = loaded.pipe
+        prepare_for_lora(pipe)
         try:
             pipe.load_lora_weights(str(info.path), adapter_name=info.adapter_name)
         except Exception as exc:

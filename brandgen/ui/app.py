@@ -7,8 +7,14 @@ from typing import Any
 import gradio as gr
 
 from brandgen import __version__
+from brandgen.gallery import GalleryStore
 from brandgen.manager import PipelineManager
+from brandgen.training.jobs import TrainingJobs
+from brandgen.ui.benchmark_tab import build_benchmark_tab
+from brandgen.ui.brandkit_panel import build_brandkit_panel
+from brandgen.ui.gallery_tab import build_gallery_tab
 from brandgen.ui.generate_tab import build_generate_tab
+from brandgen.ui.train_tab import build_train_tab
 
 COMING = "🚧 **Coming soon.** {what} is being built; nothing here works yet, and nothing pretends to."
 
@@ -45,19 +51,21 @@ def _api_endpoints(manager: PipelineManager) -> None:
 
 def build_app(manager: PipelineManager | None = None) -> gr.Blocks:
     manager = manager or PipelineManager.instance()
+    store = GalleryStore(manager.paths.outputs)
     with gr.Blocks(title="BrandGen") as demo:
         gr.Markdown(
             f"# BrandGen\nOn-brand icons, logos and illustrations from diffusion models · v{__version__} · "
             f"running on {manager.device.describe()}"
         )
-        with gr.Tabs():
+        with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                build_generate_tab(manager)
+                controls = build_generate_tab(manager, store)
+                build_brandkit_panel(manager, controls)
             with gr.Tab("Train LoRA", id="train"):
-                gr.Markdown(COMING.format(what="Brand LoRA training"))
+                build_train_tab(manager, TrainingJobs.for_manager(manager))
             with gr.Tab("Benchmark", id="benchmark"):
-                gr.Markdown(COMING.format(what="The models x prompts benchmark"))
+                build_benchmark_tab(manager)
             with gr.Tab("Gallery", id="gallery"):
-                gr.Markdown(COMING.format(what="The gallery of past images"))
+                build_gallery_tab(manager, store, controls, tabs)
         _api_endpoints(manager)
     return demo

@@ -7,6 +7,7 @@ from typing import Any
 
 import gradio as gr
 
+from brandgen.brandkit import apply_brand_kit
 from brandgen.device import MEMORY_MODES
 from brandgen.errors import Cancelled
 from brandgen.generation import MAX_COUNT, GenerationRequest
@@ -30,6 +31,7 @@ class GenerateControls:
     steps: gr.Number
     guidance: gr.Number
     loras: list[tuple[gr.Dropdown, gr.Slider]]
+    brand_kit: gr.State | None = None  # the active brand kit (palette, lock), set by the Brand kit panel
 
     def inputs(self) -> list[gr.components.Component]:
         slots = [c for pair in self.loras for c in pair]
@@ -58,7 +60,8 @@ def request_from_ui(
 
 def caption_for(meta: dict[str, Any]) -> str:
     loras = ", ".join(f"{l['name']}:{l['weight']:g}" for l in meta["loras"]) or "no LoRA"
-    return f"seed {meta['seed']} · {meta['model']} · {meta['preset']} · {loras}"
+    adherence = f" · palette {meta['palette_adherence']:.0%}" if "palette_adherence" in meta else ""
+    return f"seed {meta['seed']} · {meta['model']} · {meta['preset']} · {loras}{adherence}"
 
 
 def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> GenerateControls:
@@ -109,10 +112,13 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
             status = gr.Markdown()
             settings = gr.JSON(label="Settings of the selected image")
     metadata_state = gr.JSON(visible=False, label="Settings of every image")  # also the API's metadata output
-    controls = GenerateControls(prompt, asset_type, model, preset, seed, count, negative, steps, guidance, slots)
+    brand_kit = gr.State(None)  # a gr.State input is not part of the /generate API signature
+    controls = GenerateControls(prompt, asset_type, model, preset, seed, count, negative, steps, guidance, slots,
+                                brand_kit)
 
     @user_errors
     def generate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
+        *values, kit = values
         request = request_from_ui(*values)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
@@ -120,6 +126,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None
+        result.images = apply_brand_kit(result.images, result.metadata, kit)
         if gallery_store is not None:
             for image, meta in zip(result.images, result.metadata):
                 meta["gallery_id"] = gallery_store.add(image, meta).id
@@ -151,8 +158,10 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         manager.set_memory_mode(mode, tiling)
         gr.Info(f"Memory mode {mode}{' + VAE tiling' if tiling else ''}: applies from the next generation.")
 
-    event = run.click(generate, controls.inputs(), [gallery, metadata_state, status, settings], api_name="generate")
-    prompt.submit(generate, controls.inputs(), [gallery, metadata_state, status, settings], api_name=False)
+    event = run.click(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
+                      api_name="generate")
+    prompt.submit(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
+                  api_name=False)
     stop.click(manager.cancel, None, None, api_name="cancel_generation", queue=False)
     gallery.select(show_settings, metadata_state, settings, api_name=False)
     model.change(on_model_change, model, model_info, api_name=False)
