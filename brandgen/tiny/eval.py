@@ -246,7 +246,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--out", default=None, help="write the results JSON here")
     parser.add_argument("--grid", default=None, help="write a PNG grid of the generated images here")
     parser.add_argument("--steps", type=int, default=28)
-    parser.add_argument("--guidance", type=float, default=5.0)
+    parser.add_argument("--guidance", type=float, default=6.0, help="the app default for brandgen-tiny")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)

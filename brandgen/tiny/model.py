@@ -34,7 +34,8 @@ any machine. It is not a general image model.
 
 - Recipe: `python -m brandgen.tiny.train --config brandgen/tiny/recipe.json` (see `brandgen/tiny/`).
 - Prompts like "a red star icon" or the app's templates ("bgicon, flat vector icon of ...").
-- Weights: float16 safetensors; load with `DiffusionPipeline.from_pretrained(path)`.
+- Weights: float16 safetensors; load with `DiffusionPipeline.from_pretrained(path)` (on a CPU pass
+  `torch_dtype=torch.float32`: PyTorch's CPU kernels do not run this UNet in float16).
 - Data: synthetic only (no scraped images). License: Apache-2.0, like the BrandGen repository.
 """
 
