@@ -54,6 +54,7 @@ class TrainConfig:
     allow_small_dataset: bool = False  # below the asset type's minimum is an error unless this is set
     target_modules: list[str] = field(default_factory=list)  # empty: the family's default layers
     family: str = ""  # empty: from the registry entry or the model folder's pipeline class
+    compile: bool = False  # CUDA: regional torch.compile of the denoiser's repeated blocks (docs/PERFORMANCE.md)
 
     def validated(self) -> "TrainConfig":
         """Check ranges here so a bad value fails before minutes of model loading, with a clear message."""

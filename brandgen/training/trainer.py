@@ -36,6 +36,7 @@ from brandgen.training.loading import (
     load_training_pipeline,
     make_accelerator,
     make_optimizer,
+    maybe_compile,
     new_run_dir,
     resolve_base_model,
     resolve_data_dir,
@@ -152,6 +153,7 @@ class LoraTrainer:
         model = getattr(pipe, family.denoiser)
         model.to(device)
         self._add_lora(model)
+        self.compiled = maybe_compile(model, cfg.compile, device.type)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.optimizer_name = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, device.type)
         sampler = cache.BucketBatchSampler(dataset.buckets, cfg.batch_size, cfg.seed)
