@@ -211,7 +211,21 @@ def quantize_weights(model: torch.nn.Module, kind: str) -> str:
     else:
         raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
     quantize_(model, config)
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    if linears and all(type(m.weight.data) is torch.Tensor for m in linears):
+        # seen with torchao 0.18 on torch 2.11: its tensor subclasses failed to import and quantize_ did nothing
+        raise InvalidInput(f"torchao {_torchao_version()} left every Linear layer unquantized (it does not match "
+                           f"torch {torch.__version__}); install the torchao build made for this torch.")
     return kind
+
+
+def _torchao_version() -> str:
+    try:
+        import torchao
+
+        return getattr(torchao, "__version__", "?")
+    except Exception:  # noqa: BLE001 - only used in a message
+        return "?"
 
 
 def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,

@@ -140,17 +140,20 @@ class Bench:
                 self.free()
             self.save()
 
-        def build() -> dict[str, Any]:
+        def make() -> torch.nn.Module:
             cls = getattr(diffusers, case["cls"])
             previous = torch.get_default_dtype()
             torch.set_default_dtype(self.dtype)  # random init directly in bf16 on the GPU: seconds, not minutes
             try:
                 with torch.device(self.device):
                     torch.manual_seed(0)
-                    model, seconds = self.timed(lambda: cls(**case["config"](tiny)).eval().requires_grad_(False))
+                    return cls(**case["config"](tiny)).eval().requires_grad_(False)
             finally:
                 torch.set_default_dtype(previous)
-            state["model"] = model
+
+        def build() -> dict[str, Any]:
+            model, seconds = self.timed(make)
+            state["model"], state["make"] = model, make
             state["inputs"] = case["inputs"](model, case["batch"], self.device, self.dtype, tiny)
             params = sum(p.numel() for p in model.parameters())
             return {"build_s": round(seconds, 2), "params_b": round(params / 1e9, 3),
@@ -304,9 +307,27 @@ class Bench:
                 "recompiled_after_switch": error is not None or counters["stats"]["unique_graphs"] != graphs,
                 "recompile_error": error, "outputs_differ": bool((first(out_a) - first(out_b)).abs().max() > 0)}
 
+    def group_offload(self, state: dict[str, Any], forward: Callable[[], Any]) -> dict[str, Any]:
+        """The denoiser streamed to the GPU layer by layer (memory mode 'group_offload'): peak and step time.
+        Leaves a freshly built resident model in state["model"] for the sections after it."""
+        model = state["model"]
+        for module in model.modules():  # eager: offload hooks and compiled regions do not mix
+            if getattr(module, "_compiled_call_impl", None) is not None:
+                module._compiled_call_impl = None
+        torch._dynamo.reset()
+        _, to_cpu_s = self.timed(lambda: model.to("cpu"))
+        self.free()
+        model.enable_group_offload(torch.device("cuda"), offload_type="leaf_level", use_stream=True)
+        out = {"to_host_s": round(to_cpu_s, 1), "resident_gb_before_first_step":
+               round(torch.cuda.memory_allocated() / 2**30, 2), **self.steps(forward, warmup=1)}
+        state["model"] = model = None
+        self.free()
+        state["model"] = state["make"]()
+        return out
+
     def memory(self, name: str, res: dict[str, Any], forward: Callable[[], Any],
                state: dict[str, Any]) -> dict[str, Any]:
-        """Peak memory under model offload (denoiser alone on the GPU) and with fp8 weights (torchao)."""
+        """Peak memory under model offload (denoiser alone on the GPU), group offload and fp8 weights (torchao)."""
         model = state["model"]
         te_gb = TEXT_ENCODER_PARAMS_B[name] * 2e9 / 2**30
         eager_peak = res.get("eager", {}).get("peak_gb")
@@ -314,6 +335,8 @@ class Bench:
             "model_offload_peak_gb": eager_peak,
             "resident_pipeline_estimate_gb": None if eager_peak is None else round(eager_peak + te_gb, 1),
             "text_encoders_gb": round(te_gb, 1)}
+        if self.device == "cuda":
+            out["group_offload"] = self.group_offload(state, forward)
         reason = acc.torchao_missing_reason()
         if self.device != "cuda" or torch.cuda.get_device_capability() < (8, 9):
             reason = "fp8 needs a CUDA GPU with compute capability 8.9+"

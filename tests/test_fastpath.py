@@ -117,3 +117,23 @@ def test_hotswap_uses_one_slot_and_matches_normal_loading(manager: PipelineManag
         fast.generate(_req(loras=(("acme", 1.0), ("other", 1.0))))
     fast.unload_loras()
     assert fast.generate(_req(loras=(("other", 1.0),))).images
+
+
+def test_quantization_that_changes_nothing_is_reported(monkeypatch):
+    """A torchao that does not match the installed torch can leave weights untouched without an error."""
+    import sys
+    import types
+
+    from brandgen.acceleration import quantize_weights
+
+    fake = types.ModuleType("torchao")
+    fake.__version__ = "0.0-mismatch"
+    fake_q = types.ModuleType("torchao.quantization")
+    fake_q.quantize_ = lambda model, config: None
+    fake_q.Int8WeightOnlyConfig = lambda: object()
+    fake.quantization = fake_q
+    monkeypatch.setitem(sys.modules, "torchao", fake)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
+    model = torch.nn.Sequential(torch.nn.Linear(4, 4))
+    with pytest.raises(InvalidInput, match="0.0-mismatch left every Linear layer unquantized"):
+        quantize_weights(model, "int8wo")
