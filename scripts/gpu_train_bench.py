@@ -178,6 +178,7 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         "rank": args.rank,
         "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile,
+        "channels_last": bool(args.channels_last and name == "sdxl"),
     }
     model = params = optimizer = None
     try:
@@ -189,6 +190,9 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         row["lora_params_m"] = round(sum(p.numel() for p in params) / 1e6, 2)
         if checkpointing:
             model.enable_gradient_checkpointing()
+        if args.channels_last and name == "sdxl":
+            torch.backends.cudnn.benchmark = True
+            model.to(memory_format=torch.channels_last)
         model.train()
         optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda")
         batch = inputs(name, model, args.batch, args.resolution, device, dtype)
@@ -204,7 +208,14 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
             # Regional compilation of the repeated blocks (diffusers `_repeated_blocks`): fuses the LoRA,
             # norm and RoPE elementwise work and cuts per-kernel launch overhead, which dominates eager batch 1.
             # After the FLOP count: dynamo skips frames first seen under FlopCounterMode.
-            model.compile_repeated_blocks(fullgraph=False, dynamic=False)
+            from brandgen.training.loading import maybe_compile
+
+            maybe_compile(model, True, "cuda")  # the trainer's own regional compile (TrainConfig.compile)
+            if args.compile_resnets and name == "sdxl":  # experiment: also the ResNet/resampling blocks
+                torch._dynamo.config.cache_size_limit = 64
+                for module in model.modules():
+                    if type(module).__name__ in ("ResnetBlock2D", "Downsample2D", "Upsample2D"):
+                        module.compile(fullgraph=False, dynamic=False)
 
         def step() -> float:
             with autocast():
@@ -264,6 +275,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--checkpointing", default="off,on", help="off,on | off | on")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: checks every code path")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile of the repeated blocks")
+    parser.add_argument("--compile-resnets", action="store_true", help="with --compile: SDXL ResNet blocks too")
+    parser.add_argument("--channels-last", action="store_true", help="UNet weights and inputs in NHWC (+ cudnn.benchmark)")
     parser.add_argument("--cudnn-sdp", action="store_true",
                         help="keep cuDNN SDPA on (reproduces the FLUX backward crash; run in its own process)")
     parser.add_argument("--out", default=None, help="write the JSON here too")
