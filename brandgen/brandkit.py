@@ -17,7 +17,7 @@ from PIL import Image
 from brandgen.errors import InvalidInput
 from brandgen.generation import MAX_LORAS
 from brandgen.metrics import hex_to_rgb, palette_adherence, parse_palette, rgb_to_lab
-from brandgen.paths import resolve_inside, safe_name
+from brandgen.paths import resolve_inside, safe_name, writing
 
 _CHUNK_PIXELS = 1 << 18  # bounds memory: Lab distances for 262k colours x 12 palette entries at a time
 EDGE_RESIDUAL = 40.0  # RGB units: an edge pixel this close to the line between two brand colours is a blend
@@ -88,8 +88,12 @@ class BrandKitStore:
         kit = kit.validated()
         path = self._path(kit.name)
         tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(kit.to_dict(), indent=2), encoding="utf-8")
-        os.replace(tmp, path)
+        with writing("the brand kit", self.root):
+            try:
+                tmp.write_text(json.dumps(kit.to_dict(), indent=2), encoding="utf-8")
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
         return kit
 
     def delete(self, name: str) -> None:

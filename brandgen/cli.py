@@ -8,23 +8,69 @@ import os
 import sys
 from pathlib import Path
 
-from brandgen.errors import BrandGenError
+from brandgen.errors import BrandGenError, InvalidInput
+from brandgen.gallery import INDEX_NAME
+from brandgen.paths import AppPaths
+
+
+TRUTHY = ("1", "true", "yes", "on")
+
+
+def parse_auth(value: str | None) -> tuple[str, str] | None:
+    """'user:password' -> (user, password); the password may itself hold ':'. Blank means no login."""
+    if not (value or "").strip():
+        return None
+    user, sep, password = value.partition(":")
+    if not sep or not user.strip() or not password:
+        raise InvalidInput("--auth / BRANDGEN_AUTH must be user:password, both non-empty (e.g. designer:s3cret).")
+    return user.strip(), password
+
+
+def default_host() -> str:
+    """BRANDGEN_HOST, else GRADIO_SERVER_NAME, else all interfaces on a Hugging Face Space (its proxy must reach
+    the app), else loopback only."""
+    return (os.environ.get("BRANDGEN_HOST") or os.environ.get("GRADIO_SERVER_NAME")
+            or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"))
+
+
+def launch_options(args: argparse.Namespace, paths: AppPaths) -> dict:
+    """The keyword arguments for `Blocks.launch`. Only outputs/ and benchmarks/ are served as files, and not the
+    gallery's SQLite index in outputs/ (LoRAs, brand kits, training runs and the repository never)."""
+    index = paths.outputs / INDEX_NAME
+    return {
+        "server_name": args.host, "server_port": args.port, "share": args.share, "auth": parse_auth(args.auth),
+        "allowed_paths": [str(paths.outputs), str(paths.benchmarks)],
+        "blocked_paths": [f"{index}{suffix}" for suffix in ("", "-wal", "-shm")], "show_error": True,
+    }
 
 
 def _serve(args: argparse.Namespace) -> None:
+    from brandgen import spaces_support
+
+    options = launch_options(args, AppPaths.from_env())  # a bad --auth fails before any model loads
+    spaces_support.zero_gpu_enabled()  # imports `spaces` on ZeroGPU before torch looks for CUDA, as it must
+    if options["share"] and not options["auth"]:
+        print("warning: --share publishes the app to anyone with the link; consider --auth user:password",
+              file=sys.stderr)
     from brandgen.manager import PipelineManager
     from brandgen.ui.app import build_app
 
     manager = PipelineManager.instance()
-    auth = None
-    if args.auth or os.environ.get("BRANDGEN_AUTH"):
-        user, _, password = (args.auth or os.environ["BRANDGEN_AUTH"]).partition(":")
-        auth = (user, password)
+    spaces_support.prepare(manager)
     demo = build_app(manager)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name=args.host, server_port=args.port, share=args.share, auth=auth,
-        allowed_paths=[str(manager.paths.outputs), str(manager.paths.benchmarks)], show_error=True,
-    )
+    demo.queue(default_concurrency_limit=1).launch(**options)
+
+
+def lora_args(values: list[str]) -> tuple[tuple[str, float], ...]:
+    """['acme:0.8', 'flat'] -> (('acme', 0.8), ('flat', 1.0)): a missing weight means full strength."""
+    pairs = []
+    for value in values:
+        name, _, weight = value.partition(":")
+        try:
+            pairs.append((name, float(weight) if weight else 1.0))
+        except ValueError:
+            raise InvalidInput(f"--lora {value!r}: write name:weight, e.g. acme:0.8.") from None
+    return tuple(pairs)
 
 
 def _generate(args: argparse.Namespace) -> None:
@@ -32,7 +78,7 @@ def _generate(args: argparse.Namespace) -> None:
     from brandgen.manager import PipelineManager
 
     manager = PipelineManager.instance()
-    loras = tuple((name, float(weight)) for name, _, weight in (s.partition(":") for s in args.lora))
+    loras = lora_args(args.lora)
     request = GenerationRequest(
         prompt=args.prompt, asset_type=args.asset_type, model_id=args.model, preset=args.preset,
         seed=args.seed, count=args.count, loras=loras,
@@ -57,7 +103,7 @@ def _benchmark(args: argparse.Namespace) -> None:
         models=tuple(args.model or [manager.registry.default_id]), prompts=tuple(prompts),
         presets=tuple(args.preset or ["draft"]),
         palette=tuple(args.palette.split(",")) if args.palette else DEFAULT_PALETTE,
-        loras=tuple((name, float(weight)) for name, _, weight in (s.partition(":") for s in args.lora)),
+        loras=lora_args(args.lora),
         seed=args.seed, asset_type=args.asset_type, steps=args.steps,
     )
     result = run_benchmark(manager, spec, progress=lambda done, total, row: print(
@@ -77,11 +123,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brandgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
     serve = sub.add_parser("serve", help="start the web app")
-    serve.add_argument("--host", default=os.environ.get("BRANDGEN_HOST", "127.0.0.1"))
-    serve.add_argument("--port", type=int, default=int(os.environ.get("BRANDGEN_PORT", "7860")))
-    serve.add_argument("--share", action="store_true", default=os.environ.get("BRANDGEN_SHARE") == "1",
-                       help="also publish a temporary public gradio.live link")
-    serve.add_argument("--auth", default=None, help="user:password required to open the app")
+    serve.add_argument("--host", default=default_host())
+    serve.add_argument("--port", type=int,  # argparse converts a string default, so a bad env is a usage error
+                       default=os.environ.get("BRANDGEN_PORT") or os.environ.get("GRADIO_SERVER_PORT") or "7860")
+    serve.add_argument("--share", action="store_true",
+                       default=os.environ.get("BRANDGEN_SHARE", "").strip().lower() in TRUTHY,
+                       help="also publish a temporary public gradio.live link (env BRANDGEN_SHARE=1)")
+    serve.add_argument("--auth", default=os.environ.get("BRANDGEN_AUTH"),
+                       help="user:password required to open the app (env BRANDGEN_AUTH)")
     serve.set_defaults(run=_serve)
     gen = sub.add_parser("generate", help="generate images to a folder")
     gen.add_argument("prompt")
@@ -120,3 +169,7 @@ def main(argv: list[str] | None = None) -> None:
     except BrandGenError as exc:
         print(f"error: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
+
+
+if __name__ == "__main__":
+    main()

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import gc
 import os
+import traceback
 from dataclasses import dataclass
 
 import torch
 
-MEMORY_MODES = ("auto", "resident", "model_offload", "sequential_offload")
+MEMORY_MODES = ("auto", "resident", "model_offload", "group_offload", "sequential_offload")
 
 
 @dataclass(frozen=True)
@@ -38,6 +39,18 @@ def free_memory() -> None:
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
         torch.cuda.ipc_collect()
+
+
+def free_memory_after(exc: BaseException) -> None:
+    """Free memory after a failure: first drop the tensors the exception's frames still hold (the
+    pipeline's latents and activations stay alive in a traceback until it is cleared), then free_memory()."""
+    seen: set[int] = set()
+    error: BaseException | None = exc
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        traceback.clear_frames(error.__traceback__)
+        error = error.__cause__ or error.__context__
+    free_memory()
 
 
 def reset_peak_memory() -> None:

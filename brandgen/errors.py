@@ -25,3 +25,7 @@ class OutOfMemory(BrandGenError):
 
 class Cancelled(BrandGenError):
     """The user stopped the work before it finished."""
+
+
+class StorageError(BrandGenError):
+    """A file could not be written (disk full, read-only folder); nothing half-written was kept."""

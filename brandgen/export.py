@@ -24,6 +24,7 @@ from PIL import Image
 from brandgen.errors import InvalidInput
 from brandgen.gallery import GalleryItem, GalleryStore
 from brandgen.metrics import rgb_to_lab
+from brandgen.paths import writing
 from brandgen.png_settings import png_info
 from brandgen.presets import UPSCALE_FACTORS, LanczosUpscaler, Upscaler
 
@@ -217,26 +218,28 @@ def export_items(
     upscaler = upscaler or LanczosUpscaler()
     items = [store.get(i) for i in ids]
     out_dir = store.root / "exports"
-    out_dir.mkdir(exist_ok=True)
     stamp = datetime.now(timezone.utc)
     zip_path = out_dir / f"brandgen-export-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.zip"
     tmp = zip_path.with_name(f".{zip_path.name}.tmp")
     rows: list[dict[str, Any]] = []
-    try:
-        with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-            for item in items:
-                for name, data, row in render_item(item, formats, sizes, upscaler):
-                    archive.writestr(name, data)
-                    rows.append(row)
-            csv_text = io.StringIO()
-            writer = csv.DictWriter(csv_text, fieldnames=_CSV_FIELDS)
-            writer.writeheader()
-            writer.writerows(rows)
-            archive.writestr("manifest.csv", csv_text.getvalue())
-            manifest = {"exported_at": stamp.isoformat(timespec="seconds"), "formats": formats, "scales": sizes,
-                        "files": rows, "images": [{"id": i.id, "metadata": i.metadata} for i in items]}
-            archive.writestr("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
-        os.replace(tmp, zip_path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with writing("the export zip", out_dir):
+        try:
+            out_dir.mkdir(exist_ok=True)
+            with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+                for item in items:
+                    for name, data, row in render_item(item, formats, sizes, upscaler):
+                        archive.writestr(name, data)
+                        rows.append(row)
+                csv_text = io.StringIO()
+                writer = csv.DictWriter(csv_text, fieldnames=_CSV_FIELDS)
+                writer.writeheader()
+                writer.writerows(rows)
+                archive.writestr("manifest.csv", csv_text.getvalue())
+                manifest = {"exported_at": stamp.isoformat(timespec="seconds"), "formats": formats,
+                            "scales": sizes, "files": rows,
+                            "images": [{"id": i.id, "metadata": i.metadata} for i in items]}
+                archive.writestr("manifest.json", json.dumps(manifest, indent=2, ensure_ascii=False, default=str))
+            os.replace(tmp, zip_path)
+        finally:
+            tmp.unlink(missing_ok=True)
     return ExportResult(zip_path=zip_path, files=[r["file"] for r in rows], manifest=rows)

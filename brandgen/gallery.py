@@ -22,6 +22,7 @@ from typing import Any
 from PIL import Image
 
 from brandgen.errors import InvalidInput
+from brandgen.paths import writing
 from brandgen.png_settings import (  # noqa: F401  (re-exported: the gallery's public API)
     a1111_parameters, parse_a1111, png_info, read_parameters, settings_to_request,
 )
@@ -161,26 +162,27 @@ class GalleryStore:
         meta = {**metadata, "gallery_id": item_id, "stored_at": created}
         rel_path = f"{now:%Y-%m-%d}/{item_id}.png"
         path = self._inside(rel_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
         image.save(buffer, "PNG", pnginfo=png_info(meta))
         tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            with open(tmp, "wb") as handle:
-                handle.write(buffer.getvalue())
-                handle.flush()
-                os.fsync(handle.fileno())
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        try:
-            with self._lock, self._conn:
-                self._conn.execute("BEGIN")
-                self._conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
-                                   _row_values(item_id, created, rel_path, meta))
-        except Exception:
-            path.unlink(missing_ok=True)
-            raise
+        with writing("the image", self.root):
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                with open(tmp, "wb") as handle:
+                    handle.write(buffer.getvalue())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+                os.replace(tmp, path)
+            finally:
+                tmp.unlink(missing_ok=True)
+            try:
+                with self._lock, self._conn:
+                    self._conn.execute("BEGIN")
+                    self._conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
+                                       _row_values(item_id, created, rel_path, meta))
+            except Exception:
+                path.unlink(missing_ok=True)
+                raise
         item = GalleryItem(item_id, path, meta, created)
         self.thumbnail(item)
         return item

@@ -9,6 +9,7 @@ from typing import Any
 from PIL import Image
 
 from brandgen.errors import InvalidInput
+from brandgen.templates import MAX_PROMPT_CHARS
 
 MAX_COUNT = 8
 MAX_STEPS = 150
@@ -38,6 +39,17 @@ class GenerationRequest:
 
     def validated(self) -> "GenerationRequest":
         """Refuse what cannot be meant; the message names the field and the allowed range."""
+        try:
+            return self._checked()
+        except (TypeError, ValueError, OverflowError) as exc:  # "abc", NaN or inf where a number belongs
+            if isinstance(exc, InvalidInput):
+                raise
+            raise InvalidInput(f"A number field holds something that is not a usable number: {exc}.") from exc
+
+    def _checked(self) -> "GenerationRequest":
+        if len(self.negative_prompt or "") > MAX_PROMPT_CHARS:
+            raise InvalidInput(f"The negative prompt has {len(self.negative_prompt)} characters; keep it under "
+                               f"{MAX_PROMPT_CHARS}.")
         if not isinstance(self.count, int) or not 1 <= self.count <= MAX_COUNT:
             raise InvalidInput(f"Count must be between 1 and {MAX_COUNT}, got {self.count}.")
         if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:

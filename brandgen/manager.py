@@ -20,7 +20,7 @@ from huggingface_hub import try_to_load_from_cache
 from brandgen import __version__
 from brandgen.acceleration import FastPathOptions, apply_fast_path, hotswapper_for, prepare_for_lora
 from brandgen.device import (
-    MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_vram_gb, is_out_of_memory,
+    MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_memory_after, free_vram_gb, is_out_of_memory,
     peak_memory_gb, reset_peak_memory,
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
@@ -144,7 +144,7 @@ class PipelineManager:
                 pipe = self._from_pretrained(entry)
                 self._place(pipe, entry)
             except Exception as exc:
-                free_memory()
+                free_memory_after(exc)
                 if is_out_of_memory(exc):
                     raise OutOfMemory(
                         f"Not enough accelerator memory to load {entry.label} (~{entry.vram_gb:g} GB). "
@@ -218,6 +218,8 @@ class PipelineManager:
             pipe.to(self.device.device)
         elif mode == "model_offload":
             pipe.enable_model_cpu_offload()
+        elif mode == "group_offload":  # layer by layer, overlapped with compute: 17B HiDream on a 24 GB card
+            pipe.enable_group_offload(torch.device("cuda"), offload_type="leaf_level", use_stream=True)
         else:
             pipe.enable_sequential_cpu_offload()
         if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
@@ -348,7 +350,7 @@ class PipelineManager:
                     images = pipe(**kwargs).images
             except Exception as exc:
                 if is_out_of_memory(exc):
-                    free_memory()
+                    free_memory_after(exc)
                     raise OutOfMemory(
                         f"Out of accelerator memory generating {request.count} image(s) at {width}x{height}. "
                         "Memory was freed. Lower the count or size, or choose memory mode 'model_offload' "

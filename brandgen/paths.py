@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import os
 import re
+import sqlite3
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from brandgen.errors import InvalidInput
+from brandgen.errors import InvalidInput, StorageError
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "presets"
@@ -37,6 +41,30 @@ class AppPaths:
     def benchmarks(self) -> Path:
         return self.home / "benchmarks"
 
+    @property
+    def training_data(self) -> Path:
+        return self.home / "training_data"
+
+    def dataset_roots(self) -> list[Path] | None:
+        """Where the web app may read (and caption) training images. None = anywhere: a local app is its user's.
+        Shared servers list folders in BRANDGEN_DATA_ROOTS (os.pathsep-separated); on a Hugging Face Space
+        (SPACE_ID set) the default is uploads and the shipped examples only."""
+        listed = [p for p in os.environ.get("BRANDGEN_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
+        if not listed and not os.environ.get("SPACE_ID"):
+            return None
+        return [Path(p).resolve() for p in listed] + [self.training_data.resolve(), ASSETS_DIR.resolve()]
+
+    def dataset_folder(self, folder: str | Path) -> Path:
+        """`folder` if the web app may use it as a dataset (see dataset_roots), else a clear refusal."""
+        roots = self.dataset_roots()
+        resolved = Path(folder).resolve()
+        if roots is not None and not any(resolved == root or root in resolved.parents for root in roots):
+            raise InvalidInput(
+                f"Dataset folder {Path(folder).name!r} is outside the folders this server may read; upload the "
+                "images instead (or list the folder in BRANDGEN_DATA_ROOTS)."
+            )
+        return Path(folder)
+
     @classmethod
     def from_env(cls) -> "AppPaths":
         """BRANDGEN_HOME if set, else the repository folder (the layout a fresh clone has)."""
@@ -60,3 +88,27 @@ def resolve_inside(root: Path, name: str, what: str = "name") -> Path:
     if root not in path.parents and path != root:
         raise InvalidInput(f"Invalid {what} {name!r}: it points outside {root.name}/.")
     return path
+
+
+_WRITE_ERRNOS = {errno.ENOSPC: "full", errno.EDQUOT: "full", errno.EROFS: "read-only", errno.EACCES: "denied",
+                 errno.EPERM: "denied"}
+
+
+@contextlib.contextmanager
+def writing(what: str, where: Path) -> Iterator[None]:
+    """Turn a write the disk refused (full, read-only, no permission) into a StorageError that says what to do;
+    any other error passes through unchanged."""
+    try:
+        yield
+    except (OSError, sqlite3.OperationalError) as exc:
+        kind = _WRITE_ERRNOS.get(getattr(exc, "errno", None) or 0)
+        if kind is None and "disk is full" in str(exc):  # SQLite: "database or disk is full"
+            kind = "full"
+        if kind is None:
+            raise
+        advice = {
+            "full": "the disk is full. Free some space (or point BRANDGEN_HOME at a larger disk) and try again",
+            "read-only": "the disk is read-only. Point BRANDGEN_HOME at a writable folder",
+            "denied": "permission denied. Point BRANDGEN_HOME at a folder this app may write to",
+        }[kind]
+        raise StorageError(f"Could not save {what} in {where}: {advice}. ({exc})") from exc

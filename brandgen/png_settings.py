@@ -20,6 +20,7 @@ from brandgen.generation import MAX_SIDE, MIN_SIDE, GenerationRequest
 from brandgen.templates import AssetType, load_asset_types
 
 log = logging.getLogger(__name__)
+MAX_IMAGE_PIXELS = 8192 * 8192  # user images above this are refused unread: decoded they take ~200 MB or more
 
 _A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
 _LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?[^>]*>")
@@ -122,13 +123,22 @@ def _settings_from_brandgen(meta: dict[str, Any], asset_types: dict[str, AssetTy
 
 
 def _open_image(source: str | Path | bytes | Image.Image) -> Image.Image:
+    """Open lazily; refuse before decoding what is too big (reading PNG text may decode the whole image)."""
     if isinstance(source, Image.Image):
         return source
+    name = "The upload" if isinstance(source, bytes) else Path(source).name
     try:
-        return Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+        image = Image.open(io.BytesIO(source) if isinstance(source, bytes) else Path(source))
+    except Image.DecompressionBombError as exc:
+        raise InvalidInput(f"{name} is too large to open safely; settings are read from images up to "
+                           f"{MAX_IMAGE_PIXELS // 10**6} megapixels.") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
-        name = "The upload" if isinstance(source, bytes) else Path(source).name
         raise InvalidInput(f"{name} is not an image BrandGen can read (expected a PNG).") from exc
+    if image.width * image.height > MAX_IMAGE_PIXELS:
+        image.close()
+        raise InvalidInput(f"{name} is {image.width}x{image.height} px; settings are read from images up to "
+                           f"{MAX_IMAGE_PIXELS // 10**6} megapixels.")
+    return image
 
 
 def _exif_comment(image: Image.Image) -> str | None:

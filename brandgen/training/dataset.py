@@ -19,6 +19,7 @@ import torch
 from PIL import Image, ImageOps
 
 from brandgen.errors import InvalidInput
+from brandgen.png_settings import MAX_IMAGE_PIXELS
 from brandgen.templates import AssetType, get_asset_type
 
 SUPPORTED_FORMATS = {"PNG": "PNG", "JPEG": "JPEG", "WEBP": "WebP"}
@@ -28,6 +29,7 @@ HASH_SIZE = 16
 NEAR_DUPLICATE_BITS = 8  # of 512 dHash bits: re-encoded or resized copies differ by ~0-2, distinct icons by 15+
 _GENERIC_STEM = re.compile(r"^(image|img|photo|pic|dsc|scan|file|icon|logo|asset)?[\W_]*\d*$", re.IGNORECASE)
 TABLE_COLUMNS = ["file", "status", "format", "width", "height", "caption", "note"]
+MIN_IMAGE_SIDE = 8  # a smaller image holds nothing a LoRA can learn
 
 
 @dataclass
@@ -66,6 +68,16 @@ class DatasetReport:
         lines = [f"{head} {s.get('count', 0)} usable image(s) of {len(self.rows)} file(s).{size}"]
         lines += [f"- ❌ {e}" for e in self.errors] + [f"- ⚠️ {w}" for w in self.warnings]
         return "\n".join(lines)
+
+
+def _size_problem(width: int, height: int) -> str | None:
+    """Why an image is too small to learn from or too large to decode (judged from its header alone)."""
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return f"too small ({width}x{height} px; at least {MIN_IMAGE_SIDE} px a side)"
+    if width * height > MAX_IMAGE_PIXELS:
+        return (f"too large ({width}x{height} px, over {MAX_IMAGE_PIXELS // 10**6} megapixels); "
+                "downscale it to a few thousand pixels a side")
+    return None
 
 
 def _dhash(image: Image.Image) -> int:
@@ -131,14 +143,23 @@ def validate_dataset(
         try:
             with Image.open(path) as image:
                 fmt = image.format or ""
-                image.load()
                 width, height = image.size
-                dhash = _dhash(image)
+                problem = _size_problem(width, height)
+                if problem is None:  # the header is read; decode only what is sane to decode
+                    image.load()
+                    dhash = _dhash(image)
+        except Image.DecompressionBombError:
+            width = height = 0
+            problem = f"too large to open safely (over {2 * Image.MAX_IMAGE_PIXELS // 10**6} megapixels)"
         except Exception as exc:  # PIL raises many types for non-images and truncated files
             row["note"] = (
                 "not an image" if path.suffix.lower() not in IMAGE_SUFFIXES else f"unreadable ({type(exc).__name__})"
             )
             report.warnings.append(f"{path.name}: {row['note']}; skipped.")
+            continue
+        if problem is not None:
+            row.update(width=width, height=height, note=problem)
+            report.warnings.append(f"{path.name}: {problem}; skipped.")
             continue
         row.update(format=SUPPORTED_FORMATS.get(fmt, fmt), width=width, height=height)
         if fmt not in SUPPORTED_FORMATS:

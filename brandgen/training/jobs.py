@@ -168,7 +168,13 @@ class TrainingJobs:
 
     def resume(self, run: str | Path) -> JobState:
         """Continue a cancelled or crashed run from its newest checkpoint (same run folder, same settings)."""
-        run_dir = Path(run) if Path(run).is_absolute() else resolve_inside(self.paths.training_runs, str(run), "run")
+        root = self.paths.training_runs.resolve()
+        given = Path(run)
+        if given.is_absolute():  # a full path is accepted only when it is one of this app's run folders
+            if given.resolve().parent != root:
+                raise InvalidInput(f"Run {given.name!r} is not in {root.name}/; resume runs from that folder only.")
+            given = Path(given.name)
+        run_dir = resolve_inside(root, str(given), "run")
         if not (run_dir / "config.json").is_file():
             raise InvalidInput(f"{run_dir.name} is not a training run folder.")
         if latest_checkpoint(run_dir / "checkpoints") is None:

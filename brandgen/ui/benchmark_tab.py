@@ -64,9 +64,10 @@ def build_benchmark_tab(manager: PipelineManager) -> None:
                 stop = gr.Button("Cancel", scale=1)
         with gr.Column(scale=3):
             status = gr.Markdown("Peak memory reads n/a on CPU; CLIP score reads n/a without a local CLIP model "
-                                 "(set BRANDGEN_CLIP_MODEL to its folder).")
+                                 "(set BRANDGEN_CLIP_MODEL to its folder).", elem_id="benchmark-status")
             summary_table = gr.Dataframe(headers=SUMMARY_COLUMNS, label="Per model", interactive=False, wrap=True)
-            rows_table = gr.Dataframe(headers=ROW_COLUMNS, label="Per image", interactive=False, wrap=True)
+            rows_table = gr.Dataframe(headers=ROW_COLUMNS, label="Per image", interactive=False, wrap=True,
+                                      elem_id="benchmark-rows")
             csv_file = gr.File(label="results.csv", interactive=False)
             plots = [gr.Plot(label=label) for label in ("Speed per model", "Time per image", "Quality per model")]
     rows_json = gr.JSON(visible=False, label="rows")  # the API's rows: a list of dicts

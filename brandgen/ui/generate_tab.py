@@ -9,9 +9,10 @@ import gradio as gr
 
 from brandgen.brandkit import apply_brand_kit
 from brandgen.device import MEMORY_MODES
-from brandgen.errors import Cancelled
+from brandgen.errors import Cancelled, InvalidInput
 from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
+from brandgen.spaces_support import on_gpu
 from brandgen.ui.common import NO_LORA, user_errors
 
 LORA_SLOTS = 3
@@ -49,13 +50,16 @@ def request_from_ui(
 ) -> GenerationRequest:
     """Translate widget values (floats, '(none)', 0 = default) into a core request."""
     pairs = [(lora_slots[i], lora_slots[i + 1]) for i in range(0, len(lora_slots), 2)]
-    loras = tuple((str(name), float(weight or 0.0)) for name, weight in pairs if name and name != NO_LORA)
-    return GenerationRequest(
-        prompt=prompt or "", asset_type=asset_type, model_id=model_id or None, preset=preset,
-        seed=-1 if seed is None else int(seed), count=int(count or 1), negative_prompt=negative or "",
-        steps=int(steps) if steps else None, guidance_scale=None if guidance in (None, "") or guidance < 0 else float(guidance),
-        loras=loras,
-    )
+    try:
+        loras = tuple((str(name), float(weight or 0.0)) for name, weight in pairs if name and name != NO_LORA)
+        return GenerationRequest(
+            prompt=prompt or "", asset_type=asset_type, model_id=model_id or None, preset=preset,
+            seed=-1 if seed is None else int(seed), count=int(count or 1), negative_prompt=negative or "",
+            steps=int(steps) if steps else None,
+            guidance_scale=None if guidance in (None, "") or float(guidance) < 0 else float(guidance), loras=loras,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:  # NaN, infinity or text where a number belongs
+        raise InvalidInput(f"Seed, count, steps, guidance and LoRA weights must be plain numbers ({exc}).") from exc
 
 
 def caption_for(meta: dict[str, Any]) -> str:
@@ -108,13 +112,17 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Cancel", scale=1)
         with gr.Column(scale=3):
-            gallery = gr.Gallery(label="Results", columns=2, height=520, format="png", interactive=False)
-            status = gr.Markdown()
-            settings = gr.JSON(label="Settings of the selected image")
+            gallery = gr.Gallery(label="Results", columns=2, height=520, format="png", interactive=False,
+                                 elem_id="generate-results")
+            status = gr.Markdown(elem_id="generate-status")
+            settings = gr.JSON(label="Settings of the selected image", elem_id="generate-settings")
     metadata_state = gr.JSON(visible=False, label="Settings of every image")  # also the API's metadata output
     brand_kit = gr.State(None)  # a gr.State input is not part of the /generate API signature
     controls = GenerateControls(prompt, asset_type, model, preset, seed, count, negative, steps, guidance, slots,
                                 brand_kit)
+
+    run_generation = on_gpu(manager.generate)  # spaces.GPU on a ZeroGPU Space, else manager.generate itself
+    live_progress = run_generation == manager.generate  # a ZeroGPU worker gets pickled arguments: no callbacks
 
     @user_errors
     def generate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
@@ -122,7 +130,8 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         request = request_from_ui(*values)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
-            result = manager.generate(request, progress=lambda i, n: progress((i, n), desc="Denoising"))
+            on_step = (lambda i, n: progress((i, n), desc="Denoising")) if live_progress else None
+            result = run_generation(request, progress=on_step)
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 import gradio as gr
@@ -171,7 +172,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                 refresh_runs = gr.Button("↻", scale=0, min_width=40)
                 resume = gr.Button("Resume", scale=1)
         with gr.Column(scale=3):
-            status = gr.Markdown(status_text(jobs.status()))
+            status = gr.Markdown(status_text(jobs.status()), elem_id="train-status")
             refresh = gr.Button("Refresh status", size="sm")
             plot = gr.LinePlot(loss_frame(jobs.status()), x="step", y="loss", title="Training loss", height=260)
             samples = gr.Gallery(label="Latest samples", columns=4, height=220, interactive=False)
@@ -201,10 +202,14 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         convs,
     ]
 
+    def dataset_dir(folder_value: str) -> Path:
+        """The folder the user named, if this server may read it (see AppPaths.dataset_roots)."""
+        return manager.paths.dataset_folder(resolve_data_dir(folder_value or DEFAULT_DATA))
+
     @user_errors
     def validate(folder_value: str, kind: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
         report = validate_dataset(
-            resolve_data_dir(folder_value or DEFAULT_DATA),
+            dataset_dir(folder_value),
             kind,
             int(size or 512),
             manager.asset_types,
@@ -215,14 +220,14 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     @user_errors
     def write_captions(folder_value: str, kind: str, word: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
         written = write_template_captions(
-            resolve_data_dir(folder_value or DEFAULT_DATA), kind, (word or "").strip(), manager.asset_types
+            dataset_dir(folder_value), kind, (word or "").strip(), manager.asset_types
         )
         gr.Info(f"Wrote {len(written)} template caption file(s); edit them to describe each image.")
         return validate(folder_value, kind, size, small)
 
     @user_errors
     def on_upload(files: list[str] | None, kind: str, size: float, small: bool) -> tuple[str, str, pd.DataFrame]:
-        dest = manager.paths.home / "training_data" / f"upload-{time.strftime('%Y%m%d-%H%M%S')}"
+        dest = manager.paths.training_data / f"upload-{time.strftime('%Y%m%d-%H%M%S')}"
         import_uploads(files or [], dest)
         return (str(dest), *validate(str(dest), kind, size, small))
 
@@ -232,7 +237,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
 
     @user_errors
     def start_training(*values: Any) -> tuple[dict, str]:
-        state = jobs.start(config_from_ui(*values, family=manager.registry.get(values[2]).family))
+        config = config_from_ui(*values, family=manager.registry.get(values[2]).family)
+        manager.paths.dataset_folder(config.data_dir)
+        state = jobs.start(config)
         return state.to_dict(), status_text(state)
 
     @user_errors
