@@ -96,7 +96,7 @@ def build_gallery_tab(
         lora = gr.Dropdown([ALL, *facets["loras"]], value=ALL, label="LoRA", scale=1)
         refresh = gr.Button("Refresh", size="sm", scale=0)
     grid = gr.Gallery(label="Past images, newest first", columns=6, height=520, allow_preview=False,
-                      interactive=False)
+                      interactive=False, elem_id="gallery-grid")
     with gr.Row():
         prev_page = gr.Button("◀ Previous", size="sm")
         page = gr.Number(value=1, precision=0, minimum=1, label="Page", scale=0, min_width=90)
@@ -107,7 +107,7 @@ def build_gallery_tab(
         with gr.Column():
             preview = gr.Image(label="Selected image", type="filepath", interactive=False, height=300)
             selected_id = gr.Textbox(label="Image id", interactive=False)
-            settings = gr.JSON(label="Settings")
+            settings = gr.JSON(label="Settings", elem_id="gallery-settings")
             use = gr.Button("Use these settings in Generate", variant="primary")
             with gr.Row():
                 sure = gr.Checkbox(value=False, label="I'm sure")
@@ -224,17 +224,20 @@ def build_gallery_tab(
         merged = list(dict.fromkeys([*(current or []), *[i for i in new if i]]))
         return gr.Dropdown(choices=merged, value=merged)
 
+    # Everything that redraws the grid runs in one queue, in arrival order: otherwise the refresh started by
+    # opening the tab could finish after a search typed right away and overwrite its results.
+    view = {"concurrency_id": "gallery_view", "concurrency_limit": 1}
     for trigger in (text.submit, asset_type.change, model.change, lora.change):
-        trigger(lambda *v: show_page(*v, 1), filters, page_outputs, api_name=False)
-    refresh.click(refresh_all, [*filters, page], [asset_type, model, lora, *page_outputs], api_name=False)
-    page.submit(show_page, [*filters, page], page_outputs, api_name=False)
-    prev_page.click(step(-1), [*filters, page], page_outputs, api_name=False)
-    next_page.click(step(+1), [*filters, page], page_outputs, api_name=False)
+        trigger(lambda *v: show_page(*v, 1), filters, page_outputs, api_name=False, **view)
+    refresh.click(refresh_all, [*filters, page], [asset_type, model, lora, *page_outputs], api_name=False, **view)
+    page.submit(show_page, [*filters, page], page_outputs, api_name=False, **view)
+    prev_page.click(step(-1), [*filters, page], page_outputs, api_name=False, **view)
+    next_page.click(step(+1), [*filters, page], page_outputs, api_name=False, **view)
     grid.select(select, page_ids, [preview, selected_id, settings], api_name=False)
     upload.upload(on_upload, upload, [settings, selected_id], api_name="read_parameters")
     use.click(use_settings, settings, [*control_list, *([tabs] if tabs is not None else [])], api_name=False)
     delete.click(on_delete, [selected_id, sure, *filters, page],
-                 [preview, selected_id, settings, sure, *page_outputs], api_name=False)
+                 [preview, selected_id, settings, sure, *page_outputs], api_name=False, **view)
     add_selected.click(lambda cur, sel: add_ids(cur, [sel]), [export_ids, selected_id], export_ids, api_name=False)
     add_page.click(add_ids, [export_ids, page_ids], export_ids, api_name=False)
     export.click(on_export, [export_ids, formats, sizes], export_file, api_name="gallery_export")
@@ -245,6 +248,6 @@ def build_gallery_tab(
     parent = gr.context.Context.block  # the Gallery tab itself, when built inside one
     opened = parent.select if isinstance(parent, gr.Tab) else (tabs.select if tabs is not None else None)
     if opened is not None:
-        opened(refresh_all, [*filters, page], [asset_type, model, lora, *page_outputs], api_name=False)
+        opened(refresh_all, [*filters, page], [asset_type, model, lora, *page_outputs], api_name=False, **view)
     if getattr(controls, "event", None) is not None:
-        controls.event.then(show_page, [*filters, page], page_outputs, api_name=False)
+        controls.event.then(show_page, [*filters, page], page_outputs, api_name=False, **view)
