@@ -248,10 +248,11 @@ class PipelineManager:
                 loaded.hotswap.activate(info and info.path, wanted[0][1] if wanted else 0.0, info and info.name)
                 loaded.active = wanted
                 return
+            # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
+            infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
             if loaded.fused:
                 pipe.unfuse_lora()
                 loaded.fused = False
-            infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
             if not wanted:
                 if loaded.loras:
                     pipe.disable_lora()
