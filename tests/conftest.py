@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -21,6 +22,29 @@ from brandgen.registry import ModelRegistry  # noqa: E402
 import tiny_pipelines  # noqa: E402
 
 CPU = DeviceInfo("cpu", torch.float32, "CPU")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def client(manager: PipelineManager):
+    """The app served on 127.0.0.1 over the test manager, and a gradio_client talking to it."""
+    from gradio_client import Client
+
+    from brandgen.ui.app import build_app
+
+    demo = build_app(manager)
+    demo.queue(default_concurrency_limit=1).launch(
+        server_name="127.0.0.1", server_port=free_port(), prevent_thread_lock=True, quiet=True,
+    )
+    try:
+        yield Client(demo.local_url, verbose=False)
+    finally:
+        demo.close()
 
 
 @pytest.fixture(scope="session")

@@ -3,31 +3,11 @@
 from __future__ import annotations
 
 import json
-import socket
 
 import pytest
 from gradio_client import Client
 
-from brandgen.manager import PipelineManager
-from brandgen.ui.app import build_app
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def client(manager: PipelineManager):
-    demo = build_app(manager)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-    )
-    try:
-        yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
 
 
 def _generate(client: Client, **kw):

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import threading
 
 import pandas as pd
@@ -16,7 +15,6 @@ from brandgen.benchmark import (
 )
 from brandgen.errors import InvalidInput
 from brandgen.manager import PipelineManager
-from brandgen.ui.app import build_app
 from brandgen.ui.benchmark_tab import tables_and_plots
 
 PROMPTS = ("bank transfer icon", "notification bell icon")
@@ -127,23 +125,6 @@ def test_cli_prints_summary_and_writes_csv(manager, monkeypatch, tmp_path, capsy
     csvs = list((tmp_path / "bench").glob("*/results.csv"))
     assert len(csvs) == 1 and len(pd.read_csv(csvs[0])) == 1
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def client(manager: PipelineManager):
-    demo = build_app(manager)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True,
-    )
-    try:
-        yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
 
 
 def test_benchmark_api_endpoint(client: Client):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import argparse
 import errno
 import pickle
-import socket
 import time
 import urllib.error
 import urllib.request
@@ -26,7 +25,7 @@ from brandgen.gallery import GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
 from brandgen.ui.app import build_app
-from conftest import CPU
+from conftest import CPU, free_port
 from robustness_helpers import files_under, huge_png
 from training_helpers import brand_image, make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
@@ -185,19 +184,13 @@ def test_train_handlers_list_bad_images_and_refuse_bad_names(manager: PipelineMa
 
 
 # ----- the served app --------------------------------------------------------------------------------------
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def served(registry, tmp_path_factory: pytest.TempPathFactory):
     """The app launched with exactly the options `brandgen serve` passes to launch (cli.launch_options)."""
     paths = AppPaths(tmp_path_factory.mktemp("served") / "home")
     paths.loras.mkdir(parents=True)
     manager = PipelineManager(registry=registry, paths=paths, device=CPU)
-    args = argparse.Namespace(host="127.0.0.1", port=_free_port(), share=False, auth=None)
+    args = argparse.Namespace(host="127.0.0.1", port=free_port(), share=False, auth=None)
     options = launch_options(args, paths)
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=1).launch(**options, prevent_thread_lock=True, quiet=True)

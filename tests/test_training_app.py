@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import time
 from pathlib import Path
 
@@ -11,27 +10,9 @@ import pytest
 from gradio_client import Client
 
 from brandgen.manager import PipelineManager
-from brandgen.ui.app import build_app
 from brandgen.ui.train_tab import config_from_ui, status_text
 from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def client(manager: PipelineManager):
-    demo = build_app(manager)
-    demo.queue(default_concurrency_limit=1).launch(
-        server_name="127.0.0.1", server_port=_free_port(), prevent_thread_lock=True, quiet=True
-    )
-    try:
-        yield Client(demo.local_url, verbose=False)
-    finally:
-        demo.close()
 
 
 def _settings(folder: Path, **kw) -> dict:
