@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import struct
 import zlib
 from pathlib import Path
@@ -40,3 +41,22 @@ def huge_png(side: int = 12000) -> bytes:
 
 def files_under(root: Path) -> set[Path]:
     return {p for p in Path(root).rglob("*") if p.is_file()}
+
+
+class FullDisk:
+    """A file object whose writes fail as on a full disk."""
+
+    def __init__(self, path, mode="r", *args, **kwargs):
+        self._handle = open(path, mode, *args, **kwargs)
+
+    def write(self, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    def __getattr__(self, name):
+        return getattr(self._handle, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self._handle.close()

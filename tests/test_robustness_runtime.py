@@ -27,7 +27,7 @@ from brandgen.gallery import GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.training.config import TrainConfig
 from brandgen.training.jobs import TrainingJobs
-from robustness_helpers import pixels, tiny_request
+from robustness_helpers import FullDisk, pixels, tiny_request
 from training_helpers import brand_image, make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -76,23 +76,6 @@ def test_oom_while_loading_leaves_no_half_loaded_model(manager: PipelineManager,
 
 
 # ----- disk full -------------------------------------------------------------------------------------
-class _FullDisk:
-    """A file object whose writes fail as on a full disk."""
-
-    def __init__(self, path, mode="r", *args, **kwargs):
-        self._handle = open(path, mode, *args, **kwargs)
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
 
 
 def _gallery_with_two(tmp_path: Path) -> tuple[GalleryStore, list[str]]:
@@ -109,7 +92,7 @@ def _assert_intact(store: GalleryStore, ids: list[str]) -> None:
 
 def test_disk_full_while_saving_an_image_keeps_the_gallery_intact(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     store, ids = _gallery_with_two(tmp_path)
-    monkeypatch.setattr(brandgen.gallery, "open", _FullDisk, raising=False)
+    monkeypatch.setattr(brandgen.gallery, "open", FullDisk, raising=False)
     with pytest.raises(StorageError, match="Could not save the image in .*outputs: the disk is full"):
         store.add(brand_image(32, 9), {"user_prompt": "star 9", "model": "m", "seed": 9})
     monkeypatch.undo()

@@ -5,7 +5,6 @@ files the server hands out, and that its queue runs requests in the order they c
 from __future__ import annotations
 
 import argparse
-import errno
 import pickle
 import time
 import urllib.error
@@ -26,7 +25,7 @@ from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
 from brandgen.ui.app import build_app
 from conftest import CPU, free_port
-from robustness_helpers import files_under, huge_png
+from robustness_helpers import FullDisk, files_under, huge_png
 from training_helpers import brand_image, make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")
@@ -50,21 +49,6 @@ def _generate(demo: gr.Blocks, loras: tuple = (), **changes: Any):
     return _handler(demo, "generate")(*values.values(), *slots, None)
 
 
-class _FullDisk:
-    def __init__(self, path, mode="r", *args, **kwargs):
-        self._handle = open(path, mode, *args, **kwargs)
-
-    def write(self, data):
-        raise OSError(errno.ENOSPC, "No space left on device")
-
-    def __getattr__(self, name):
-        return getattr(self._handle, name)
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self._handle.close()
 
 
 def test_generate_handler_turns_hard_inputs_into_readable_errors(manager: PipelineManager):
@@ -109,7 +93,7 @@ def test_generate_handler_reports_out_of_memory_and_a_full_disk(manager: Pipelin
         with pytest.raises(gr.Error, match="Out of accelerator memory .* Memory was freed. Lower the count"):
             _generate(demo)
     with monkeypatch.context() as patch:
-        patch.setattr(brandgen.gallery, "open", _FullDisk, raising=False)
+        patch.setattr(brandgen.gallery, "open", FullDisk, raising=False)
         with pytest.raises(gr.Error, match="Could not save the image .* the disk is full"):
             _generate(demo)
     items, metadata, _, _ = _generate(demo)
