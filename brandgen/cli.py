@@ -6,6 +6,7 @@ import argparse
 import json
 import os
 import sys
+import threading
 from pathlib import Path
 
 from brandgen.errors import BrandGenError, InvalidInput
@@ -56,9 +57,18 @@ def _serve(args: argparse.Namespace) -> None:
     from brandgen.ui.app import build_app
 
     manager = PipelineManager.instance()
-    spaces_support.prepare(manager)
+    if not spaces_support.prepare(manager):
+        # load the default model while the page comes up, so the first click only pays for generation
+        threading.Thread(target=_preload, args=(manager,), name="brandgen-preload", daemon=True).start()
     demo = build_app(manager)
     demo.queue(default_concurrency_limit=1).launch(**options)
+
+
+def _preload(manager) -> None:
+    try:
+        manager.load_model()
+    except BrandGenError as exc:  # the Generate tab reports it again when the user asks for that model
+        print(f"warning: default model not loaded: {exc}", file=sys.stderr)
 
 
 def lora_args(values: list[str]) -> tuple[tuple[str, float], ...]:

@@ -181,6 +181,21 @@ def test_serve_passes_share_and_auth_to_launch(manager: PipelineManager, monkeyp
     assert first["server_name"] == "127.0.0.1" and first["show_error"] is True
 
 
+def test_serve_loads_the_default_model_in_the_background(manager: PipelineManager, monkeypatch: pytest.MonkeyPatch):
+    """The page comes up at once and the first Generate click does not also pay for loading the model."""
+    import threading
+
+    monkeypatch.setenv("BRANDGEN_HOME", str(manager.paths.home))
+    _stub_launch(monkeypatch, manager)
+    manager.unload()
+    assert manager.current_model is None
+    main(["serve"])
+    for thread in threading.enumerate():
+        if thread.name == "brandgen-preload":
+            thread.join(timeout=60)
+    assert manager.current_model == manager.registry.default_id
+
+
 def test_a_bad_auth_stops_serve_before_any_model_loads(monkeypatch: pytest.MonkeyPatch, capsys):
     monkeypatch.setattr(PipelineManager, "instance", classmethod(lambda cls: pytest.fail("must not load")))
     with pytest.raises(SystemExit) as caught:
