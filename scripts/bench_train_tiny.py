@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> dict:
     prompts, negative = [p.prompt for p in pairs], pairs[0].negative
     seeds = list(range(args.seeds))
 
-    pipe = DiffusionPipeline.from_pretrained(source)
+    pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
     pipe.set_progress_bar_config(disable=True)
     before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution)
 
