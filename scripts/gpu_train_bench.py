@@ -178,6 +178,7 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         "rank": args.rank,
         "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile,
+        "compile_mode": args.compile_mode if args.compile else None,
         "channels_last": bool(args.channels_last and name == "sdxl"),
     }
     model = params = optimizer = None
@@ -210,7 +211,10 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
             # After the FLOP count: dynamo skips frames first seen under FlopCounterMode.
             from brandgen.training.loading import maybe_compile
 
-            maybe_compile(model, True, "cuda")  # the trainer's own regional compile (TrainConfig.compile)
+            if args.compile_mode:  # experiment: an inductor mode other than the trainer's default
+                model.compile_repeated_blocks(fullgraph=False, dynamic=False, mode=args.compile_mode)
+            else:
+                maybe_compile(model, True, "cuda")  # the trainer's own regional compile (TrainConfig.compile)
             if args.compile_resnets and name == "sdxl":  # experiment: also the ResNet/resampling blocks
                 torch._dynamo.config.cache_size_limit = 64
                 for module in model.modules():
@@ -275,6 +279,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--checkpointing", default="off,on", help="off,on | off | on")
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: checks every code path")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile of the repeated blocks")
+    parser.add_argument("--compile-mode", default=None, help="with --compile: e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--compile-resnets", action="store_true", help="with --compile: SDXL ResNet blocks too")
     parser.add_argument("--channels-last", action="store_true", help="UNet weights and inputs in NHWC (+ cudnn.benchmark)")
     parser.add_argument("--cudnn-sdp", action="store_true",
