@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 from dataclasses import replace
 from pathlib import Path
 
@@ -20,14 +19,9 @@ from brandgen.paths import AppPaths  # noqa: E402
 from brandgen.registry import ModelRegistry  # noqa: E402
 
 import tiny_pipelines  # noqa: E402
+from app_server import free_port  # noqa: E402,F401 - re-exported for the tests
 
 CPU = DeviceInfo("cpu", torch.float32, "CPU")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture
