@@ -8,8 +8,7 @@ from pathlib import Path
 import pytest
 
 from brandgen.cli import main
-from brandgen.training.config import TrainConfig
-from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from training_helpers import make_dataset, one_torch_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 
 def test_train_command_writes_a_lora(
@@ -17,20 +16,7 @@ def test_train_command_writes_a_lora(
 ):
     monkeypatch.setenv("BRANDGEN_HOME", str(tmp_path / "home"))
     data = make_dataset(tmp_path / "data", count=2)
-    config = TrainConfig(
-        name="cli-brand",
-        base_model=str(tiny_dirs["sd15"]),
-        data_dir=str(data),
-        resolution=32,
-        rank=4,
-        alpha=4,
-        lr=1e-3,
-        max_steps=3,
-        allow_small_dataset=True,
-        validation_images=0,
-        checkpoint_every=2,
-        gradient_checkpointing=False,
-    )
+    config = tiny_config(data, str(tiny_dirs["sd15"]), name="cli-brand", max_steps=3, checkpoint_every=2)
     path = tmp_path / "cfg.json"
     config.save(path)
     main(["train", "--config", str(path), "--device", "cpu", "--log-every", "1"])

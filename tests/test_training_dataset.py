@@ -122,6 +122,9 @@ def test_train_config_round_trips_json_and_rejects_bad_values(tmp_path: Path):
     path.write_text(json.dumps({"name": "brand", "rnak": 4}))
     with pytest.raises(InvalidInput, match="rnak"):
         TrainConfig.from_file(path)
+    path.write_text(json.dumps({"name": "brand", "rank": "4"}))
+    with pytest.raises(InvalidInput, match=r"wrong type: rank \(int\)"):
+        TrainConfig.from_file(path)
     with pytest.raises(InvalidInput, match="resolution"):
         TrainConfig(name="brand", resolution=100).validated()
     assert TrainConfig(name="brand").validated().resolution == 0  # the model's native resolution

@@ -11,26 +11,12 @@ from diffusers import DiffusionPipeline
 
 from brandgen.loras import DIFFUSERS_FILE, inspect_lora, read_metadata_json
 from brandgen.paths import AppPaths
-from brandgen.training.config import TrainConfig
+from brandgen.training.families import UNET_CONV_TARGETS, Family
 from brandgen.training.trainer import LoraTrainer
-from training_helpers import BUILDERS, make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from training_helpers import BUILDERS, make_dataset, one_torch_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 # Tiny random UNets cannot overfit through attention LoRAs alone; convolution LoRAs give them the capacity.
-UNET_TARGETS = [
-    "to_q",
-    "to_k",
-    "to_v",
-    "to_out.0",
-    "proj_in",
-    "proj_out",
-    "ff.net.0.proj",
-    "ff.net.2",
-    "time_emb_proj",
-    "conv1",
-    "conv2",
-    "conv_in",
-    "conv_out",
-]
+UNET_TARGETS = [*Family.default_targets, *UNET_CONV_TARGETS, "conv_in", "conv_out"]
 CASES = {  # family: (target modules or [] for the family default, steps, learning rate, gradient checkpointing)
     "sd15": (UNET_TARGETS, 40, 1e-2, True),
     "sdxl": (UNET_TARGETS, 40, 1e-2, False),
@@ -51,17 +37,13 @@ def test_family_trains_exports_and_reloads_identically(family: str, model_dirs: 
     targets, steps, lr, checkpointing = CASES[family]
     data = make_dataset(tmp_path / "data", count=1)
     paths = AppPaths(tmp_path / "home")
-    config = TrainConfig(
+    config = tiny_config(
+        data,
+        str(model_dirs[family]),
         name=f"brand-{family}",
-        base_model=str(model_dirs[family]),
-        data_dir=str(data),
         trigger="acmebrand",
-        resolution=32,
-        rank=4,
-        alpha=4,
         lr=lr,
         max_steps=steps,
-        allow_small_dataset=True,
         validation_images=1,
         validation_steps=2,
         gradient_checkpointing=checkpointing,

@@ -12,17 +12,21 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SCRIPTS.parent)}
 
 
-def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
-    out = tmp_path / "train.json"
+def _run_tiny(script: str, out: Path, timeout: int) -> dict:
+    """Run a benchmark script with --tiny and return the JSON it wrote."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "gpu_train_bench.py"), "--tiny", "--out", str(out)],
+        [sys.executable, str(SCRIPTS / script), "--tiny", "--out", str(out)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
         env=ENV,
     )
-    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    result = json.loads(out.read_text())
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return json.loads(out.read_text())
+
+
+def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
+    result = _run_tiny("gpu_train_bench.py", tmp_path / "train.json", timeout=120)
     rows = result["rows"]
     assert [(r["model"], r["gradient_checkpointing"]) for r in rows] == [
         ("sdxl", False),
@@ -38,16 +42,7 @@ def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
 
 
 def test_ddp_train_bench_tiny_runs_two_gloo_processes(tmp_path: Path):
-    out = tmp_path / "ddp.json"
-    proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / "ddp_train_bench.py"), "--tiny", "--out", str(out)],
-        capture_output=True,
-        text=True,
-        timeout=150,
-        env=ENV,
-    )
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    result = json.loads(out.read_text())
+    result = _run_tiny("ddp_train_bench.py", tmp_path / "ddp.json", timeout=150)
     assert [r["num_processes"] for r in result["rows"]] == [1, 2]
     for row in result["rows"]:
         assert row["steps_per_s"] > 0 and row["lora_in_sync"] is True, row

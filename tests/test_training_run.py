@@ -19,30 +19,14 @@ from brandgen.training.config import TrainConfig
 from brandgen.training.jobs import TrainingJobs
 from brandgen.training.progress import TrainHooks
 from brandgen.training.trainer import LoraTrainer
-from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
+from training_helpers import make_dataset, one_torch_thread, tiny_config  # noqa: F401 (autouse fixture)
 
 TARGETS = ["to_q", "to_k", "to_v", "to_out.0"]
 
 
 def _config(data: Path, model: str, **overrides) -> TrainConfig:
-    settings = dict(
-        name="brand",
-        base_model=model,
-        data_dir=str(data),
-        resolution=32,
-        rank=4,
-        alpha=4,
-        lr=1e-3,
-        max_steps=6,
-        grad_accum=2,
-        allow_small_dataset=True,
-        validation_images=0,
-        gradient_checkpointing=False,
-        checkpoint_every=2,
-        keep_checkpoints=2,
-        target_modules=TARGETS,
-    )
-    return TrainConfig(**{**settings, **overrides})
+    settings = dict(max_steps=6, grad_accum=2, checkpoint_every=2, keep_checkpoints=2, target_modules=TARGETS)
+    return tiny_config(data, model, **{**settings, **overrides})
 
 
 def _poll(jobs: TrainingJobs, predicate, timeout: float = 120.0):

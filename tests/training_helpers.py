@@ -9,6 +9,7 @@ import torch
 from PIL import Image, ImageDraw
 
 import tiny_pipelines
+from brandgen.training.config import TrainConfig
 
 TEAL, CORAL, CREAM = (15, 118, 110), (249, 115, 96), (253, 246, 227)
 
@@ -32,6 +33,23 @@ def make_dataset(folder: Path, count: int = 1, size: int = 32, captions: bool = 
         if captions:
             (folder / f"image_{i:03d}.txt").write_text("a teal tile with a coral dot, two-tone\n")
     return folder
+
+
+def tiny_config(data: Path, model: str, **overrides) -> TrainConfig:
+    """A run small enough for a shared 2-core CPU: 32 px, rank 4, no samples, no gradient checkpointing."""
+    settings = dict(
+        name="brand",
+        base_model=model,
+        data_dir=str(data),
+        resolution=32,
+        rank=4,
+        alpha=4,
+        lr=1e-3,
+        allow_small_dataset=True,
+        validation_images=0,
+        gradient_checkpointing=False,
+    )
+    return TrainConfig(**{**settings, **overrides})
 
 
 BUILDERS = {

@@ -15,6 +15,18 @@ LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 
 
+_JSON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
+
+
+def _fits(value: Any, annotation: str) -> bool:
+    """Whether a JSON value suits a field (annotations are strings here); true/false is never a number."""
+    if annotation == "list[str]":
+        return isinstance(value, list) and all(isinstance(v, str) for v in value)
+    if isinstance(value, bool):
+        return annotation == "bool"
+    return isinstance(value, _JSON_TYPES[annotation])
+
+
 @dataclass
 class TrainConfig:
     """One LoRA training run. Defaults follow the design notes (rank 32, alpha 16, lr 1e-4, 10 epochs, batch 1).
@@ -78,7 +90,9 @@ class TrainConfig:
             (self.mixed_precision in MIXED_PRECISIONS, f"mixed precision must be one of {MIXED_PRECISIONS}"),
             (self.warmup_steps >= 0, "warmup steps cannot be negative"),
             (self.checkpoint_every >= 0 and self.keep_checkpoints >= 1, "checkpoint_every >= 0, keep >= 1"),
-            (self.validate_every >= 0 and 0 <= self.validation_images <= 8, "validation images must be 0..8"),
+            (self.validate_every >= 0, "validate_every cannot be negative"),
+            (0 <= self.validation_images <= 8, "validation images must be 0..8"),
+            (self.validation_steps >= 0, "validation steps cannot be negative"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:
@@ -103,6 +117,9 @@ class TrainConfig:
             raise InvalidInput(f"Unknown training setting(s): {', '.join(unknown)}. Known: {', '.join(sorted(known))}.")
         if "name" not in data:
             raise InvalidInput("The training config needs a 'name' (the LoRA's name).")
+        wrong = [f"{f.name} ({f.type})" for f in fields(cls) if f.name in data and not _fits(data[f.name], f.type)]
+        if wrong:  # "rank": "4" would otherwise fail later as a bare TypeError
+            raise InvalidInput(f"Training setting(s) of the wrong type: {', '.join(wrong)}.")
         return cls(**data)
 
     @classmethod

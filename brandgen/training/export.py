@@ -26,14 +26,9 @@ from safetensors.torch import save_file
 
 from brandgen.errors import InvalidInput
 from brandgen.loras import DIFFUSERS_FILE
+from brandgen.training.families import PIPELINE_FAMILIES
 
-PIPELINE_CLASSES = {
-    "sd15": "StableDiffusionPipeline",
-    "sdxl": "StableDiffusionXLPipeline",
-    "sd3": "StableDiffusion3Pipeline",
-    "flux": "FluxPipeline",
-    "hidream": "HiDreamImagePipeline",
-}
+PIPELINE_CLASSES = {family: class_name for class_name, family in PIPELINE_FAMILIES.items()}
 KOHYA_BASE_VERSION = {"sd15": "sd_v1", "sdxl": "sdxl_base_v1-0", "sd3": "sd3", "flux": "flux1", "hidream": "hidream_i1"}
 KOHYA_MODULE = {
     "sd15": "networks.lora",
@@ -325,16 +320,18 @@ def export_trained(
     )
 
 
-def lora_name_taken(loras_root: Path, name: str) -> bool:
-    return (loras_root / name).exists() or (loras_root / f"{name}.safetensors").exists()
+def ensure_lora_name_free(loras_root: Path, name: str) -> None:
+    """Refuse a name the LoRA library already shows (a folder or a single file): checked before a run starts
+    and again when it is published."""
+    if (loras_root / name).exists() or (loras_root / f"{name}.safetensors").exists():
+        raise InvalidInput(f"A LoRA named {name!r} already exists in {loras_root.name}/; pick another name.")
 
 
 def publish(staging: Path, loras_root: Path, name: str) -> Path:
     """Move a finished LoRA folder into loras/<name> in one rename, so the library never sees half a LoRA."""
     loras_root.mkdir(parents=True, exist_ok=True)
     target = loras_root / name
-    if lora_name_taken(loras_root, name):
-        raise InvalidInput(f"A LoRA named {name!r} already exists in {loras_root.name}/; pick another name.")
+    ensure_lora_name_free(loras_root, name)
     try:
         os.replace(staging, target)
     except OSError:  # another filesystem: copy beside the target under a hidden name, then rename

@@ -180,21 +180,25 @@ class FlowFamily(Family):
         raise NotImplementedError
 
 
+# the image and text streams' attention projections of an MMDiT block (SD3 and FLUX name them alike)
+MMDIT_ATTENTION_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
+
+
 class SD3Family(FlowFamily):
     """SD3/3.5: MMDiT over CLIP-L + CLIP-G + T5 embeddings and a pooled CLIP vector."""
 
     name = "sd3"
     text_encoders = ("text_encoder", "text_encoder_2", "text_encoder_3")
-    default_targets = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
-    )
+    default_targets = MMDIT_ATTENTION_TARGETS
 
     @torch.no_grad()
     def encode_text(self, pipe: Any, prompts: list[str], device: torch.device) -> Cond:
@@ -228,14 +232,7 @@ class FluxFamily(FlowFamily):
     name = "flux"
     text_encoders = ("text_encoder", "text_encoder_2")
     default_targets = (
-        "attn.to_q",
-        "attn.to_k",
-        "attn.to_v",
-        "attn.to_out.0",
-        "attn.add_q_proj",
-        "attn.add_k_proj",
-        "attn.add_v_proj",
-        "attn.to_add_out",
+        *MMDIT_ATTENTION_TARGETS,
         "ff.net.0.proj",
         "ff.net.2",
         "ff_context.net.0.proj",

@@ -22,10 +22,10 @@ from brandgen.paths import AppPaths, resolve_inside
 from brandgen.registry import ModelRegistry
 from brandgen.training.checkpoints import latest_checkpoint
 from brandgen.training.config import TrainConfig
-from brandgen.training.export import lora_name_taken
+from brandgen.training.export import ensure_lora_name_free
 from brandgen.training.history import LossHistory
 from brandgen.training.loading import new_run_dir
-from brandgen.training.progress import TrainHooks, TrainProgress
+from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
 from brandgen.training.trainer import LoraTrainer
 
 ACTIVE = ("queued", "running", "cancelling")
@@ -101,22 +101,19 @@ class TrainingJobs:
     # ----- queries ---------------------------------------------------------------------------------
     def active(self) -> TrainingJob | None:
         with self._lock:
-            return next((j for j in self._jobs.values() if j.state.status in ACTIVE), None)
+            return self._find_active()
+
+    def _find_active(self) -> TrainingJob | None:
+        """The job holding the accelerator; the caller holds `self._lock`."""
+        return next((j for j in self._jobs.values() if j.state.status in ACTIVE), None)
 
     def status(self, job_id: str | None = None) -> JobState | None:
-        """A copy of a job's state (the latest job when no id is given)."""
+        """A copy of a job's state (the latest job when no id is given); asdict copies its lists and dicts."""
         job = self._jobs.get(job_id or self._latest or "")
         if job is None:
             return None
         with job.lock:
-            return JobState(
-                **{
-                    **job.state.to_dict(),
-                    "samples": list(job.state.samples),
-                    "history": list(job.state.history),
-                    "metrics": dict(job.state.metrics),
-                }
-            )
+            return JobState(**job.state.to_dict())
 
     def list_runs(self) -> list[dict[str, Any]]:
         """Run folders, newest first, and whether each can be resumed (it has a checkpoint)."""
@@ -149,17 +146,17 @@ class TrainingJobs:
     def start(self, config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> JobState:
         """Queue a run in a background thread; refused while another job is active (one accelerator)."""
         config = config.validated()
-        busy = self.active()
-        if busy is not None:
-            raise InvalidInput(f"Training job {busy.state.name!r} is {busy.state.status}; cancel it or wait.")
-        if not resume and lora_name_taken(self.paths.loras, config.name):
-            raise InvalidInput(f"A LoRA named {config.name!r} already exists in loras/; pick another name.")
         job = TrainingJob(config, Path(run_dir) if run_dir else new_run_dir(self.paths, config.name), resume)
         if resume:  # the curve continues where the checkpoint left it
             rows = LossHistory.load(job.run_dir / "loss.csv").rows
             job.state.history = [{"step": r["step"], "loss": r["loss"]} for r in rows]
             job.state.step = rows[-1]["step"] if rows else 0
-        with self._lock:
+        with self._lock:  # check and register in one step, so two quick clicks cannot start two jobs
+            busy = self._find_active()
+            if busy is not None:
+                raise InvalidInput(f"Training job {busy.state.name!r} is {busy.state.status}; cancel it or wait.")
+            if not resume:
+                ensure_lora_name_free(self.paths.loras, config.name)
             self._jobs[job.state.id] = job
             self._latest = job.state.id
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{config.name}", daemon=True)
@@ -184,11 +181,12 @@ class TrainingJobs:
     def cancel(self, job_id: str | None = None) -> JobState | None:
         """Stop after the current step; the trainer saves a checkpoint so the run can be resumed."""
         job = self._jobs.get(job_id or self._latest or "")
-        if job is not None and job.state.status in ("queued", "running"):
-            job.stop.set()
-            with job.lock:
-                job.state.status = "cancelling"
-                job.state.message = "Stopping after the current step and saving a checkpoint…"
+        if job is not None:
+            with job.lock:  # checked under the lock: a job that just finished must not turn back to cancelling
+                if job.state.status in ("queued", "running"):
+                    job.stop.set()
+                    job.state.status = "cancelling"
+                    job.state.message = "Stopping after the current step and saving a checkpoint…"
         return self.status(job_id)
 
     # ----- the worker ------------------------------------------------------------------------------
@@ -208,26 +206,32 @@ class TrainingJobs:
     def _guard(self) -> contextlib.AbstractContextManager:
         return self.manager.lock if self.manager is not None else contextlib.nullcontext()
 
+    def _train(self, job: TrainingJob) -> TrainResult:
+        """One run under the accelerator policy. The trainer (and the models it holds) lives only in this frame,
+        so after a failure it goes with the exception once _run has recorded it, before free_memory()."""
+        per_step = None if self.exclusive else self._guard
+        hooks = TrainHooks(on_progress=lambda p: self._update(job, p), should_stop=job.stop.is_set, step_guard=per_step)
+        with self._guard() if self.exclusive else contextlib.nullcontext():
+            if self.exclusive and self.manager is not None:
+                self.manager.unload()  # the generation model leaves the GPU while training has it
+            trainer = LoraTrainer(
+                job.config,
+                paths=self.paths,
+                registry=self.registry,
+                run_dir=job.run_dir,
+                hooks=hooks,
+                device=self.device,
+                asset_types=self.asset_types,
+            )
+            result = trainer.run(resume=job.resume)
+            del trainer  # its models go before the accelerator is handed back to generation
+        return result
+
     def _run(self, job: TrainingJob) -> None:
         with job.lock:
             job.state.status = "cancelling" if job.stop.is_set() else "running"
-        per_step = None if self.exclusive else self._guard
-        hooks = TrainHooks(on_progress=lambda p: self._update(job, p), should_stop=job.stop.is_set, step_guard=per_step)
         try:
-            with self._guard() if self.exclusive else contextlib.nullcontext():
-                if self.exclusive and self.manager is not None:
-                    self.manager.unload()  # the generation model leaves the GPU while training has it
-                trainer = LoraTrainer(
-                    job.config,
-                    paths=self.paths,
-                    registry=self.registry,
-                    run_dir=job.run_dir,
-                    hooks=hooks,
-                    device=self.device,
-                    asset_types=self.asset_types,
-                )
-                result = trainer.run(resume=job.resume)
-                del trainer
+            result = self._train(job)
             with job.lock:
                 job.state.status, job.state.message = result.status, result.message
                 job.state.lora_dir = str(result.lora_dir or "")

@@ -28,7 +28,7 @@ from brandgen.training import cache
 from brandgen.training.checkpoints import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from brandgen.training.config import TrainConfig
 from brandgen.training.dataset import DatasetReport, load_examples, validate_dataset
-from brandgen.training.export import export_trained, lora_name_taken, publish
+from brandgen.training.export import ensure_lora_name_free, export_trained, publish
 from brandgen.training.families import Cond, get_family
 from brandgen.training.history import LossHistory
 from brandgen.training.loading import (
@@ -91,8 +91,8 @@ class LoraTrainer:
     def run(self, resume: bool = False) -> TrainResult:
         """Train (or continue the newest checkpoint of `run_dir` when resume=True) and export the LoRA."""
         cfg = self.config
-        if not resume and lora_name_taken(self.paths.loras, cfg.name):
-            raise InvalidInput(f"A LoRA named {cfg.name!r} already exists in loras/; pick another name.")
+        if not resume:
+            ensure_lora_name_free(self.paths.loras, cfg.name)
         self.accelerator = make_accelerator(cfg, self.device, self.run_dir)
         if self.accelerator.num_processes > 1:  # every process must use the main process's run folder
             from accelerate.utils import broadcast_object_list

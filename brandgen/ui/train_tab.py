@@ -16,8 +16,8 @@ from brandgen.training.config import TrainConfig
 from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
 from brandgen.training.export import push_to_hub
 from brandgen.training.families import UNET_CONV_TARGETS, get_family
-from brandgen.training.jobs import JobState, TrainingJobs
-from brandgen.training.trainer import resolve_data_dir
+from brandgen.training.jobs import ACTIVE, JobState, TrainingJobs
+from brandgen.training.loading import resolve_data_dir
 from brandgen.ui.common import user_errors
 
 DEFAULT_DATA = "assets/brand_example/icons"
@@ -108,6 +108,12 @@ def status_text(state: JobState | None) -> str:
             base, final = m.get("eval_loss_base", 0.0), m.get("eval_loss_final", 0.0)
             lines.append(f"Fixed-noise loss on the dataset: {base:.4f} → {final:.4f}.")
     return "\n\n".join(lines)
+
+
+def _read_image(path: str) -> Image.Image:
+    """A decoded copy, so the sample file is closed now rather than whenever the image is collected."""
+    with Image.open(path) as image:
+        return image.copy()
 
 
 def loss_frame(state: JobState | None) -> pd.DataFrame:
@@ -269,11 +275,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
 
     def poll(previous: list[str]) -> tuple:
         state = jobs.status()
-        finished = state is None or state.status not in ("queued", "running", "cancelling")
+        finished = state is None or state.status not in ACTIVE
         paths = state.samples if state else []
-        gallery: Any = gr.skip()
-        if paths != previous:
-            gallery = [(Image.open(p).copy(), p.rsplit("/", 1)[-1]) for p in paths]
+        gallery: Any = gr.skip() if paths == previous else [(_read_image(p), Path(p).name) for p in paths]
         return (
             state.to_dict() if state else {},
             status_text(state),
