@@ -50,9 +50,9 @@ class BrandKit:
         try:
             loras = [(str(item["name"]), float(item["weight"])) for item in data.get("loras", [])]
             return cls(str(data["name"]), list(data["palette"]), list(data.get("trigger_words", [])), loras).validated()
+        except InvalidInput:
+            raise
         except (KeyError, TypeError, ValueError) as exc:
-            if isinstance(exc, InvalidInput):
-                raise
             raise InvalidInput(f"Brand kit data is malformed: {exc}") from exc
 
 
@@ -134,11 +134,12 @@ def recolor_to_palette(image: Image.Image, palette: list[str] | str, blend_edges
     out = targets_rgb[first]
     if blend_edges and len(colors) > 1:
         labels = first.reshape(h, w)
+        across, down = labels[:, 1:] != labels[:, :-1], labels[1:] != labels[:-1]
         edge = np.zeros((h, w), dtype=bool)
-        edge[:, 1:] |= labels[:, 1:] != labels[:, :-1]
-        edge[:, :-1] |= labels[:, 1:] != labels[:, :-1]
-        edge[1:] |= labels[1:] != labels[:-1]
-        edge[:-1] |= labels[1:] != labels[:-1]
+        edge[:, 1:] |= across
+        edge[:, :-1] |= across
+        edge[1:] |= down
+        edge[:-1] |= down
         idx = np.flatnonzero(edge)
         a, b, p = targets_rgb[first[idx]], targets_rgb[second[idx]], rgb[idx]
         span = b - a

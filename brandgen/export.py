@@ -23,9 +23,9 @@ from PIL import Image
 
 from brandgen.errors import InvalidInput
 from brandgen.gallery import GalleryItem, GalleryStore
-from brandgen.metrics import rgb_to_lab
+from brandgen.metrics import border_pixels, rgb_to_lab
 from brandgen.paths import writing
-from brandgen.png_settings import png_info
+from brandgen.png_settings import png_bytes
 from brandgen.presets import UPSCALE_FACTORS, LanczosUpscaler, Upscaler
 
 EXPORT_FORMATS = ("png", "transparent_png", "svg")
@@ -45,9 +45,7 @@ class ExportResult:
 
 def border_color(rgb: np.ndarray, band: int = 2) -> np.ndarray:
     """The background colour: the median of the outermost pixels (robust to a subject touching one edge)."""
-    edge = np.concatenate([rgb[:band].reshape(-1, 3), rgb[-band:].reshape(-1, 3),
-                           rgb[:, :band].reshape(-1, 3), rgb[:, -band:].reshape(-1, 3)])
-    return np.median(edge, axis=0)
+    return np.median(border_pixels(rgb, band), axis=0)
 
 
 def _fill_runs(reached: np.ndarray, allowed: np.ndarray) -> np.ndarray:
@@ -145,40 +143,42 @@ def _trace_factor(image: Image.Image) -> int:
     return next((f for f in UPSCALE_FACTORS if max(image.size) * f >= SVG_TRACE_SIDE), UPSCALE_FACTORS[-1])
 
 
-def _png_bytes(image: Image.Image, meta: dict[str, Any]) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, "PNG", pnginfo=png_info(meta))
-    return buffer.getvalue()
-
-
 def render_item(
     item: GalleryItem, formats: list[str], scales: list[int], upscaler: Upscaler,
 ) -> list[tuple[str, bytes, dict[str, Any]]]:
     """(file name, bytes, manifest row) for each requested format and size of one image."""
-    with Image.open(item.path) as opened:
-        image = opened.convert("RGB")
+    try:
+        with Image.open(item.path) as opened:
+            image = opened.convert("RGB")
+    except OSError as exc:  # deleted or damaged on disk since it was listed
+        raise InvalidInput(f"Gallery image {item.id} could not be read ({exc}); press Refresh, choose again.") from exc
     meta = item.metadata
+    upscaled: dict[int, Image.Image] = {}
+
+    def at(factor: int) -> Image.Image:
+        """Upscale once per factor (and only when a PNG needs it): the SVG trace often shares an export size."""
+        if factor not in upscaled:
+            upscaled[factor] = upscaler(image, factor)
+        return upscaled[factor]
+
     alpha = background = traced = None
     if "transparent_png" in formats or "svg" in formats:
         alpha, background = background_alpha(image)
     if "svg" in formats:
-        traced = _transparent_at(image, alpha, background, upscaler(image, _trace_factor(image)))
+        traced = _transparent_at(image, alpha, background, at(_trace_factor(image)))
     files = []
     for scale in scales:
-        big = upscaler(image, scale)
+        size = (image.width * scale, image.height * scale)
         stem = f"{item.id}/{item.id}@{scale}x"
-        outputs: list[tuple[str, str, Any]] = []
+        outputs: list[tuple[str, str, bytes]] = []
         if "png" in formats:
-            outputs.append(("png", f"{stem}.png", _png_bytes(big, meta)))
+            outputs.append(("png", f"{stem}.png", png_bytes(at(scale), meta)))
         if "transparent_png" in formats:
             outputs.append(("transparent_png", f"{stem}-transparent.png",
-                            _png_bytes(_transparent_at(image, alpha, background, big), meta)))
+                            png_bytes(_transparent_at(image, alpha, background, at(scale)), meta)))
         if "svg" in formats:
-            w, h = image.width * scale, image.height * scale
-            outputs.append(("svg", f"{stem}.svg", vectorize(traced, w, h).encode("utf-8")))
-        for fmt, name, data in outputs:
-            size = (image.width * scale, image.height * scale)
-            files.append((name, data, _manifest_row(item, name, fmt, scale, size)))
+            outputs.append(("svg", f"{stem}.svg", vectorize(traced, *size).encode("utf-8")))
+        files += [(name, data, _manifest_row(item, name, fmt, scale, size)) for fmt, name, data in outputs]
     return files
 
 

@@ -6,7 +6,6 @@ for exact reuse); the index is a cache that `rebuild_index()` can recreate from 
 
 from __future__ import annotations
 
-import io
 import json
 import math
 import os
@@ -24,7 +23,7 @@ from PIL import Image
 from brandgen.errors import InvalidInput
 from brandgen.paths import writing
 from brandgen.png_settings import (  # noqa: F401  (re-exported: the gallery's public API)
-    a1111_parameters, parse_a1111, png_info, read_parameters, settings_to_request,
+    a1111_parameters, parse_a1111, png_bytes, png_info, read_parameters, settings_to_request,
 )
 
 ID_PATTERN = re.compile(r"^\d{8}-\d{6}-[0-9a-f]{8}$")
@@ -105,10 +104,15 @@ class GalleryStore:
             return self._conn
 
     def _open_db(self) -> sqlite3.Connection:
+        """Connect and set up; closed again on failure so the unreadable file can be moved aside."""
         conn = sqlite3.connect(self.index_path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA journal_mode=WAL")
-        conn.execute("PRAGMA synchronous=NORMAL")
-        conn.executescript(_SCHEMA)
+        try:
+            conn.execute("PRAGMA journal_mode=WAL")
+            conn.execute("PRAGMA synchronous=NORMAL")
+            conn.executescript(_SCHEMA)
+        except sqlite3.Error:
+            conn.close()
+            raise
         return conn
 
     def close(self) -> None:
@@ -129,16 +133,23 @@ class GalleryStore:
             raise InvalidInput(f"{item_id!r} is not a gallery image id (like 20261122-101500-1a2b3c4d).")
         return item_id
 
-    def thumbnail(self, item: GalleryItem) -> Path:
-        """A small WebP next to the image, made on first use, so a page of 48 loads fast."""
-        thumb = item.path.parent / "thumbs" / f"{item.id}.webp"
+    @staticmethod
+    def _thumb_path(item: GalleryItem) -> Path:
+        return item.path.parent / "thumbs" / f"{item.id}.webp"
+
+    def thumbnail(self, item: GalleryItem, image: Image.Image | None = None) -> Path:
+        """A small WebP next to the image, made on first use, so a page of 48 loads fast.
+
+        `image`: the item's pixels when the caller holds them already, which saves decoding the PNG again.
+        """
+        thumb = self._thumb_path(item)
         if not thumb.exists() and item.path.exists():
             tmp = thumb.with_name(f".{thumb.name}.tmp")
             try:
                 thumb.parent.mkdir(exist_ok=True)
-                with Image.open(item.path) as image:
-                    image.thumbnail((THUMB_SIDE, THUMB_SIDE))
-                    image.save(tmp, "WEBP", quality=85)
+                with (image.copy() if image is not None else Image.open(item.path)) as small:
+                    small.thumbnail((THUMB_SIDE, THUMB_SIDE))
+                    small.save(tmp, "WEBP", quality=85)
                 os.replace(tmp, thumb)
             except OSError as exc:  # no thumbnail is no reason to hide the image: show the full one
                 tmp.unlink(missing_ok=True)
@@ -162,14 +173,13 @@ class GalleryStore:
         meta = {**metadata, "gallery_id": item_id, "stored_at": created}
         rel_path = f"{now:%Y-%m-%d}/{item_id}.png"
         path = self._inside(rel_path)
-        buffer = io.BytesIO()
-        image.save(buffer, "PNG", pnginfo=png_info(meta))
+        data = png_bytes(image, meta)
         tmp = path.with_name(f".{path.name}.tmp")
         with writing("the image", self.root):
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
                 with open(tmp, "wb") as handle:
-                    handle.write(buffer.getvalue())
+                    handle.write(data)
                     handle.flush()
                     os.fsync(handle.fileno())
                 os.replace(tmp, path)
@@ -184,7 +194,7 @@ class GalleryStore:
                 path.unlink(missing_ok=True)
                 raise
         item = GalleryItem(item_id, path, meta, created)
-        self.thumbnail(item)
+        self.thumbnail(item, image)
         return item
 
     def delete(self, item_id: str) -> None:
@@ -194,7 +204,7 @@ class GalleryStore:
             self._conn.execute("BEGIN")
             self._conn.execute("DELETE FROM items WHERE id = ?", (item.id,))
         item.path.unlink(missing_ok=True)
-        (item.path.parent / "thumbs" / f"{item.id}.webp").unlink(missing_ok=True)
+        self._thumb_path(item).unlink(missing_ok=True)
 
     def rebuild_index(self) -> int:
         """Recreate the index from the PNGs' own chunks (one transaction); returns how many were indexed."""

@@ -5,9 +5,11 @@ CLIP score needs a CLIP model on disk; without one it is reported as None ("n/a"
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -58,6 +60,12 @@ def _pixels(image: Image.Image, side: int = 128) -> np.ndarray:
     return np.asarray(image)
 
 
+def border_pixels(rgb: np.ndarray, band: int) -> np.ndarray:
+    """The (N, 3) colours of the outermost `band` rows and columns: where a flat background shows."""
+    return np.concatenate([rgb[:band].reshape(-1, 3), rgb[-band:].reshape(-1, 3),
+                           rgb[:, :band].reshape(-1, 3), rgb[:, -band:].reshape(-1, 3)])
+
+
 def palette_distances(image: Image.Image, palette: list[str]) -> np.ndarray:
     """Per-pixel delta E to the nearest palette colour."""
     lab = rgb_to_lab(_pixels(image)).reshape(-1, 1, 3)
@@ -80,10 +88,7 @@ def background_cleanliness(image: Image.Image, border: float = 0.08) -> float:
     """
     px = _pixels(image)
     h, w, _ = px.shape
-    b = max(1, int(round(min(h, w) * border)))
-    band = np.concatenate([px[:b].reshape(-1, 3), px[-b:].reshape(-1, 3),
-                           px[:, :b].reshape(-1, 3), px[:, -b:].reshape(-1, 3)])
-    lab = rgb_to_lab(band)
+    lab = rgb_to_lab(border_pixels(px, max(1, int(round(min(h, w) * border)))))
     median = np.median(lab, axis=0)
     return float((np.sqrt(((lab - median) ** 2).sum(-1)) <= 10.0).mean())
 
@@ -94,13 +99,19 @@ def clip_score(image: Image.Image, prompt: str, model_dir: str | Path | None = N
     if not model_dir or not Path(model_dir).is_dir():
         return None
     import torch
-    from transformers import CLIPModel, CLIPProcessor
 
-    model = CLIPModel.from_pretrained(model_dir).eval()
-    processor = CLIPProcessor.from_pretrained(model_dir)
+    model, processor = _clip_model(str(Path(model_dir).resolve()))
     inputs = processor(text=[prompt], images=[image.convert("RGB")], return_tensors="pt", padding=True, truncation=True)
     with torch.no_grad():
         out = model(**inputs)
     img = out.image_embeds / out.image_embeds.norm(dim=-1, keepdim=True)
     txt = out.text_embeds / out.text_embeds.norm(dim=-1, keepdim=True)
     return float(max(0.0, (img * txt).sum()) * 100)
+
+
+@functools.lru_cache(maxsize=1)
+def _clip_model(model_dir: str) -> tuple[Any, Any]:
+    """(model, processor), loaded once per folder: a benchmark scores every image with the same CLIP."""
+    from transformers import CLIPModel, CLIPProcessor
+
+    return CLIPModel.from_pretrained(model_dir).eval(), CLIPProcessor.from_pretrained(model_dir)

@@ -34,7 +34,7 @@ def _quote(value: Any) -> str:
 
 def a1111_parameters(meta: dict[str, Any]) -> str:
     """The settings as A1111 writes them, so Civitai, A1111 and ComfyUI readers understand BrandGen PNGs."""
-    tags = "".join(f" <lora:{lora['name']}:{float(lora['weight']):g}>" for lora in meta.get("loras", []))
+    tags = "".join(f" <lora:{lora['name']}:{float(lora['weight']):g}>" for lora in meta.get("loras") or [])
     fields: dict[str, Any] = {"Steps": meta.get("steps")}
     if meta.get("sampler"):
         fields["Sampler"] = meta["sampler"]
@@ -58,6 +58,13 @@ def png_info(meta: dict[str, Any]) -> PngImagePlugin.PngInfo:
     info.add_text("parameters", a1111_parameters(meta))
     info.add_text("brandgen", json.dumps(meta, ensure_ascii=False, default=str))
     return info
+
+
+def png_bytes(image: Image.Image, meta: dict[str, Any]) -> bytes:
+    """The image encoded as a PNG that carries `meta` (see png_info): one encoder for gallery and export."""
+    buffer = io.BytesIO()
+    image.save(buffer, "PNG", pnginfo=png_info(meta))
+    return buffer.getvalue()
 
 
 def parse_a1111(text: str) -> dict[str, Any]:
@@ -151,12 +158,25 @@ def _exif_comment(image: Image.Image) -> str | None:
     return raw or None
 
 
+def _embedded_text(image: Image.Image) -> tuple[dict[str, Any], str | None]:
+    """(PNG text chunks, EXIF comment). Chunks before the pixels (where PIL, A1111 and ComfyUI write them) are
+    in `info` without decoding; only a PNG without them is decoded, to look for chunks after the pixels."""
+    info = image.info
+    if not (info.get("brandgen") or info.get("parameters")):
+        info = getattr(image, "text", None) or info
+    return info, None if info.get("parameters") else _exif_comment(image)
+
+
 def read_parameters(
     source: str | Path | bytes | Image.Image, asset_types: dict[str, AssetType] | None = None,
 ) -> dict[str, Any]:
     """Settings for the Generate tab from a BrandGen or A1111 image; a clear error when it has none."""
     image = _open_image(source)
-    info = getattr(image, "text", None) or image.info
+    try:
+        info, comment = _embedded_text(image)
+    finally:
+        if image is not source:
+            image.close()
     if info.get("brandgen"):
         try:
             meta = json.loads(info["brandgen"])
@@ -164,7 +184,7 @@ def read_parameters(
                 return _settings_from_brandgen(meta, asset_types)
         except json.JSONDecodeError:
             log.warning("Unreadable brandgen chunk; falling back to the A1111 parameters.")
-    text = info.get("parameters") or _exif_comment(image)
+    text = info.get("parameters") or comment
     if not text or not str(text).strip():
         raise InvalidInput(
             "This image has no generation settings: BrandGen and A1111 write them into the PNG, but "

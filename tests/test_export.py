@@ -115,3 +115,29 @@ def test_export_refuses_bad_requests(store: GalleryStore, ids, formats, sizes, m
     with pytest.raises(InvalidInput, match=message):
         export_items(store, [item.id] if ids is None else ids, formats, sizes)
     assert not (store.root / "exports").exists() or not list((store.root / "exports").iterdir())
+
+
+def test_export_of_an_image_gone_from_disk_is_a_clear_error(store: GalleryStore):
+    item = store.add(flat_icon(), {"seed": 1, "loras": []})
+    item.path.unlink()
+    with pytest.raises(InvalidInput, match=f"{item.id} could not be read"):
+        export_items(store, [item.id], ["png"], ["1x"])
+    assert not list((store.root / "exports").iterdir())
+
+
+def test_each_factor_is_upscaled_once_per_image(store: GalleryStore):
+    calls: list[int] = []
+
+    class CountingUpscaler:
+        name = "counting"
+
+        def __call__(self, image: Image.Image, factor: int) -> Image.Image:
+            calls.append(factor)
+            return image.resize((image.width * factor, image.height * factor))
+
+    item = store.add(flat_icon(32), {"seed": 1, "loras": []})  # 32 px: the SVG is traced at 4x
+    export_items(store, [item.id], ["png", "transparent_png", "svg"], ["1x", "4x"], CountingUpscaler())
+    assert sorted(calls) == [1, 4]
+    calls.clear()
+    export_items(store, [item.id], ["svg"], ["1x", "2x"], CountingUpscaler())
+    assert calls == [4]  # SVG only: no export size is upscaled as pixels

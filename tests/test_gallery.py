@@ -117,6 +117,13 @@ def test_steps_and_guidance_stay_default_when_they_match_the_preset_and_model(ma
     assert (values["steps"], values["guidance"]) == (9, 3.5)
 
 
+def test_settings_are_read_without_decoding_the_pixels(tmp_path: Path, monkeypatch):
+    """Listing, selecting and rebuilding read many PNGs: their chunks come first, the pixels are not needed."""
+    item = GalleryStore(tmp_path / "outputs").add(tiny(), meta())
+    monkeypatch.setattr(PngImagePlugin.PngImageFile, "load", lambda self: pytest.fail("decoded the pixels"))
+    assert read_parameters(item.path)["seed"] == 7
+
+
 @pytest.mark.parametrize("content, message", [
     (b"not an image at all", "not an image"),
     (None, "no generation settings"),

@@ -8,7 +8,7 @@ import gradio as gr
 
 from brandgen.errors import InvalidInput
 from brandgen.export import export_items
-from brandgen.gallery import GalleryItem, GalleryStore
+from brandgen.gallery import GalleryItem, GalleryPage, GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.png_settings import read_parameters
 from brandgen.ui.common import NO_LORA, user_errors
@@ -129,21 +129,27 @@ def build_gallery_tab(
 
     filters = [text, asset_type, model, lora]
 
+    def find(text: str, asset_type: str | None, model: str | None, lora: str | None, page: Any,
+             page_size: int) -> GalleryPage:
+        """store.search with the menus' '(all)' meaning no filter."""
+        asset_type, model, lora = (None if value == ALL else value for value in (asset_type, model, lora))
+        return store.search(text, asset_type, model, lora, int(page or 1), int(page_size))
+
     def search(
         text: str = "", asset_type: str | None = None, model: str | None = None, lora: str | None = None,
         page: int = 1, page_size: int = PAGE_SIZE,
     ) -> dict[str, Any]:
         """Gallery items newest first, filtered by words, asset type, model and LoRA; one page at a time."""
-        result = store.search(text, None if asset_type in (None, ALL) else asset_type,
-                              None if model in (None, ALL) else model, None if lora in (None, ALL) else lora,
-                              int(page or 1), int(page_size))
+        result = find(text, asset_type, model, lora, page, page_size)
         return {"items": [item_summary(store, i) for i in result.items], "total": result.total,
                 "page": result.page, "pages": result.pages}
 
+    def settings_of(item: GalleryItem) -> dict[str, Any]:
+        return {"id": item.id, **read_parameters(item.path, manager.asset_types)}
+
     def item_settings(item_id: str) -> dict[str, Any]:
         """The settings of one gallery image, read back from its PNG (seed, prompt, model, LoRAs...)."""
-        item = store.get(item_id)
-        return {"id": item.id, **read_parameters(item.path, manager.asset_types)}
+        return settings_of(store.get(item_id))
 
     def delete_item(item_id: str, confirm: bool = False) -> str:
         """Delete a gallery image (file and index entry); `confirm` must be true."""
@@ -154,8 +160,7 @@ def build_gallery_tab(
 
     @user_errors
     def show_page(text: str, asset_type: str, model: str, lora: str, page: float | None) -> tuple:
-        result = store.search(text, None if asset_type == ALL else asset_type, None if model == ALL else model,
-                              None if lora == ALL else lora, int(page or 1), PAGE_SIZE)
+        result = find(text, asset_type, model, lora, page, PAGE_SIZE)
         shown = [i for i in result.items if i.path.exists()]
         note = "".join(f"\n\n⚠️ {p}" for p in store.problems[-3:])
         info = f"Page {result.page} of {result.pages} · {result.total} image(s){note}"
@@ -179,7 +184,7 @@ def build_gallery_tab(
         if evt.index is None or evt.index >= len(ids):
             return gr.skip(), gr.skip(), gr.skip()
         item = store.get(ids[evt.index])
-        return str(item.path), item.id, item_settings(item.id)
+        return str(item.path), item.id, settings_of(item)
 
     @user_errors
     def on_upload(path: str | None) -> tuple:
