@@ -2,8 +2,9 @@
 
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
 quantization, and regional torch.compile (only the repeated transformer blocks, so compiling takes seconds, not
-minutes) with a persistent inductor cache. LoRA hotswapping keeps one adapter slot whose weights are replaced in
-place, so switching brand LoRAs does not recompile. On CPU the GPU-only steps are skipped and the report says why.
+minutes) with a persistent inductor cache. With LoRA hotswap on, the pipeline is prepared for the one adapter
+slot of brandgen.lora_hotswap, so switching brand LoRAs does not recompile. On CPU the GPU-only steps are skipped
+and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
 """
 
@@ -17,7 +18,7 @@ from typing import Any
 
 import torch
 
-from brandgen.errors import InvalidInput, LoraError
+from brandgen.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ COMPILE_MODES = ("off", "regional", "full")
 TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUANTIZATIONS = ("none", "fp8", "int8wo")
 DENOISER_NAMES = ("transformer", "unet")
-HOTSWAP_ADAPTER = "brandgen_hotswap"
 # Classes without `_repeated_blocks`, or whose repeated block holds data-dependent code (HiDream's MoE routing
 # reads expert counts on the host), are compiled at these smaller, graph-safe regions instead.
 REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
@@ -338,80 +338,6 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = No
         vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))
         applied.append("compile_vae")
     return report
-
-
-# ----- LoRA hotswap ------------------------------------------------------------------------------------------
-class LoraHotswapper:
-    """One LoRA slot whose weights are replaced in place, so a compiled denoiser never recompiles.
-
-    The user's LoRA strength is written into peft's scaling tensors; `set_adapters` would replace them with
-    Python floats, which torch.compile guards on (one recompile per new weight). One LoRA at a time.
-    """
-
-    def __init__(self, pipe: Any, target_rank: int):
-        self.pipe = pipe
-        self.target_rank = target_rank
-        self.path: Path | None = None
-        self._base: dict[torch.nn.Module, float] = {}
-
-    def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> None:
-        """Make the LoRA at `path` the one in the slot at `weight`; None turns the slot off (scale 0)."""
-        if path is None:
-            self._scale(0.0)
-            return
-        if self.path != Path(path):
-            self._load(Path(path), name or Path(path).stem)
-        self._scale(weight)
-
-    def reset(self) -> None:
-        """Empty the slot and get ready for a fresh first load."""
-        try:
-            loaded = any(names for names in self.pipe.get_list_adapters().values())
-        except Exception:  # no peft layers at all
-            loaded = False
-        if loaded:
-            self.pipe.unload_lora_weights()
-        self.path, self._base = None, {}
-        self.pipe.enable_lora_hotswap(target_rank=self.target_rank, check_compiled="ignore")
-
-    def _load(self, path: Path, name: str) -> None:
-        try:
-            self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER, hotswap=self.path is not None)
-        except Exception as exc:
-            if self.path is None:
-                self.reset()
-                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc)[:300]}") from exc
-            # other layers or a higher rank than the slot holds: reload fresh, at the cost of one recompile
-            log.warning("LoRA %s cannot be hotswapped (%s); reloading it (one recompile).", name, exc)
-            self.reset()
-            try:
-                self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER)
-            except Exception as exc2:
-                self.reset()
-                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc2)[:300]}") from exc2
-        from peft.tuners.lora import LoraLayer
-
-        modules = [m for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)
-                   for m in c.modules() if isinstance(m, LoraLayer) and HOTSWAP_ADAPTER in m.scaling]
-        self.path = path
-        self._base = {m: float(m.scaling[HOTSWAP_ADAPTER]) for m in modules}
-        if not self._base:
-            self.reset()
-            raise LoraError(f"LoRA {name!r} matched no layer of this model: it was made for another model.")
-
-    def _scale(self, weight: float) -> None:
-        for module, base in self._base.items():
-            scaling = module.scaling[HOTSWAP_ADAPTER]
-            if torch.is_tensor(scaling):
-                scaling.fill_(base * weight)
-            else:
-                module.scaling[HOTSWAP_ADAPTER] = base * weight
-
-
-def hotswapper_for(pipe: Any, options: FastPathOptions | None) -> LoraHotswapper | None:
-    if options is None or not options.lora_hotswap or not hasattr(pipe, "load_lora_weights"):
-        return None
-    return LoraHotswapper(pipe, options.hotswap_rank)
 
 
 def prepare_for_lora(pipe: Any) -> bool:

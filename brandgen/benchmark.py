@@ -71,6 +71,9 @@ class BenchmarkSpec:
             raise InvalidInput(f"Use at most {MAX_PROMPTS} prompts per run, got {len(prompts)}.")
         if not presets:
             raise InvalidInput("Choose at least one quality preset.")
+        # the checks every image's request gets (steps, LoRA weights, numbers), once here instead of per row
+        GenerationRequest(prompt=prompts[0], asset_type=self.asset_type, loras=self.loras, seed=self.seed,
+                          steps=self.steps).validated()
         if not 0 <= int(self.seed) <= MAX_SEED:
             raise InvalidInput(f"Seed must be between 0 and {MAX_SEED}, got {self.seed}.")
         palette = tuple(parse_palette(list(self.palette)))

@@ -70,6 +70,11 @@ class GenerationRequest:
                 raise InvalidInput(f"LoRA weight for {name!r} must be between -2 and 2, got {weight}.")
         return self
 
+    @property
+    def active_loras(self) -> tuple[tuple[str, float], ...]:
+        """The LoRA slots that do something: a name and a non-zero weight (the UI sends empty slots too)."""
+        return tuple((name, weight) for name, weight in self.loras if name and weight)
+
     def resolved_seed(self) -> int:
         return random.randint(0, MAX_SEED - MAX_COUNT) if self.seed == -1 else int(self.seed)
 

@@ -84,12 +84,14 @@ class LoraLibrary:
         self.problems: dict[str, str] = {}
 
     def scan(self) -> list[LoraInfo]:
-        """Rescan the folder; files that cannot be used are reported in `problems`, not raised."""
+        """Rescan the folder; files that cannot be used are reported in `problems`, not raised.
+
+        `problems` is replaced whole at the end, so a scan on another thread never shows a half-filled dict.
+        """
         found: dict[str, LoraInfo] = {}
-        self.problems = {}
-        if not self.root.is_dir():
-            return []
-        for entry in sorted(self.root.iterdir()):
+        problems: dict[str, str] = {}
+        entries = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        for entry in entries:
             candidate = self._candidate(entry)
             if candidate is None:
                 continue
@@ -97,7 +99,8 @@ class LoraLibrary:
             try:
                 found[name] = inspect_lora(candidate, name=name)
             except LoraError as exc:
-                self.problems[name] = str(exc)
+                problems[name] = str(exc)
+        self.problems = problems
         return list(found.values())
 
     def _candidate(self, entry: Path) -> Path | None:

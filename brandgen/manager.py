@@ -2,30 +2,27 @@
 
 from __future__ import annotations
 
-import importlib
 import inspect
-import os
 import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from pathlib import Path
 from typing import Any, ClassVar
 
-import diffusers
 import torch
-from huggingface_hub import try_to_load_from_cache
 
 from brandgen import __version__
-from brandgen.acceleration import FastPathOptions, apply_fast_path, hotswapper_for, prepare_for_lora
+from brandgen.acceleration import FastPathOptions, apply_fast_path, prepare_for_lora
 from brandgen.device import (
     MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_memory_after, free_vram_gb, is_out_of_memory,
     peak_memory_gb, reset_peak_memory,
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult
+from brandgen.lora_hotswap import LoraHotswapper, hotswapper_for
 from brandgen.loras import LoraInfo, LoraLibrary
+from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
@@ -44,7 +41,7 @@ class _Loaded:
     loras: dict[str, LoraInfo] = field(default_factory=dict)  # adapter name -> file
     active: tuple[tuple[str, float], ...] = ()
     fused: bool = False
-    hotswap: Any = None  # acceleration.LoraHotswapper in performance mode with LoRA hotswap
+    hotswap: LoraHotswapper | None = None  # performance mode with LoRA hotswap
 
 
 class PipelineManager:
@@ -92,34 +89,29 @@ class PipelineManager:
             return cls._instance
 
     # ----- models -------------------------------------------------------------------------------
+    # These read `_loaded` once: another thread may unload between a check and a second read.
     @property
     def current_model(self) -> str | None:
-        return self._loaded.entry.id if self._loaded else None
+        loaded = self._loaded
+        return loaded.entry.id if loaded else None
 
     @property
     def pipeline(self) -> Any:
         """The loaded diffusers pipeline (for the trainer and benchmark, which hold `lock` while using it)."""
-        if self._loaded is None:
+        loaded = self._loaded
+        if loaded is None:
             raise ModelUnavailable("No model is loaded.")
-        return self._loaded.pipe
+        return loaded.pipe
 
     @property
     def last_load_seconds(self) -> float | None:
-        return self._loaded.load_seconds if self._loaded else None
+        loaded = self._loaded
+        return loaded.load_seconds if loaded else None
 
     def model_summary(self, model_id: str) -> str:
         """Markdown for the UI: what the model is, its licence, and whether it can load right now."""
         entry = self.registry.get(model_id)
-        return f"{entry.summary()}\n\n{self.availability(entry)}"
-
-    def availability(self, entry: ModelEntry) -> str:
-        if entry.source_type == "local":
-            ok = Path(entry.resolved_source(), "model_index.json").is_file()
-            return "✅ Embedded: works offline." if ok else f"❌ Missing folder {entry.source}."
-        cached = try_to_load_from_cache(entry.source, "model_index.json")
-        if isinstance(cached, str):
-            return "✅ In the local Hugging Face cache."
-        return "⬇️ Not downloaded yet: the first load needs the Hugging Face Hub (and a token if gated)."
+        return f"{entry.summary()}\n\n{availability(entry)}"
 
     def set_memory_mode(self, memory_mode: str, vae_tiling: bool | None = None) -> None:
         """Takes effect at the next model load (offload hooks cannot be removed from a live pipeline)."""
@@ -141,7 +133,7 @@ class PipelineManager:
             self.unload()
             start = time.perf_counter()
             try:
-                pipe = self._from_pretrained(entry)
+                pipe = load_pipeline(entry, self.device.dtype)
                 self._place(pipe, entry)
             except Exception as exc:
                 free_memory_after(exc)
@@ -162,52 +154,6 @@ class PipelineManager:
         with self.lock:
             self._loaded = None
             free_memory()
-
-    def _from_pretrained(self, entry: ModelEntry) -> Any:
-        source = entry.resolved_source()
-        if entry.source_type == "local" and not Path(source, "model_index.json").is_file():
-            raise ModelUnavailable(f"{entry.label}: no diffusers model folder at {source}.")
-        try:
-            pipeline_cls = getattr(diffusers, entry.pipeline_class)
-        except AttributeError:
-            raise ModelUnavailable(
-                f"{entry.label} needs diffusers.{entry.pipeline_class}, which this diffusers "
-                f"({diffusers.__version__}) lacks. Upgrade diffusers."
-            ) from None
-        kwargs: dict[str, Any] = {"dtype": self.device.dtype}
-        if entry.source_type == "local":
-            kwargs["use_safetensors"] = True
-        try:
-            for name, spec in entry.extra_components.items():
-                kwargs[name] = self._load_component(spec)
-            return pipeline_cls.from_pretrained(source, **kwargs)
-        except ModelUnavailable:
-            raise
-        except (OSError, ValueError) as exc:
-            raise ModelUnavailable(self._unavailable_message(entry, exc)) from exc
-
-    def _load_component(self, spec: dict[str, Any]) -> Any:
-        module = importlib.import_module(spec["library"])
-        component_cls = getattr(module, spec["class"])
-        kwargs = dict(spec.get("kwargs", {}))
-        if "Tokenizer" not in spec["class"]:
-            kwargs["dtype"] = self.device.dtype
-        return component_cls.from_pretrained(spec["source"], **kwargs)
-
-    def _unavailable_message(self, entry: ModelEntry, exc: Exception) -> str:
-        if entry.source_type == "local":
-            return f"{entry.label} could not be loaded from {entry.resolved_source()}: {exc}"
-        offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes")
-        how = (
-            "HF_HUB_OFFLINE is set, so nothing is downloaded"
-            if offline else "they are not in the local Hugging Face cache and the Hub could not be reached"
-        )
-        return (
-            f"Weights for {entry.label} ({entry.source}) are not available: {how}. On a connected machine run "
-            f"`huggingface-cli download {entry.source}` (gated models need their licence accepted and "
-            f"HF_TOKEN set), or pick BrandGen Tiny, which works offline. Details: {type(exc).__name__}: "
-            f"{str(exc)[:300]}"
-        )
 
     def _place(self, pipe: Any, entry: ModelEntry) -> None:
         mode = self.memory_mode
@@ -244,8 +190,11 @@ class PipelineManager:
             if loaded.hotswap is not None:  # one slot, swapped in place, never fused: no recompiles
                 if len(wanted) > 1:
                     raise InvalidInput("With LoRA hotswap (performance mode) use one LoRA at a time.")
-                info = self._ensure_adapter(loaded, wanted[0][0]) if wanted else None
-                loaded.hotswap.activate(info and info.path, wanted[0][1] if wanted else 0.0, info and info.name)
+                if wanted:
+                    info = self._ensure_adapter(loaded, wanted[0][0])
+                    loaded.hotswap.activate(info.path, wanted[0][1], info.name)
+                else:
+                    loaded.hotswap.activate(None)
                 loaded.active = wanted
                 return
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
@@ -291,6 +240,10 @@ class PipelineManager:
             pipe.load_lora_weights(str(info.path), adapter_name=info.adapter_name)
         except Exception as exc:
             self._drop_adapter(pipe, info.adapter_name)
+            if is_out_of_memory(exc):  # not the file's fault: say so, and free what the failed load held
+                free_memory_after(exc)
+                raise OutOfMemory(f"Not enough accelerator memory to load LoRA {name!r}. Memory was freed; "
+                                  "choose memory mode 'model_offload' or use fewer LoRAs.") from exc
             raise LoraError(f"LoRA {name!r} does not fit {loaded.entry.label}: {str(exc)[:300]}") from exc
         adapters = {a for names in pipe.get_list_adapters().values() for a in names}
         if info.adapter_name not in adapters:
@@ -325,7 +278,7 @@ class PipelineManager:
         request = request.validated()
         entry = self.registry.get(request.model_id or self.current_model or self.registry.default_id)
         preset = get_preset(request.preset, self.presets)
-        triggers = self._lora_triggers(request.loras)
+        triggers = self._lora_triggers(request.active_loras)
         if request.use_template:
             pair = build_prompt(request.prompt, request.asset_type, request.negative_prompt, triggers, self.asset_types)
             prompt, negative = pair.prompt, pair.negative
@@ -367,7 +320,7 @@ class PipelineManager:
         common = {
             "user_prompt": request.prompt, "prompt": prompt, "negative_prompt": negative,
             "asset_type": request.asset_type, "model": entry.id, "model_label": entry.label,
-            "loras": [{"name": n, "weight": w} for n, w in request.loras if n and w],
+            "loras": [{"name": n, "weight": w} for n, w in request.active_loras],
             "preset": preset.id, "steps": steps, "guidance_scale": guidance, "width": width,
             "height": height, "upscale": preset.upscale, "upscaler": self.upscaler.name,
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / request.count, 3),
@@ -380,11 +333,10 @@ class PipelineManager:
 
     def _lora_triggers(self, loras: tuple[tuple[str, float], ...]) -> tuple[str, ...]:
         triggers = []
-        for name, weight in loras:
-            if name and weight:
-                trigger = self.lora_library.get(name).trigger
-                if trigger and trigger not in triggers:
-                    triggers.append(trigger)
+        for name, _weight in loras:
+            trigger = self.lora_library.get(name).trigger
+            if trigger and trigger not in triggers:
+                triggers.append(trigger)
         return tuple(triggers)
 
     @staticmethod

@@ -15,7 +15,7 @@ from brandgen.benchmark import (
 )
 from brandgen.errors import InvalidInput
 from brandgen.manager import PipelineManager
-from brandgen.ui.benchmark_tab import tables_and_plots
+from brandgen.ui.benchmark_tab import spec_from_ui, tables_and_plots
 
 PROMPTS = ("bank transfer icon", "notification bell icon")
 
@@ -107,6 +107,12 @@ def test_spec_validation_and_safe_slugs():
         _spec(prompts=("  ", "")).validated()
     with pytest.raises(InvalidInput, match="at least one model"):
         _spec(models=()).validated()
+    with pytest.raises(InvalidInput, match="Steps must be between 1 and 150"):
+        _spec(steps=1000).validated()
+    with pytest.raises(InvalidInput, match="LoRA weight for 'acme'"):
+        _spec(loras=(("acme", 5.0),)).validated()
+    with pytest.raises(InvalidInput, match="plain numbers"):
+        spec_from_ui(["tiny-sd15"], "icon", ["draft"], "icons", "#ffffff", float("nan"), 0, None, 0)
     spec = _spec(prompts=("a  b", "a b", "c")).validated()
     assert spec.prompts == ("a b", "c") and spec.total_images == 2
     assert slugify("../../etc/passwd") == "etc-passwd" and slugify("€€€") == "prompt"

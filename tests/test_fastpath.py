@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from brandgen.acceleration import (
-    HOTSWAP_ADAPTER, FastPathOptions, accelerate_model, apply_fast_path, compiled_modules, qkv_fused,
-    torchao_missing_reason,
+    FastPathOptions, accelerate_model, apply_fast_path, compiled_modules, qkv_fused, torchao_missing_reason,
 )
 from brandgen.errors import InvalidInput
 from brandgen.generation import GenerationRequest
+from brandgen.lora_hotswap import HOTSWAP_ADAPTER
 from brandgen.manager import PipelineManager
 from conftest import make_sd15_lora
 

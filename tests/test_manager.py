@@ -152,6 +152,23 @@ def test_out_of_memory_is_caught_and_manager_recovers(manager: PipelineManager, 
     assert manager.generate(_req()).images, "the next request works after an OOM"
 
 
+def test_out_of_memory_while_loading_a_lora_says_memory_not_a_bad_file(manager: PipelineManager, tiny_dirs,
+                                                                        monkeypatch):
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "acme.safetensors")
+    manager.load_model("tiny-sd15")
+    pipe_cls = type(manager.pipeline)
+    original = pipe_cls.load_lora_weights
+
+    def no_room(self, *args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    monkeypatch.setattr(pipe_cls, "load_lora_weights", no_room)
+    with pytest.raises(OutOfMemory, match="load LoRA 'acme'.*model_offload"):
+        manager.generate(_req(loras=(("acme", 1.0),)))
+    monkeypatch.setattr(pipe_cls, "load_lora_weights", original)
+    assert manager.generate(_req(loras=(("acme", 1.0),))).metadata[0]["loras"] == [{"name": "acme", "weight": 1.0}]
+
+
 def test_cancel_stops_generation(manager: PipelineManager):
     def cancel_at_first_step(i: int, n: int) -> None:
         manager.cancel()

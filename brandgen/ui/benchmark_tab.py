@@ -12,6 +12,7 @@ from brandgen.benchmark import (
     DEFAULT_PALETTE, DEFAULT_PROMPTS, ROW_COLUMNS, SUMMARY_COLUMNS, BenchmarkSpec, display_table, elapsed_text,
     plot_frames, records, run_benchmark,
 )
+from brandgen.errors import InvalidInput
 from brandgen.manager import PipelineManager
 from brandgen.ui.common import NO_LORA, user_errors
 
@@ -22,12 +23,16 @@ def spec_from_ui(
 ) -> BenchmarkSpec:
     """Widget values -> a validated core spec (one prompt per line; 0 steps = the preset's)."""
     models = [models] if isinstance(models, str) else list(models or [])
-    loras = ((str(lora), float(lora_weight or 0.0)),) if lora and lora != NO_LORA and lora_weight else ()
-    return BenchmarkSpec(
-        models=tuple(models), prompts=tuple((prompts or "").splitlines()), presets=tuple(presets or ()),
-        loras=loras, palette=tuple(p for p in (palette or "").replace(";", ",").split(",")), asset_type=asset_type,
-        seed=42 if seed is None else int(seed), steps=int(steps) if steps else None,
-    ).validated()
+    try:
+        loras = ((str(lora), float(lora_weight or 0.0)),) if lora and lora != NO_LORA and lora_weight else ()
+        spec = BenchmarkSpec(
+            models=tuple(models), prompts=tuple((prompts or "").splitlines()), presets=tuple(presets or ()),
+            loras=loras, palette=tuple(p for p in (palette or "").replace(";", ",").split(",")),
+            asset_type=asset_type, seed=42 if seed is None else int(seed), steps=int(steps) if steps else None,
+        )
+    except (TypeError, ValueError, OverflowError) as exc:  # NaN, infinity or text where a number belongs
+        raise InvalidInput(f"Seed, steps and the LoRA weight must be plain numbers ({exc}).") from exc
+    return spec.validated()
 
 
 def tables_and_plots(rows: list[dict] | None, summary: list[dict] | None) -> tuple:
