@@ -4,8 +4,8 @@ For each model, with and without gradient checkpointing: ms per optimizer step (
 autocast over bf16 base weights, fp32 LoRA r32, AdamW), peak GPU memory, and the floor 3 x forward FLOPs /
 800 TFLOP/s (one forward + a backward of about twice its cost; FLOPs counted with FlopCounterMode).
 
-cuDNN SDPA is disabled before training: a bf16 FLUX backward through it failed with
-CUBLAS_STATUS_EXECUTION_FAILED / "illegal memory access"; the flash/memory-efficient kernels are used instead.
+Attention runs as the trainer runs it (--attention cudnn): cuDNN SDPA first, with the contiguous attention
+gradients of brandgen/attention.py; --attention flash turns cuDNN SDPA off. --profile N lists the costliest ops.
 
     python scripts/gpu_train_bench.py --out docs/perf/train_h100.json        # H100 / H200, ~5 min
     python scripts/gpu_train_bench.py --tiny                                   # CPU smoke test of every path
@@ -18,6 +18,7 @@ import json
 import platform
 import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -180,6 +181,8 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         "compile": args.compile,
         "compile_mode": args.compile_mode if args.compile else None,
         "channels_last": bool(args.channels_last and name == "sdxl"),
+        "attention": args.attention,
+        "attention_backend": args.attention_backend,
     }
     model = params = optimizer = None
     try:
@@ -188,6 +191,12 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         row["build_s"] = round(time.perf_counter() - start, 1)
         row["params_b"] = round(sum(p.numel() for p in model.parameters()) / 1e9, 3)
         params = add_lora(model, name, args.rank)
+        if args.attention == "cudnn":  # the trainer's fix: contiguous gradients into cuDNN's SDPA backward
+            from brandgen.attention import contiguous_attention_grads
+
+            contiguous_attention_grads(model)
+        if args.attention_backend:  # diffusers attention dispatch, e.g. _native_cudnn (transformer models)
+            model.set_attention_backend(args.attention_backend)
         row["lora_params_m"] = round(sum(p.numel() for p in params) / 1e6, 2)
         if checkpointing:
             model.enable_gradient_checkpointing()
@@ -254,10 +263,13 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         row["step_ms_min"] = round(times[0], 1)
         row["floor_fraction"] = round(row["floor_ms"] / row["step_ms_median"], 4)
         row["peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
+        if args.profile:
+            row["profile_top_ops"] = profile(step, device, args.profile)
     except torch.OutOfMemoryError as exc:
         row["error"] = f"out of memory: {str(exc)[:200]}"
     except Exception as exc:  # one failing configuration must not hide the others
         row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
+        traceback.print_exc()  # now: a CUDA fault kills the process at the cleanup below, before the JSON
     finally:
         model = params = optimizer = None  # free before the next configuration
         import gc
@@ -266,6 +278,26 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         if device == "cuda":
             torch.cuda.empty_cache()
     return row
+
+
+def profile(step: Any, device: str, top: int) -> list[dict[str, Any]]:
+    """Where a step's time goes: the `top` operators by self device time over two profiled steps."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+    with torch_profile(activities=activities) as prof:
+        for _ in range(2):
+            step()
+        if device == "cuda":
+            torch.cuda.synchronize()
+    key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    print(prof.key_averages().table(sort_by=key, row_limit=top), file=sys.stderr)
+    return [
+        {"op": e.key, "calls_per_step": e.count // 2, "ms_per_step": round(getattr(e, key) / 2 / 1000, 2)}
+        for e in events
+    ]
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -282,8 +314,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile-mode", default=None, help="with --compile: e.g. max-autotune-no-cudagraphs")
     parser.add_argument("--compile-resnets", action="store_true", help="with --compile: SDXL ResNet blocks too")
     parser.add_argument("--channels-last", action="store_true", help="UNet weights and inputs in NHWC (+ cudnn.benchmark)")
-    parser.add_argument("--cudnn-sdp", action="store_true",
-                        help="keep cuDNN SDPA on (reproduces the FLUX backward crash; run in its own process)")
+    parser.add_argument("--attention", choices=("cudnn", "flash", "cudnn-unpatched"), default="cudnn",
+                        help="cudnn: the trainer's setup (cuDNN SDPA first, contiguous attention gradients); "
+                             "flash: cuDNN SDPA off; cudnn-unpatched: cuDNN first without the gradient fix "
+                             "(reproduces the FLUX backward crash; run it in its own process)")
+    parser.add_argument("--attention-backend", default=None,
+                        help="diffusers attention backend for the model, e.g. _native_cudnn or _native_flash")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after timing, profile two steps and report the N costliest operators")
     parser.add_argument("--out", default=None, help="write the JSON here too")
     args = parser.parse_args(argv)
     if args.tiny:
@@ -291,11 +329,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     elif not torch.cuda.is_available():
         raise SystemExit("No CUDA GPU: run with --tiny for the CPU smoke test.")
     else:
-        torch.backends.cuda.enable_cudnn_sdp(args.cudnn_sdp)  # off unless asked: see the module docstring
         torch.backends.cuda.matmul.allow_tf32 = True
-    rows = [
-        measure(name, mode == "on", args) for name in args.models.split(",") for mode in args.checkpointing.split(",")
-    ]
+    from brandgen.attention import cudnn_attention_first
+
+    if args.attention == "flash" and not args.tiny:
+        torch.backends.cuda.enable_cudnn_sdp(False)
+    with cudnn_attention_first(args.attention != "flash" and not args.tiny):
+        rows = [measure(name, mode == "on", args)
+                for name in args.models.split(",") for mode in args.checkpointing.split(",")]
     import diffusers
 
     result = {
@@ -306,7 +347,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "python": platform.python_version(),
             "tiny": args.tiny,
             "peak_flops_for_floor": PEAK_FLOPS,
-            "cudnn_sdp": bool(args.cudnn_sdp and not args.tiny),
+            "attention": args.attention,
             "command": " ".join(
                 ["python", "scripts/gpu_train_bench.py", *(argv if argv is not None else sys.argv[1:])]
             ),

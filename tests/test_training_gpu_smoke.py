@@ -38,7 +38,8 @@ def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
         assert "error" not in row, row
         assert row["forward_flops"] > 0 and row["step_ms_median"] > 0 and row["lora_params_m"] > 0
         assert row["floor_ms"] == round(3 * row["forward_flops"] / 800e12 * 1000, 4)
-    assert result["meta"]["tiny"] and result["meta"]["cudnn_sdp"] is False
+    assert result["meta"]["tiny"] and result["meta"]["attention"] == "cudnn"  # the trainer's setup by default
+    assert all(row["attention"] == "cudnn" for row in rows)
 
 
 def test_ddp_train_bench_tiny_runs_two_gloo_processes(tmp_path: Path):

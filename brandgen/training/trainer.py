@@ -19,6 +19,7 @@ from typing import Any, ContextManager
 
 import torch
 
+from brandgen.attention import contiguous_attention_grads, cudnn_attention_first
 from brandgen.device import free_memory
 from brandgen.errors import InvalidInput
 from brandgen.paths import AppPaths
@@ -103,7 +104,8 @@ class LoraTrainer:
             cfg.save(self.run_dir / "config.json")
             (self.run_dir / "error.txt").unlink(missing_ok=True)
         try:
-            return self._run(resume)
+            with cudnn_attention_first(self.accelerator.device.type == "cuda"):  # see brandgen/attention.py
+                return self._run(resume)
         except BaseException as exc:
             if self.accelerator.is_main_process and not isinstance(exc, KeyboardInterrupt):
                 (self.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
@@ -113,9 +115,6 @@ class LoraTrainer:
 
     def _run(self, resume: bool) -> TrainResult:
         cfg, acc = self.config, self.accelerator
-        if acc.device.type == "cuda":
-            # backward through large attention crashed on the cuDNN SDPA backend (illegal memory access)
-            torch.backends.cuda.enable_cudnn_sdp(False)
         self._emit("loading", message="Checking the dataset")
         get_asset_type(cfg.asset_type, self.types)  # an unknown asset type fails here, before any loading
         source, family_name, self.entry = resolve_base_model(cfg.base_model, self.registry, cfg.family)
@@ -153,6 +152,8 @@ class LoraTrainer:
         model = getattr(pipe, family.denoiser)
         model.to(device)
         self._add_lora(model)
+        if device.type == "cuda":  # cuDNN SDPA's backward needs them (brandgen/attention.py)
+            contiguous_attention_grads(model)
         self.compiled = maybe_compile(model, cfg.compile, device.type)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.optimizer_name = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, device.type)
