@@ -114,4 +114,7 @@ def _clip_model(model_dir: str) -> tuple[Any, Any]:
     """(model, processor), loaded once per folder: a benchmark scores every image with the same CLIP."""
     from transformers import CLIPModel, CLIPProcessor
 
-    return CLIPModel.from_pretrained(model_dir).eval(), CLIPProcessor.from_pretrained(model_dir)
+    from brandgen.model_loading import LOAD_LOCK
+
+    with LOAD_LOCK:  # never beside a pipeline load (see brandgen/model_loading.py)
+        return CLIPModel.from_pretrained(model_dir).eval(), CLIPProcessor.from_pretrained(model_dir)

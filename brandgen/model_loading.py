@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -14,6 +15,11 @@ from huggingface_hub import try_to_load_from_cache
 
 from brandgen.errors import ModelUnavailable
 from brandgen.registry import ModelEntry
+
+# from_pretrained patches torch for the whole process while it builds a model (meta-device init), so two loads
+# at once, even by different managers or a trainer, can leave weights on the meta device for good. Every
+# pipeline load in the process takes this lock.
+LOAD_LOCK = threading.RLock()
 
 
 def availability(entry: ModelEntry) -> str:
@@ -43,9 +49,10 @@ def load_pipeline(entry: ModelEntry, dtype: torch.dtype) -> Any:
     if entry.source_type == "local":
         kwargs["use_safetensors"] = True
     try:
-        for name, spec in entry.extra_components.items():
-            kwargs[name] = load_component(spec, dtype)
-        return pipeline_cls.from_pretrained(source, **kwargs)
+        with LOAD_LOCK:
+            for name, spec in entry.extra_components.items():
+                kwargs[name] = load_component(spec, dtype)
+            return pipeline_cls.from_pretrained(source, **kwargs)
     except ModelUnavailable:
         raise
     except (OSError, ValueError) as exc:

@@ -7,6 +7,7 @@ import json
 import pickle
 import subprocess
 import sys
+import threading
 import tomllib
 import types
 from pathlib import Path
@@ -172,6 +173,7 @@ def test_serve_passes_share_and_auth_to_launch(manager: PipelineManager, monkeyp
     main(["serve"])
     monkeypatch.delenv("BRANDGEN_AUTH")
     main(["serve"])
+    _join_preloads()  # each serve started one; none may outlive this test
     first, from_env, open_share = launched
     assert first["share"] is True and first["auth"] == ("designer", "s3cret") and first["server_port"] == 7999
     assert from_env["share"] is True and from_env["auth"] == ("team", "pw")
@@ -183,17 +185,20 @@ def test_serve_passes_share_and_auth_to_launch(manager: PipelineManager, monkeyp
 
 def test_serve_loads_the_default_model_in_the_background(manager: PipelineManager, monkeypatch: pytest.MonkeyPatch):
     """The page comes up at once and the first Generate click does not also pay for loading the model."""
-    import threading
-
     monkeypatch.setenv("BRANDGEN_HOME", str(manager.paths.home))
     _stub_launch(monkeypatch, manager)
     manager.unload()
     assert manager.current_model is None
     main(["serve"])
+    _join_preloads()
+    assert manager.current_model == manager.registry.default_id
+
+
+def _join_preloads() -> None:
     for thread in threading.enumerate():
         if thread.name == "brandgen-preload":
             thread.join(timeout=60)
-    assert manager.current_model == manager.registry.default_id
+            assert not thread.is_alive(), "the background model load did not finish in 60 s"
 
 
 def test_a_bad_auth_stops_serve_before_any_model_loads(monkeypatch: pytest.MonkeyPatch, capsys):

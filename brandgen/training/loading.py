@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
 from datetime import datetime
@@ -12,6 +11,7 @@ from typing import Any
 import torch
 
 from brandgen.errors import ModelUnavailable
+from brandgen.model_loading import LOAD_LOCK, load_component
 from brandgen.paths import REPO_ROOT, AppPaths
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.training.config import TrainConfig
@@ -52,15 +52,6 @@ def resolve_precision(mixed_precision: str, device_type: str) -> str:
 WEIGHT_DTYPES = {"no": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def _load_component(spec: dict[str, Any], dtype: torch.dtype) -> Any:
-    module = importlib.import_module(spec["library"])
-    component_cls = getattr(module, spec["class"])
-    kwargs = dict(spec.get("kwargs", {}))
-    if "Tokenizer" not in spec["class"]:
-        kwargs["dtype"] = dtype
-    return component_cls.from_pretrained(spec["source"], **kwargs)
-
-
 def load_training_pipeline(source: str, family: str, entry: ModelEntry | None, dtype: torch.dtype) -> Any:
     """The full pipeline on the CPU in `dtype`; HiDream's transformer is asked for image-shaped outputs in
     training mode too (force_inference_output), as the diffusers HiDream LoRA script does."""
@@ -70,15 +61,16 @@ def load_training_pipeline(source: str, family: str, entry: ModelEntry | None, d
     if entry is None or entry.source_type == "local":
         kwargs["use_safetensors"] = True
     try:
-        for name, spec in (entry.extra_components if entry else {}).items():
-            kwargs[name] = _load_component(spec, dtype)
-        if family == "hidream":
-            from diffusers import HiDreamImageTransformer2DModel
+        with LOAD_LOCK:  # never beside another load in this process (see brandgen/model_loading.py)
+            for name, spec in (entry.extra_components if entry else {}).items():
+                kwargs[name] = load_component(spec, dtype)
+            if family == "hidream":
+                from diffusers import HiDreamImageTransformer2DModel
 
-            kwargs["transformer"] = HiDreamImageTransformer2DModel.from_pretrained(
-                source, subfolder="transformer", dtype=dtype, force_inference_output=True
-            )
-        pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
+                kwargs["transformer"] = HiDreamImageTransformer2DModel.from_pretrained(
+                    source, subfolder="transformer", dtype=dtype, force_inference_output=True
+                )
+            pipe = DiffusionPipeline.from_pretrained(source, **kwargs)
     except (OSError, ValueError) as exc:
         label = entry.label if entry else source
         raise ModelUnavailable(
@@ -114,7 +106,12 @@ def maybe_compile(model: Any, enabled: bool, device_type: str) -> bool:
 
 
 def new_run_dir(paths: AppPaths, name: str) -> Path:
-    return paths.training_runs / f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    """A fresh folder name: two runs started in the same second (CLI and app) must not share one."""
+    base = f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"
+    candidate, n = paths.training_runs / base, 2
+    while candidate.exists():
+        candidate, n = paths.training_runs / f"{base}-{n}", n + 1
+    return candidate
 
 
 def resolve_data_dir(data_dir: str) -> Path:
