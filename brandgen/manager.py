@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,8 @@ from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
 
 ProgressFn = Callable[[int, int], None]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -199,19 +202,35 @@ class PipelineManager:
                 return
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
             infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
-            if loaded.fused:
-                pipe.unfuse_lora()
-                loaded.fused = False
-            if not wanted:
-                if loaded.loras:
-                    pipe.disable_lora()
-            else:
-                pipe.enable_lora()
-                pipe.set_adapters([info.adapter_name for info in infos], adapter_weights=[w for _, w in wanted])
-                if len(wanted) == 1 and self.fuse_single_lora:
-                    pipe.fuse_lora(adapter_names=[infos[0].adapter_name], lora_scale=1.0)
-                    loaded.fused = True
+            try:
+                if loaded.fused:
+                    pipe.unfuse_lora()
+                    loaded.fused = False
+                if not wanted:
+                    if loaded.loras:
+                        pipe.disable_lora()
+                else:
+                    pipe.enable_lora()
+                    pipe.set_adapters([info.adapter_name for info in infos], adapter_weights=[w for _, w in wanted])
+                    if len(wanted) == 1 and self.fuse_single_lora:
+                        pipe.fuse_lora(adapter_names=[infos[0].adapter_name], lora_scale=1.0)
+                        loaded.fused = True
+            except Exception:
+                self._fall_back_to_base(loaded)
+                raise
             loaded.active = wanted
+
+    @staticmethod
+    def _fall_back_to_base(loaded: _Loaded) -> None:
+        """After a failed switch, leave a known state (no LoRA active) instead of a stale `active`."""
+        try:
+            if loaded.fused:
+                loaded.pipe.unfuse_lora()
+            if loaded.loras:
+                loaded.pipe.disable_lora()
+        except Exception:  # noqa: BLE001 - best effort; the original error is what the user sees
+            log.exception("could not switch LoRAs off after a failed switch")
+        loaded.active, loaded.fused = (), False
 
     def unload_loras(self) -> None:
         with self.lock:

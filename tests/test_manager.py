@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import threading
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -106,6 +105,28 @@ def test_lora_changes_output_fuses_and_unloads(manager: PipelineManager, tiny_di
     assert np.abs(back - plain).max() <= 2.0, "switching LoRAs off restores the base model"
     manager.unload_loras()
     assert np.abs(_pixels(manager.generate(_req())) - plain).max() <= 2.0
+
+
+def test_a_failed_lora_switch_leaves_the_base_model_not_a_stale_state(manager: PipelineManager, tiny_dirs,
+                                                                      monkeypatch):
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "acme.safetensors", seed=1)
+    make_sd15_lora(tiny_dirs["sd15"], manager.paths.loras / "other.safetensors", seed=2)
+    plain = _pixels(manager.generate(_req()))
+    with_acme = _pixels(manager.generate(_req(loras=(("acme", 1.0),))))
+    assert manager._loaded.fused
+    pipe = manager._loaded.pipe
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("adapter switch failed")
+
+    monkeypatch.setattr(pipe, "set_adapters", broken)
+    with pytest.raises(RuntimeError, match="adapter switch failed"):
+        manager.generate(_req(loras=(("acme", 1.0), ("other", 0.5))))
+    assert manager._loaded.active == () and not manager._loaded.fused
+    assert np.abs(_pixels(manager.generate(_req())) - plain).max() <= 2.0, "no LoRA left half-applied"
+    monkeypatch.undo()
+    again = _pixels(manager.generate(_req(loras=(("acme", 1.0),))))  # not skipped as 'already active'
+    assert np.abs(again - with_acme).max() <= 2.0
 
 
 def test_bad_lora_files_are_refused_and_model_keeps_working(manager: PipelineManager, tiny_dirs):
