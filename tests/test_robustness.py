@@ -184,19 +184,40 @@ def test_truncated_and_wrong_family_loras_are_refused_and_the_model_stays_clean(
     save_file(load_file(tagged), str(loras / "tagged.safetensors"), metadata={"brandgen.base_family": "flux"})
 
     before = pixels(manager)
+    weights = _weights(manager)
     with pytest.raises(LoraError, match="truncated or corrupt"):
         manager.generate(tiny_request(loras=(("cut", 0.8),)))
     with pytest.raises(LoraError, match="matched no layer of Tiny SD1.5: it was made for another model"):
         manager.generate(tiny_request(loras=(("fluxy", 0.8),)))
     with pytest.raises(LoraError, match="trained for flux models; Tiny SD1.5 is sd15"):
         manager.generate(tiny_request(loras=(("tagged", 0.8),)))
-    np.testing.assert_array_equal(pixels(manager), before)  # nothing half-loaded changes the model
+    _assert_same_weights(_weights(manager), weights)  # nothing half-loaded changes the model
+    _assert_same_image(pixels(manager), before)
     styled = pixels(manager, loras=(("brand", 1.0),))
     assert np.abs(styled - before).mean() > 1.0  # and a good LoRA still loads and works
+    fused = _weights(manager)
     with pytest.raises(LoraError, match="matched no layer"):  # a bad one after a fused good one
         manager.generate(tiny_request(loras=(("brand", 1.0), ("fluxy", 0.5))))
-    np.testing.assert_array_equal(pixels(manager, loras=(("brand", 1.0),)), styled)
-    np.testing.assert_array_equal(pixels(manager), before)
+    _assert_same_weights(_weights(manager), fused)
+    _assert_same_image(pixels(manager, loras=(("brand", 1.0),)), styled)
+    _assert_same_image(pixels(manager), before)
+
+
+def _weights(manager: PipelineManager) -> dict[str, torch.Tensor]:
+    pipe = manager._loaded.pipe
+    return {f"{name}.{key}": value.clone() for name in ("unet", "text_encoder")
+            for key, value in getattr(pipe, name).state_dict().items()}
+
+
+def _assert_same_weights(now: dict[str, torch.Tensor], then: dict[str, torch.Tensor]) -> None:
+    assert now.keys() == then.keys()  # no adapter layers left behind
+    assert [k for k in then if not torch.equal(now[k], then[k])] == []
+
+
+def _assert_same_image(now: np.ndarray, then: np.ndarray) -> None:
+    """Equal up to float rounding: CPU kernels may round differently as memory layout shifts between calls
+    (seen: one channel of one pixel off by 1/255); a half-applied LoRA moves pixels by far more."""
+    assert np.abs(now - then).max() <= 2
 
 
 # ----- names that try to leave the app's folders ----------------------------------------------------------

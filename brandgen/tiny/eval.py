@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
+from brandgen.metrics import border_pixels
 from brandgen.tiny import data
 
 NORM = 48
@@ -132,8 +133,7 @@ def analyze(image: Image.Image) -> dict:
     """Background, foreground share, color family, shape and its IoU score (shape None if unsure)."""
     rgb = np.asarray(image.convert("RGB").filter(ImageFilter.MedianFilter(3)), np.float64)
     h, w, _ = rgb.shape
-    border = np.concatenate([rgb[:3].reshape(-1, 3), rgb[-3:].reshape(-1, 3),
-                             rgb[:, :3].reshape(-1, 3), rgb[:, -3:].reshape(-1, 3)])
+    border = border_pixels(rgb, 3)
     bg = np.median(border, axis=0)
     lab, bg_lab = data.srgb_to_lab(rgb), data.srgb_to_lab(bg)
     border_spread = float(np.median(np.linalg.norm(data.srgb_to_lab(border) - bg_lab, axis=-1)))
