@@ -3,6 +3,7 @@ and the job registry sharing the accelerator with generation."""
 
 from __future__ import annotations
 
+import errno
 import time
 from pathlib import Path
 
@@ -10,10 +11,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from brandgen.errors import InvalidInput
+from brandgen.errors import InvalidInput, StorageError
 from brandgen.generation import GenerationRequest
 from brandgen.loras import DIFFUSERS_FILE
 from brandgen.paths import AppPaths
+from brandgen.training import checkpoints
 from brandgen.training.checkpoints import checkpoint_dirs
 from brandgen.training.config import TrainConfig
 from brandgen.training.jobs import TrainingJobs
@@ -82,6 +84,30 @@ def test_a_crash_leaves_an_error_and_no_lora(tiny_dirs: dict, tmp_path: Path):
     assert not paths.loras.exists() or not any(paths.loras.iterdir())
     with pytest.raises(InvalidInput, match="at least 25"):
         LoraTrainer(_config(data, str(tiny_dirs["sd15"]), allow_small_dataset=False), paths=paths, device="cpu").run()
+
+
+def test_a_full_disk_while_checkpointing_is_a_clear_error_and_keeps_the_older_checkpoint(
+    tiny_dirs: dict, tmp_path: Path, monkeypatch
+):
+    data = make_dataset(tmp_path / "data", count=2)
+    paths = AppPaths(tmp_path / "home")
+    real_save, files = checkpoints.save_file, []
+
+    def filling_disk(tensors, path, *args, **kwargs):
+        files.append(path)
+        if len(files) > 2:  # the first checkpoint's two files fit, the second checkpoint does not
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_save(tensors, path, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoints, "save_file", filling_disk)
+    trainer = LoraTrainer(_config(data, str(tiny_dirs["sd15"])), paths=paths, device="cpu")
+    with pytest.raises(StorageError, match="Could not save this training run's files .* the disk is full"):
+        trainer.run()
+    ckpts = trainer.run_dir / "checkpoints"
+    assert [p.name for p in ckpts.iterdir()] == ["step_000002"]  # no half-written step_000004, no .tmp folder
+    assert checkpoints.load_checkpoint(ckpts / "step_000002")["step"] == 2  # and it resumes
+    assert "No space left" in (trainer.run_dir / "error.txt").read_text()
+    assert not paths.loras.exists() or not any(paths.loras.iterdir())
 
 
 def test_jobs_train_beside_generation_and_the_lora_is_usable_at_once(manager, tmp_path: Path):

@@ -91,19 +91,23 @@ def save_checkpoint(
     final = root / f"{PREFIX}{step:06d}"
     tmp = root / f".tmp-{PREFIX}{step:06d}"
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    save_file({k: v.detach().cpu().contiguous() for k, v in lora_state.items()}, tmp / "lora.safetensors")
-    opt_tensors, opt_meta = _split_optimizer(optimizer_state)
-    rng_tensors, rng_meta = rng_state()
-    save_file({**opt_tensors, **rng_tensors}, tmp / "state.safetensors")
-    meta = {
-        "step": step,
-        "trainer": trainer_state,
-        "optimizer": opt_meta,
-        "scheduler": scheduler_state,
-        "rng": rng_meta,
-    }
-    (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    try:
+        tmp.mkdir()
+        save_file({k: v.detach().cpu().contiguous() for k, v in lora_state.items()}, tmp / "lora.safetensors")
+        opt_tensors, opt_meta = _split_optimizer(optimizer_state)
+        rng_tensors, rng_meta = rng_state()
+        save_file({**opt_tensors, **rng_tensors}, tmp / "state.safetensors")
+        meta = {
+            "step": step,
+            "trainer": trainer_state,
+            "optimizer": opt_meta,
+            "scheduler": scheduler_state,
+            "rng": rng_meta,
+        }
+        (tmp / "state.json").write_text(json.dumps(meta, indent=1, default=float), encoding="utf-8")
+    except BaseException:  # e.g. a full disk: no half-written checkpoint stays behind, older ones are kept
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
     for old in checkpoint_dirs(root)[:-keep]:

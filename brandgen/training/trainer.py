@@ -22,7 +22,7 @@ import torch
 from brandgen.attention import contiguous_attention_grads, cudnn_attention_first
 from brandgen.device import free_memory
 from brandgen.errors import InvalidInput
-from brandgen.paths import AppPaths
+from brandgen.paths import AppPaths, writing
 from brandgen.registry import ModelRegistry
 from brandgen.templates import AssetType, build_prompt, get_asset_type, load_asset_types
 from brandgen.training import cache
@@ -104,11 +104,14 @@ class LoraTrainer:
             cfg.save(self.run_dir / "config.json")
             (self.run_dir / "error.txt").unlink(missing_ok=True)
         try:
-            with cudnn_attention_first(self.accelerator.device.type == "cuda"):  # see brandgen/attention.py
+            # a full or read-only disk (checkpoint, samples, loss curve, the LoRA) becomes a StorageError with advice
+            with writing("this training run's files", self.run_dir), \
+                    cudnn_attention_first(self.accelerator.device.type == "cuda"):  # see brandgen/attention.py
                 return self._run(resume)
         except BaseException as exc:
             if self.accelerator.is_main_process and not isinstance(exc, KeyboardInterrupt):
-                (self.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
+                with contextlib.suppress(OSError):  # on a full disk the report itself may not fit
+                    (self.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             raise
         finally:
             free_memory()
