@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -83,6 +84,7 @@ class PipelineManager:
         self.lock = threading.RLock()
         self._loaded: _Loaded | None = None
         self._cancel = threading.Event()
+        self._owner: str | None = None  # the browser session whose generation is running, if known
 
     @classmethod
     def instance(cls) -> "PipelineManager":
@@ -288,12 +290,30 @@ class PipelineManager:
         return self._loaded
 
     # ----- generation ---------------------------------------------------------------------------
-    def cancel(self) -> None:
-        """Ask the running generation to stop after its current denoising step."""
-        self._cancel.set()
+    def cancel(self, owner: str | None = None) -> bool:
+        """Ask the running generation to stop after its current denoising step; returns whether it was asked.
 
-    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None) -> GenerationResult:
-        """Run one request end to end: template, model, LoRAs, denoising, upscale, metadata."""
+        With `owner` (a browser session) only that session's own generation stops: on a shared app one
+        designer's Cancel must not throw away another's images. Without it (CLI, scripts) any run stops."""
+        if owner is not None and owner != self._owner:
+            return False
+        self._cancel.set()
+        return True
+
+    @contextlib.contextmanager
+    def _running(self, owner: str | None) -> Iterator[None]:
+        """Held with the lock around one generation: a fresh cancel flag and who may cancel it."""
+        self._cancel.clear()
+        self._owner = owner
+        try:
+            yield
+        finally:
+            self._owner = None
+
+    def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
+                 owner: str | None = None) -> GenerationResult:
+        """Run one request end to end: template, model, LoRAs, denoising, upscale, metadata.
+        `owner` names who started it (a browser session), for `cancel(owner)`."""
         request = request.validated()
         entry = self.registry.get(request.model_id or self.current_model or self.registry.default_id)
         preset = get_preset(request.preset, self.presets)
@@ -310,8 +330,7 @@ class PipelineManager:
         height = request.height or entry.native_resolution[1]
         seed = request.resolved_seed()
         seeds = [seed + i for i in range(request.count)]
-        with self.lock:
-            self._cancel.clear()
+        with self.lock, self._running(owner):
             self.load_model(entry.id)
             self.set_loras(request.loras)
             pipe = self.pipeline

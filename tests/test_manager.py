@@ -199,6 +199,24 @@ def test_cancel_stops_generation(manager: PipelineManager):
     assert manager.generate(_req()).images, "a cancel does not stick to the next request"
 
 
+def test_a_session_cancels_only_its_own_generation(manager: PipelineManager):
+    asked: list[bool] = []
+
+    def others_cancel(i: int, n: int) -> None:
+        asked.append(manager.cancel(owner="session-b"))
+
+    result = manager.generate(_req(steps=4), progress=others_cancel, owner="session-a")
+    assert result.images and asked and not any(asked), "another session's Cancel must not stop this one"
+
+    def own_cancel(i: int, n: int) -> None:
+        asked.append(manager.cancel(owner="session-a"))
+
+    with pytest.raises(Cancelled):
+        manager.generate(_req(steps=10), progress=own_cancel, owner="session-a")
+    assert asked[-1] is True
+    assert not manager.cancel(owner="session-a"), "nothing runs now: there is nothing of theirs to stop"
+
+
 def test_concurrent_requests_are_serialised(manager: PipelineManager):
     results, errors = [], []
 

@@ -14,7 +14,7 @@ from brandgen.benchmark import (
 )
 from brandgen.errors import InvalidInput
 from brandgen.manager import PipelineManager
-from brandgen.ui.common import NO_LORA, user_errors
+from brandgen.ui.common import NO_LORA, session_of, user_errors
 
 
 def spec_from_ui(
@@ -45,7 +45,7 @@ def tables_and_plots(rows: list[dict] | None, summary: list[dict] | None) -> tup
 def build_benchmark_tab(manager: PipelineManager) -> None:
     """Lay out the tab and wire Run (API 'benchmark') and Cancel (API 'cancel_benchmark')."""
     registry = manager.registry
-    cancel_event = threading.Event()  # this tab's run; the manager's lock serialises runs anyway
+    cancels: dict[str | None, threading.Event] = {}  # per session: one user's Cancel stops only their own run
 
     with gr.Row():
         with gr.Column(scale=2):
@@ -80,15 +80,20 @@ def build_benchmark_tab(manager: PipelineManager) -> None:
     inputs = [models, prompts, presets, asset_type, palette, seed, steps, lora, lora_weight]
 
     @user_errors
-    def run_grid(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
+    def run_grid(session: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
         spec = spec_from_ui(*values)
-        cancel_event.clear()
+        owner = session_of(session)
+        cancels[owner] = cancel_event = threading.Event()
         progress((0, spec.total_images), desc="Loading the first model")
 
         def report(done: int, total: int, row: dict[str, Any]) -> None:
             progress((done, total), desc=f"{row['model']} · {row['prompt'] or row['status']}")
 
-        result = run_benchmark(manager, spec, progress=report, cancel=cancel_event)
+        try:
+            result = run_benchmark(manager, spec, progress=report, cancel=cancel_event)
+        finally:
+            if cancels.get(owner) is cancel_event:
+                del cancels[owner]
         text = elapsed_text(result)
         failed = result.rows_df[result.rows_df["status"] == "error"]
         if len(failed):
@@ -97,9 +102,10 @@ def build_benchmark_tab(manager: PipelineManager) -> None:
             gr.Info("Benchmark cancelled: partial results kept.")
         return records(result.rows_df), records(result.summary_df), str(result.csv_path), text
 
-    def cancel() -> None:
-        cancel_event.set()
-        manager.cancel()
+    def cancel(session: gr.Request) -> None:
+        event = cancels.get(session_of(session))
+        if event is not None:  # the run stops its current image at the next denoising step
+            event.set()
 
     run.click(run_grid, inputs, [rows_json, summary_json, csv_file, status], api_name="benchmark").then(
         tables_and_plots, [rows_json, summary_json], [rows_table, summary_table, *plots], api_name=False,

@@ -1,4 +1,4 @@
-"""Helpers shared by the tabs: turning core errors into messages the user sees."""
+"""Helpers shared by the tabs: turning core errors into messages the user sees, and who is asking."""
 
 from __future__ import annotations
 
@@ -12,6 +12,11 @@ from brandgen.errors import BrandGenError
 
 F = TypeVar("F", bound=Callable[..., Any])
 NO_LORA = "(none)"
+
+
+def session_of(request: gr.Request | None) -> str | None:
+    """The browser (or gradio_client) session behind an event; None outside a request (tests, scripts)."""
+    return getattr(request, "session_hash", None) if request is not None else None
 
 
 def user_errors(fn: F) -> F:

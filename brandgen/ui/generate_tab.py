@@ -13,7 +13,7 @@ from brandgen.errors import Cancelled, InvalidInput
 from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.spaces_support import on_gpu
-from brandgen.ui.common import NO_LORA, user_errors
+from brandgen.ui.common import NO_LORA, session_of, user_errors
 
 LORA_SLOTS = 3
 
@@ -125,13 +125,13 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
     live_progress = run_generation == manager.generate  # a ZeroGPU worker gets pickled arguments: no callbacks
 
     @user_errors
-    def generate(*values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
+    def generate(session: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
         *values, kit = values
         request = request_from_ui(*values)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
             on_step = (lambda i, n: progress((i, n), desc="Denoising")) if live_progress else None
-            result = run_generation(request, progress=on_step)
+            result = run_generation(request, progress=on_step, owner=session_of(session))
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None
@@ -171,7 +171,10 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
                       api_name="generate")
     prompt.submit(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
                   api_name=False)
-    stop.click(manager.cancel, None, None, api_name="cancel_generation", queue=False)
+    def cancel(session: gr.Request) -> None:
+        manager.cancel(owner=session_of(session))  # this session's own generation, no one else's
+
+    stop.click(cancel, None, None, api_name="cancel_generation", queue=False)
     gallery.select(show_settings, metadata_state, settings, api_name=False)
     model.change(on_model_change, model, model_info, api_name=False)
     refresh.click(refresh_loras, None, [s[0] for s in slots] + [lora_status], api_name="refresh_loras")
