@@ -111,13 +111,13 @@ def test_generate_tab_applies_the_active_kit_and_stores_it(manager: PipelineMana
     generate = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
     values = ["a red star", "icons", "tiny-sd15", "draft", 3, 1, "", 2, -1, *["(none)", 0.8] * 3]
     kit = {"name": "acme", "palette": PALETTE, "palette_lock": True}
-    items, metadata, status, first = generate(*values, kit)
+    items, metadata, status, first = generate(None, *values, kit)  # None: no browser session
     assert metadata[0]["palette_lock"] is True and metadata[0]["palette_adherence"] >= 0.97
     assert "palette" in items[0][1]  # adherence shown in the caption
     stored = GalleryStore(manager.paths.outputs).get(metadata[0]["gallery_id"])
     assert read_parameters(stored.path)["metadata"]["palette"] == PALETTE
     assert palette_adherence(Image.open(stored.path), PALETTE) >= 0.97
-    _, plain, _, _ = generate(*values, None)
+    _, plain, _, _ = generate(None, *values, None)
     assert "palette_lock" not in plain[0]
 
 

@@ -66,7 +66,7 @@ def test_use_these_settings_fills_generate_and_switches_tab(manager: PipelineMan
     demo = build_app(manager)
     fns = {f.fn.__name__: f.fn for f in demo.fns.values() if f.fn is not None}
     generate = next(f.fn for f in demo.fns.values() if f.api_name == "generate")
-    _, metadata, _, _ = generate("a green leaf", "icons", "tiny-sd15", "draft", 77, 2, "grainy", 2, -1,
+    _, metadata, _, _ = generate(None, "a green leaf", "icons", "tiny-sd15", "draft", 77, 2, "grainy", 2, -1,
                                  *["(none)", 0.8] * 3, None)
     grid, page, info, ids = fns["show_page"]("leaf", "(all)", "(all)", "(all)", 1)
     assert len(grid) == 2 and page == 1 and "2 image(s)" in info and ids[0] == metadata[1]["gallery_id"]

@@ -94,14 +94,14 @@ def test_generate_tab_runs_generation_through_spaces_gpu(manager: PipelineManage
     monkeypatch.setenv("SPACES_ZERO_GPU", "true")
     demo = build_app(manager)
     generate = next(dep.fn for dep in demo.fns.values() if dep.api_name == "generate")
-    items, metadata, status, _ = generate("a red star icon", "icons", "tiny-sd15", "draft", 5, 2, "", 2, -1,
+    items, metadata, status, _ = generate(None, "a red star icon", "icons", "tiny-sd15", "draft", 5, 2, "", 2, -1,
                                           *["(none)", 0.8] * 3, None)
     assert len(items) == 2 and [m["seed"] for m in metadata] == [5, 6] and metadata[0]["gallery_id"]
     (duration, args, kwargs), = calls
-    assert duration == 120 and args[0].prompt == "a red star icon" and kwargs == {"progress": None}
+    assert duration == 120 and args[0].prompt == "a red star icon" and kwargs == {"progress": None, "owner": None}
     monkeypatch.delenv("SPACES_ZERO_GPU")
     generate = next(dep.fn for dep in build_app(manager).fns.values() if dep.api_name == "generate")
-    generate("a red star icon", "icons", "tiny-sd15", "draft", 5, 1, "", 2, -1, *["(none)", 0.8] * 3, None)
+    generate(None, "a red star icon", "icons", "tiny-sd15", "draft", 5, 1, "", 2, -1, *["(none)", 0.8] * 3, None)
     assert len(calls) == 1  # off ZeroGPU the manager is called directly, with live progress
 
 
