@@ -1,4 +1,4 @@
-"""Training speed options: regional compile is applied on CUDA only, and the config field validates."""
+"""Training speed options: regional compile and cuDNN attention apply on CUDA only, and the config fields validate."""
 from __future__ import annotations
 
 import pytest
@@ -46,3 +46,20 @@ def test_plain_adamw_on_cpu():
     params = [torch.nn.Parameter(torch.zeros(3))]
     optimizer, name = make_optimizer("adamw", params, 1e-4, 0.0, "cpu")
     assert name == "adamw" and not optimizer.defaults.get("fused")
+
+
+def test_cudnn_attention_is_on_by_default_on_cuda_and_can_be_turned_off():
+    from types import SimpleNamespace
+
+    from brandgen.training.trainer import LoraTrainer
+
+    def uses_cudnn(settings: dict, device: str) -> bool:
+        cfg = TrainConfig.from_dict({"name": "acme", **settings}).validated()
+        return LoraTrainer._cudnn_attention(SimpleNamespace(config=cfg, accelerator=SimpleNamespace(
+            device=torch.device(device))))
+
+    assert uses_cudnn({}, "cuda") is True
+    assert uses_cudnn({"cudnn_attention": False}, "cuda") is False
+    assert uses_cudnn({}, "cpu") is False  # no cuDNN kernels, no gradient hooks on the CPU
+    with pytest.raises(InvalidInput, match="cudnn_attention"):
+        TrainConfig.from_dict({"name": "acme", "cudnn_attention": "no"})

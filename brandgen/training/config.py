@@ -67,6 +67,7 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=list)  # empty: the family's default layers
     family: str = ""  # empty: from the registry entry or the model folder's pipeline class
     compile: bool = False  # CUDA: regional torch.compile of the denoiser's repeated blocks (docs/PERFORMANCE.md)
+    cudnn_attention: bool = True  # CUDA: cuDNN SDPA first, with contiguous attention gradients (brandgen/attention.py)
 
     def validated(self) -> "TrainConfig":
         """Check ranges here so a bad value fails before minutes of model loading, with a clear message."""

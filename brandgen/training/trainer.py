@@ -105,8 +105,7 @@ class LoraTrainer:
             (self.run_dir / "error.txt").unlink(missing_ok=True)
         try:
             # a full or read-only disk (checkpoint, samples, loss curve, the LoRA) becomes a StorageError with advice
-            with writing("this training run's files", self.run_dir), \
-                    cudnn_attention_first(self.accelerator.device.type == "cuda"):  # see brandgen/attention.py
+            with writing("this training run's files", self.run_dir), cudnn_attention_first(self._cudnn_attention()):
                 return self._run(resume)
         except BaseException as exc:
             if self.accelerator.is_main_process and not isinstance(exc, KeyboardInterrupt):
@@ -115,6 +114,9 @@ class LoraTrainer:
             raise
         finally:
             free_memory()
+
+    def _cudnn_attention(self) -> bool:
+        return self.config.cudnn_attention and self.accelerator.device.type == "cuda"
 
     def _run(self, resume: bool) -> TrainResult:
         cfg, acc = self.config, self.accelerator
@@ -155,7 +157,7 @@ class LoraTrainer:
         model = getattr(pipe, family.denoiser)
         model.to(device)
         self._add_lora(model)
-        if device.type == "cuda":  # cuDNN SDPA's backward needs them (brandgen/attention.py)
+        if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
         self.compiled = maybe_compile(model, cfg.compile, device.type)
         params = [p for p in model.parameters() if p.requires_grad]
