@@ -79,6 +79,9 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
     assert config_from_ui(*_settings(tmp_path, convs=False).values(), family="sd15").target_modules == []
     assert config.rank == 8 and config.max_steps == 3 and config.base_model == "tiny-sd15"
     assert config.data_dir == str(tmp_path) and config.allow_small_dataset
+    assert not config.compile and config.cudnn_attention  # the GPU checkboxes' defaults
+    fast = config_from_ui(*_settings(tmp_path).values(), True, False, family="sd15")
+    assert fast.compile and not fast.cudnn_attention
     with pytest.raises(Exception, match="LoRA name"):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
     assert "No training job" in status_text(None)

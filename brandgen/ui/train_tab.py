@@ -51,6 +51,8 @@ def config_from_ui(
     allow_small: bool,
     bucketing: bool,
     convs: bool = False,
+    compile_blocks: bool = False,
+    cudnn_attention: bool = True,
     family: str = "",
 ) -> TrainConfig:
     """Widget values (floats, blanks) -> a validated TrainConfig; `convs` adds a UNet's resnet layers."""
@@ -74,6 +76,8 @@ def config_from_ui(
         allow_small_dataset=bool(allow_small),
         bucketing=bool(bucketing),
         target_modules=targets,
+        compile=bool(compile_blocks),
+        cudnn_attention=bool(cudnn_attention),
     ).validated()
 
 
@@ -161,6 +165,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                     allow_small = gr.Checkbox(False, label="Allow fewer images than the asset type's minimum")
                     bucketing = gr.Checkbox(False, label="Aspect-ratio buckets (instead of centre crop)")
                     convs = gr.Checkbox(start_values["convs"], label="Also train UNet convolutions (stronger style)")
+                with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md)
+                    compile_blocks = gr.Checkbox(False, label="GPU: compile the model (faster after a 20-50 s start)")
+                    cudnn_attention = gr.Checkbox(True, label="GPU: cuDNN attention (turn off if training misbehaves)")
             with gr.Row():
                 check = gr.Button("Validate dataset")
                 captions = gr.Button("Write template captions")
@@ -206,6 +213,8 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         allow_small,
         bucketing,
         convs,
+        compile_blocks,
+        cudnn_attention,
     ]
 
     def dataset_dir(folder_value: str) -> Path:
