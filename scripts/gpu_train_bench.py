@@ -269,7 +269,7 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         row["error"] = f"out of memory: {str(exc)[:200]}"
     except Exception as exc:  # one failing configuration must not hide the others
         row["error"] = f"{type(exc).__name__}: {str(exc)[:400]}"
-        traceback.print_exc()  # now: a CUDA fault kills the process at the cleanup below, before the JSON
+        traceback.print_exc()  # print now: a CUDA fault kills the process at the cleanup below, before the JSON
     finally:
         model = params = optimizer = None  # free before the next configuration
         import gc
