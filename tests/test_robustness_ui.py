@@ -6,10 +6,12 @@ from __future__ import annotations
 
 import argparse
 import pickle
+import threading
 import time
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import gradio as gr
@@ -235,43 +237,44 @@ def test_the_queue_runs_requests_in_arrival_order(served):
     assert len(GalleryStore(manager.paths.outputs).search("blue circle").items) == 6  # nothing lost
 
 
-def test_cancel_in_one_browser_session_leaves_another_sessions_generation_running(manager: PipelineManager,
-                                                                                  monkeypatch):
-    import threading
-    from types import SimpleNamespace
-
+def _slow_steps(manager: PipelineManager, monkeypatch, seconds: float) -> threading.Event:
+    """Load tiny-sd15 with every denoising step slowed, so a Cancel can arrive mid-run; the event marks a step."""
     manager.load_model("tiny-sd15")
     unet = manager.pipeline.unet
-    slow_forward = unet.forward
+    forward, stepping = unet.forward, threading.Event()
 
-    def slowly(*args, **kwargs):  # each denoising step takes a while, so a Cancel can arrive mid-run
-        time.sleep(0.05)
-        return slow_forward(*args, **kwargs)
+    def slowly(*args, **kwargs):
+        stepping.set()
+        time.sleep(seconds)
+        return forward(*args, **kwargs)
 
     monkeypatch.setattr(unet, "forward", slowly)
+    return stepping
+
+
+def _start_as(session: str, handler, args: tuple, stepping: threading.Event) -> tuple[threading.Thread, list]:
+    """Run a wired handler for one browser session in a thread; return once its first denoising step runs."""
+    out: list = []
+    stepping.clear()
+    thread = threading.Thread(target=lambda: out.append(handler(SimpleNamespace(session_hash=session), *args)))
+    thread.start()
+    assert stepping.wait(30), "the run did not start"
+    return thread, out
+
+
+def test_cancel_in_one_browser_session_leaves_another_sessions_generation_running(manager: PipelineManager,
+                                                                                  monkeypatch):
+    stepping = _slow_steps(manager, monkeypatch, 0.05)
     demo = build_app(manager)
     generate, cancel = _handler(demo, "generate"), _handler(demo, "cancel_generation")
-    values = {**GOOD, "count": 1, "preset": "standard"}
-    slots = ["(none)", 0.8] * 3
+    args = (*{**GOOD, "count": 1, "preset": "standard"}.values(), *["(none)", 0.8] * 3, None)
 
-    def run_as(session: str, out: list) -> threading.Thread:
-        thread = threading.Thread(target=lambda: out.append(
-            generate(SimpleNamespace(session_hash=session), *values.values(), *slots, None)))
-        thread.start()
-        deadline = time.time() + 30
-        while manager._owner != session and time.time() < deadline:
-            time.sleep(0.01)
-        assert manager._owner == session, "the generation did not start"
-        return thread
-
-    first: list = []
-    thread = run_as("alice", first)
+    thread, first = _start_as("alice", generate, args, stepping)
     cancel(SimpleNamespace(session_hash="bob"))  # Bob's Cancel button
     thread.join(60)
     assert len(first[0][0]) == 1 and first[0][2] != "Cancelled.", "Bob's Cancel stopped Alice's image"
 
-    second: list = []
-    thread = run_as("alice", second)
+    thread, second = _start_as("alice", generate, args, stepping)
     cancel(SimpleNamespace(session_hash="alice"))
     thread.join(60)
     assert second[0][0] == [] and second[0][2] == "Cancelled."
@@ -279,39 +282,18 @@ def test_cancel_in_one_browser_session_leaves_another_sessions_generation_runnin
 
 def test_cancel_in_one_browser_session_leaves_another_sessions_benchmark_running(manager: PipelineManager,
                                                                                  monkeypatch):
-    import threading
-    from types import SimpleNamespace
-
-    stepping = threading.Event()
-    manager.load_model("tiny-sd15")
-    unet = manager.pipeline.unet
-    forward = unet.forward
-
-    def slowly(*args, **kwargs):
-        stepping.set()
-        time.sleep(0.02)
-        return forward(*args, **kwargs)
-
+    stepping = _slow_steps(manager, monkeypatch, 0.02)
+    monkeypatch.setattr(type(manager), "unload", lambda self: None)  # keep the slowed UNet for the whole test
     demo = build_app(manager)
     run_grid, cancel = _handler(demo, "benchmark"), _handler(demo, "cancel_benchmark")
-    values = (["tiny-sd15"], "a red star icon\na blue ring icon", ["draft"], "icons", "#ff0000", 1, 3, "(none)", 0.8)
+    args = (["tiny-sd15"], "a red star icon\na blue ring icon", ["draft"], "icons", "#ff0000", 1, 3, "(none)", 0.8)
 
-    def run_as(session: str) -> tuple[threading.Thread, list]:
-        out: list = []
-        stepping.clear()
-        thread = threading.Thread(target=lambda: out.append(run_grid(SimpleNamespace(session_hash=session), *values)))
-        thread.start()
-        assert stepping.wait(30), "the benchmark did not start"
-        return thread, out
-
-    monkeypatch.setattr(type(manager), "unload", lambda self: None)  # keep the slowed UNet for the whole test
-    monkeypatch.setattr(unet, "forward", slowly)
-    thread, out = run_as("alice")
+    thread, out = _start_as("alice", run_grid, args, stepping)
     cancel(SimpleNamespace(session_hash="bob"))
     thread.join(120)
     assert [row["status"] for row in out[0][0]] == ["ok", "ok"], "Bob's Cancel stopped Alice's benchmark"
 
-    thread, out = run_as("alice")
+    thread, out = _start_as("alice", run_grid, args, stepping)
     cancel(SimpleNamespace(session_hash="alice"))
     thread.join(120)
     assert [row["status"] for row in out[0][0]] == ["cancelled"]
