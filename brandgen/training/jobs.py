@@ -124,13 +124,14 @@ class TrainingJobs:
         runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         out = []
         for p in runs:
-            result: dict[str, Any] = {}
+            result: Any = {}
             if (p / "result.json").is_file():
                 try:  # one damaged run folder must not hide the others
                     result = json.loads((p / "result.json").read_text(encoding="utf-8"))
                 except (OSError, ValueError):
-                    result = {"status": "unreadable result.json"}
-                result = result if isinstance(result, dict) else {"status": "unreadable result.json"}
+                    result = None
+            if not isinstance(result, dict):
+                result = {"status": "unreadable result.json"}
             out.append(
                 {
                     "run": p.name,

@@ -133,7 +133,7 @@ class LoraTrainer:
         self._emit("loading", message="Loading the base model")
         self.precision = acc.mixed_precision
         self.dtype = WEIGHT_DTYPES[self.precision]
-        with self._guard():  # from_pretrained patches torch globally (meta init); never beside another load
+        with self._guard():  # the accelerator's lock; LOAD_LOCK inside keeps this apart from any other load
             self.pipe = pipe = load_training_pipeline(source, family_name, self.entry, self.dtype)
         family.setup(pipe)
         if cfg.resolution % family.divisibility():
