@@ -1,8 +1,9 @@
 """LoRA training step cost of full-size backbones: SDXL UNet and FLUX transformer, random weights.
 
-For each model, with and without gradient checkpointing: ms per optimizer step (batch 1, 1024x1024, bf16
-autocast over bf16 base weights, fp32 LoRA r32, AdamW), peak GPU memory, and the floor 3 x forward FLOPs /
-800 TFLOP/s (one forward + a backward of about twice its cost; FLOPs counted with FlopCounterMode).
+For each model, batch size (--batch 1,4) and with and without gradient checkpointing: ms per optimizer step
+(1024x1024, bf16 autocast over bf16 base weights, fp32 LoRA r32, AdamW), peak GPU memory, and the floor
+3 x forward FLOPs / 800 TFLOP/s (one forward + a backward of about twice its cost; FlopCounterMode counts).
+--cuda-graph replays the whole step as one CUDA graph (what batch-1 SDXL, bound by kernel launches, needs).
 
 Attention runs as the trainer runs it (--attention cudnn): cuDNN SDPA first, with the contiguous attention
 gradients of brandgen/attention.py; --attention flash turns cuDNN SDPA off. --profile N lists the costliest ops.
@@ -168,21 +169,47 @@ def forward_flops(model: torch.nn.Module, batch: dict[str, Any], autocast: Any) 
     return int(counter.get_total_flops())
 
 
-def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[str, Any]:
+def cuda_graph_step(body: Any, optimizer: Any, warmup: int) -> Any:
+    """The whole step (forward, backward, clip, AdamW) captured as one CUDA graph: a replay is one launch.
+
+    Batch-1 SDXL is bound by launching ~12k small kernels per step; a graph removes the host from the loop.
+    Warm-up runs on a side stream as capture requires; grads are None at capture, so replays overwrite them.
+    """
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(max(warmup, 2)):
+            body()
+            optimizer.zero_grad(set_to_none=True)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        static_loss = body()
+
+    def step() -> float:
+        graph.replay()
+        return static_loss.item()
+
+    return step
+
+
+def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
     device = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
     row: dict[str, Any] = {
         "model": name,
         "gradient_checkpointing": checkpointing,
         "resolution": args.resolution,
-        "batch": args.batch,
+        "batch": batch_size,
         "rank": args.rank,
         "dtype": str(dtype).replace("torch.", ""),
         "compile": args.compile,
         "compile_mode": args.compile_mode if args.compile else None,
+        "compile_full": bool(args.compile and args.compile_full),
         "channels_last": bool(args.channels_last and name == "sdxl"),
         "attention": args.attention,
         "attention_backend": args.attention_backend,
+        "cuda_graph": args.cuda_graph,
     }
     model = params = optimizer = None
     try:
@@ -204,11 +231,14 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
             torch.backends.cudnn.benchmark = True
             model.to(memory_format=torch.channels_last)
         model.train()
-        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda")
-        batch = inputs(name, model, args.batch, args.resolution, device, dtype)
+        if args.cuda_graph and device != "cuda":
+            raise ValueError("--cuda-graph needs a CUDA GPU")
+        optimizer = torch.optim.AdamW(params, lr=1e-4, fused=device == "cuda", capturable=args.cuda_graph)
+        batch = inputs(name, model, batch_size, args.resolution, device, dtype)
 
-        def autocast():
-            return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=not args.tiny)
+        def autocast():  # a CUDA graph cannot keep autocast's per-iteration cast cache
+            return torch.autocast(device_type=device, dtype=torch.bfloat16, enabled=not args.tiny,
+                                  cache_enabled=not args.cuda_graph)
 
         fwd = forward_flops(model, batch, autocast)
         row["forward_flops"] = fwd
@@ -220,7 +250,9 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
             # After the FLOP count: dynamo skips frames first seen under FlopCounterMode.
             from brandgen.training.loading import maybe_compile
 
-            if args.compile_mode:  # experiment: an inductor mode other than the trainer's default
+            if args.compile_full:  # experiment: the whole model as one graph (e.g. with reduce-overhead)
+                model.compile(fullgraph=False, dynamic=False, mode=args.compile_mode)
+            elif args.compile_mode:  # experiment: an inductor mode other than the trainer's default
                 model.compile_repeated_blocks(fullgraph=False, dynamic=False, mode=args.compile_mode)
             else:
                 maybe_compile(model, True, "cuda")  # the trainer's own regional compile (TrainConfig.compile)
@@ -230,25 +262,33 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
                     if type(module).__name__ in ("ResnetBlock2D", "Downsample2D", "Upsample2D"):
                         module.compile(fullgraph=False, dynamic=False)
 
-        def step() -> float:
+        def body() -> torch.Tensor:
             with autocast():
                 pred = model(**batch, return_dict=False)[0]
             loss = F.mse_loss(pred.float(), torch.zeros_like(pred, dtype=torch.float32))
             loss.backward()
             torch.nn.utils.clip_grad_norm_(params, 1.0)
             optimizer.step()
+            return loss
+
+        def eager_step() -> float:
+            loss = body()
             optimizer.zero_grad(set_to_none=True)
             return loss.item()
 
+        if device == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
-        for _ in range(args.warmup):
+        step = cuda_graph_step(body, optimizer, args.warmup) if args.cuda_graph else eager_step
+        for _ in range(0 if args.cuda_graph else args.warmup):
             step()
         row["warmup_s"] = round(time.perf_counter() - start, 1)  # includes compilation with --compile
         if args.compile:
             from torch._dynamo.utils import counters
 
             row["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
-        if device == "cuda":
+        if device == "cuda" and not args.cuda_graph:  # a graph's memory pool is allocated at capture: count it
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         times = []
@@ -264,7 +304,7 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
         row["floor_fraction"] = round(row["floor_ms"] / row["step_ms_median"], 4)
         row["peak_gb"] = round(torch.cuda.max_memory_allocated() / 2**30, 2) if device == "cuda" else None
         if args.profile:
-            row["profile_top_ops"] = profile(step, device, args.profile)
+            row["profile_top_ops"], row["device_busy_ms_per_step"] = profile(step, device, args.profile)
     except torch.OutOfMemoryError as exc:
         row["error"] = f"out of memory: {str(exc)[:200]}"
     except Exception as exc:  # one failing configuration must not hide the others
@@ -280,8 +320,9 @@ def measure(name: str, checkpointing: bool, args: argparse.Namespace) -> dict[st
     return row
 
 
-def profile(step: Any, device: str, top: int) -> list[dict[str, Any]]:
-    """Where a step's time goes: the `top` operators by self device time over two profiled steps."""
+def profile(step: Any, device: str, top: int) -> tuple[list[dict[str, Any]], float]:
+    """Where a step's time goes: the `top` operators by self device time over two profiled steps, and the
+    device's busy time per step (all operators' self time; far below the step time when launch-bound)."""
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
 
@@ -292,19 +333,21 @@ def profile(step: Any, device: str, top: int) -> list[dict[str, Any]]:
         if device == "cuda":
             torch.cuda.synchronize()
     key = "self_device_time_total" if device == "cuda" else "self_cpu_time_total"
-    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:top]
+    averages = prof.key_averages()
+    busy_ms = round(sum(getattr(e, key) for e in averages) / 2 / 1000, 1)
+    events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:top]
     print(prof.key_averages().table(sort_by=key, row_limit=top), file=sys.stderr)
     return [
         {"op": e.key, "calls_per_step": e.count // 2, "ms_per_step": round(getattr(e, key) / 2 / 1000, 2)}
         for e in events
-    ]
+    ], busy_ms
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="sdxl,flux")
     parser.add_argument("--resolution", type=int, default=1024)
-    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--batch", default="1", help="batch size, or a comma list to sweep, e.g. 1,4,8")
     parser.add_argument("--rank", type=int, default=32)
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--steps", type=int, default=10)
@@ -312,6 +355,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--tiny", action="store_true", help="tiny configs on the CPU: checks every code path")
     parser.add_argument("--compile", action="store_true", help="regional torch.compile of the repeated blocks")
     parser.add_argument("--compile-mode", default=None, help="with --compile: e.g. max-autotune-no-cudagraphs")
+    parser.add_argument("--compile-full", action="store_true", help="with --compile: whole model, not regions")
     parser.add_argument("--compile-resnets", action="store_true", help="with --compile: SDXL ResNet blocks too")
     parser.add_argument("--channels-last", action="store_true", help="UNet weights and inputs in NHWC (+ cudnn.benchmark)")
     parser.add_argument("--attention", choices=("cudnn", "flash", "cudnn-unpatched"), default="cudnn",
@@ -320,6 +364,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                              "(reproduces the FLUX backward crash; run it in its own process)")
     parser.add_argument("--attention-backend", default=None,
                         help="diffusers attention backend for the model, e.g. _native_cudnn or _native_flash")
+    parser.add_argument("--cuda-graph", action="store_true",
+                        help="capture the whole step as one CUDA graph (static shapes; capturable AdamW)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile two steps and report the N costliest operators")
     parser.add_argument("--out", default=None, help="write the JSON here too")
@@ -335,8 +381,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.attention == "flash" and not args.tiny:
         torch.backends.cuda.enable_cudnn_sdp(False)
     with cudnn_attention_first(args.attention != "flash" and not args.tiny):
-        rows = [measure(name, mode == "on", args)
-                for name in args.models.split(",") for mode in args.checkpointing.split(",")]
+        rows = [measure(name, mode == "on", int(batch), args) for name in args.models.split(",")
+                for batch in args.batch.split(",") for mode in args.checkpointing.split(",")]
     import diffusers
 
     result = {

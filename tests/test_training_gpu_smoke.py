@@ -12,10 +12,10 @@ SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 ENV = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(SCRIPTS.parent)}
 
 
-def _run_tiny(script: str, out: Path, timeout: int) -> dict:
+def _run_tiny(script: str, out: Path, timeout: int, *extra: str) -> dict:
     """Run a benchmark script with --tiny and return the JSON it wrote."""
     proc = subprocess.run(
-        [sys.executable, str(SCRIPTS / script), "--tiny", "--out", str(out)],
+        [sys.executable, str(SCRIPTS / script), "--tiny", "--out", str(out), *extra],
         capture_output=True,
         text=True,
         timeout=timeout,
@@ -40,6 +40,17 @@ def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
         assert row["floor_ms"] == round(3 * row["forward_flops"] / 800e12 * 1000, 4)
     assert result["meta"]["tiny"] and result["meta"]["attention"] == "cudnn"  # the trainer's setup by default
     assert all(row["attention"] == "cudnn" for row in rows)
+
+
+def test_gpu_train_bench_sweeps_batch_sizes_and_refuses_cuda_graphs_without_a_gpu(tmp_path: Path):
+    args = ("--models", "sdxl", "--checkpointing", "off", "--batch", "1,2")
+    rows = _run_tiny("gpu_train_bench.py", tmp_path / "sweep.json", 120, *args)["rows"]
+    assert [r["batch"] for r in rows] == [1, 2]
+    one, two = rows
+    assert "error" not in one and "error" not in two
+    assert 1.8 < two["forward_flops"] / one["forward_flops"] < 2.2  # the floor grows with the batch
+    graph = _run_tiny("gpu_train_bench.py", tmp_path / "graph.json", 120, *args[:4], "--cuda-graph")["rows"][0]
+    assert graph["cuda_graph"] is True and "needs a CUDA GPU" in graph["error"]
 
 
 def test_ddp_train_bench_tiny_runs_two_gloo_processes(tmp_path: Path):
