@@ -203,11 +203,14 @@ def quantize_weights(model: torch.nn.Module, kind: str) -> str:
             raise InvalidInput("fp8 weights need an NVIDIA GPU with compute capability 8.9+ (Ada, Hopper).")
         from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
 
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow())
+        # set_inductor_config=False: by default torchao switches on inductor's coordinate-descent tuning, which
+        # then benchmarks every kernel of the next compile (FLUX's first compiled call ran > 3 min on an H200,
+        # py-spy in CoordescTuner.autotune). The app's compile must stay seconds, as for bf16.
+        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
     elif kind == "int8wo":
         from torchao.quantization import Int8WeightOnlyConfig
 
-        config = Int8WeightOnlyConfig()
+        config = Int8WeightOnlyConfig(set_inductor_config=False)
     else:
         raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
     quantize_(model, config)

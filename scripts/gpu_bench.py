@@ -42,6 +42,13 @@ from gpu_bench_models import (  # noqa: E402
 )
 
 
+def relative_error(out: Any, reference: Any) -> float:
+    """Relative L2 error of a model output against a reference output (e.g. fp8 weights vs bf16)."""
+    first = lambda o: (o[0] if isinstance(o, (tuple, list)) else o.sample).float()  # noqa: E731
+    a, b = first(out), first(reference)
+    return round(float((a - b).norm() / b.norm().clamp_min(1e-12)), 5)
+
+
 def log(message: str) -> None:
     print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
 
@@ -258,19 +265,25 @@ class Bench:
             "transfer_ms": round(moves, 1), "steps": steps}
 
     def fast(self, forward: Callable[[], Any], state: dict[str, Any]) -> dict[str, Any]:
-        options = acc.FastPathOptions(compile="regional", compile_mode=self.args.compile_mode,
+        options = acc.FastPathOptions(compile="off" if self.args.no_compile else "regional", compile_mode=self.args.compile_mode,
                                       compile_backend=self.args.compile_backend, allow_cpu=self.args.tiny,
-                                      cache_dir=self.args.cache_dir)
+                                      cache_dir=self.args.cache_dir, quantization=self.args.quantization)
         report: dict[str, Any] = {"applied": [], "skipped": {}}
         if self.args.cache_dir:
             report["compile_cache"] = acc.configure_compile_cache(self.args.cache_dir)
-        acc.accelerate_model(state["model"], options, gpu_ok=True, report=report)
+        reference = forward() if options.quantization != "none" else None  # bf16 output, to size the fp8 error
+        _, report["prepare_s"] = self.timed(lambda: acc.accelerate_model(state["model"], options, gpu_ok=True,
+                                                                         report=report))
+        log(f"fast path applied in {report['prepare_s']:.1f} s: {report['applied']}")
         report["cudnn_attention_first"] = attention = self.args.attention == "cudnn" and not self.args.tiny
         with cudnn_attention_first(attention):  # experiment; the app keeps PyTorch's own SDPA order
             _, first = self.timed(forward)
+            log(f"first call (compiles) {first:.1f} s")
             timing = self.with_tflops(self.steps(forward), state)
         timing.update(report=report, first_call_s=round(first, 2),
                       compile_s=round(first - timing["step_ms_median"] / 1e3, 2))
+        if reference is not None:
+            timing["quantization_rel_error"] = relative_error(forward(), reference)
         return timing
 
     def hotswap(self, forward: Callable[[], Any], state: dict[str, Any]) -> dict[str, Any]:
@@ -380,6 +393,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--measure", type=int, default=None, help="timed steps per measurement")
     parser.add_argument("--budget-s", type=float, default=510.0, help="stop optional sections to finish in time")
     parser.add_argument("--no-hotswap", action="store_true")
+    parser.add_argument("--no-compile", action="store_true", help="fast path without torch.compile (diagnosis)")
+    parser.add_argument("--quantization", choices=acc.QUANTIZATIONS, default="none",
+                        help="fast path weights: none (bf16) or a torchao config, e.g. fp8 (rows-scaled fp8 GEMMs)")
     parser.add_argument("--attention", choices=("default", "cudnn"), default="default",
                         help="fast path SDPA order: PyTorch's own (as the app runs) or cuDNN first (experiment)")
     args = parser.parse_args(argv)

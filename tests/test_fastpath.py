@@ -130,10 +130,13 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
     fake.__version__ = "0.0-mismatch"
     fake_q = types.ModuleType("torchao.quantization")
     fake_q.quantize_ = lambda model, config: None
-    fake_q.Int8WeightOnlyConfig = lambda: object()
+    configs: list[dict] = []
+    fake_q.Int8WeightOnlyConfig = lambda **kwargs: configs.append(kwargs)
     fake.quantization = fake_q
     monkeypatch.setitem(sys.modules, "torchao", fake)
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
     model = torch.nn.Sequential(torch.nn.Linear(4, 4))
     with pytest.raises(InvalidInput, match="0.0-mismatch left every Linear layer unquantized"):
         quantize_weights(model, "int8wo")
+    # torchao must not switch on inductor's coordinate-descent tuning (minutes of autotuning at the next compile)
+    assert configs == [{"set_inductor_config": False}]
