@@ -42,10 +42,14 @@ from gpu_bench_models import (  # noqa: E402
 )
 
 
+def first_output(out: Any) -> torch.Tensor:
+    """The prediction of a denoiser call, whether it returned a tuple or an output object, in fp32."""
+    return (out[0] if isinstance(out, (tuple, list)) else out.sample).float()
+
+
 def relative_error(out: Any, reference: Any) -> float:
     """Relative L2 error of a model output against a reference output (e.g. fp8 weights vs bf16)."""
-    first = lambda o: (o[0] if isinstance(o, (tuple, list)) else o.sample).float()  # noqa: E731
-    a, b = first(out), first(reference)
+    a, b = first_output(out), first_output(reference)
     return round(float((a - b).norm() / b.norm().clamp_min(1e-12)), 5)
 
 
@@ -265,9 +269,10 @@ class Bench:
             "transfer_ms": round(moves, 1), "steps": steps}
 
     def fast(self, forward: Callable[[], Any], state: dict[str, Any]) -> dict[str, Any]:
-        options = acc.FastPathOptions(compile="off" if self.args.no_compile else "regional", compile_mode=self.args.compile_mode,
-                                      compile_backend=self.args.compile_backend, allow_cpu=self.args.tiny,
-                                      cache_dir=self.args.cache_dir, quantization=self.args.quantization)
+        options = acc.FastPathOptions(compile="off" if self.args.no_compile else "regional",
+                                      compile_mode=self.args.compile_mode, compile_backend=self.args.compile_backend,
+                                      allow_cpu=self.args.tiny, cache_dir=self.args.cache_dir,
+                                      quantization=self.args.quantization)
         report: dict[str, Any] = {"applied": [], "skipped": {}}
         if self.args.cache_dir:
             report["compile_cache"] = acc.configure_compile_cache(self.args.cache_dir)
@@ -315,13 +320,13 @@ class Bench:
         except Exception as exc:  # noqa: BLE001 - a recompile is the finding, not a crash
             error, out_b = f"{type(exc).__name__}: {str(exc)[:500]}", forward()
         after = self.steps(forward, warmup=0)
-        first = lambda out: (out[0] if isinstance(out, (tuple, list)) else out.sample).float()  # noqa: E731
         return {"lora_rank": rank, "lora_modules": len(first_lora) // 2, "first_load_s": round(load_s, 2),
                 "first_call_after_load_s": round(recompile_s, 2), "lora_step_ms": timing["step_ms_median"],
                 "graphs_compiled_while_timing_lora": timing["graphs_compiled_while_timing"],
                 "switch_ms": round(switch_s * 1e3, 1), "step_ms_after_switch": after["step_ms_median"],
                 "recompiled_after_switch": error is not None or counters["stats"]["unique_graphs"] != graphs,
-                "recompile_error": error, "outputs_differ": bool((first(out_a) - first(out_b)).abs().max() > 0)}
+                "recompile_error": error,
+                "outputs_differ": bool((first_output(out_a) - first_output(out_b)).abs().max() > 0)}
 
     def group_offload(self, state: dict[str, Any], forward: Callable[[], Any]) -> dict[str, Any]:
         """The denoiser streamed to the GPU layer by layer (memory mode 'group_offload'): peak and step time.

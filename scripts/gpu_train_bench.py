@@ -276,7 +276,7 @@ def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Name
             optimizer.zero_grad(set_to_none=True)
             return loss.item()
 
-        if device == "cuda":
+        if device == "cuda" and args.cuda_graph:  # a graph's memory pool is allocated at capture: count it
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         start = time.perf_counter()
@@ -288,7 +288,7 @@ def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Name
             from torch._dynamo.utils import counters
 
             row["compiled_graphs"] = int(counters["stats"]["unique_graphs"])
-        if device == "cuda" and not args.cuda_graph:  # a graph's memory pool is allocated at capture: count it
+        if device == "cuda" and not args.cuda_graph:  # eager: the steady state, after compilation
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats()
         times = []
@@ -336,7 +336,7 @@ def profile(step: Any, device: str, top: int) -> tuple[list[dict[str, Any]], flo
     averages = prof.key_averages()
     busy_ms = round(sum(getattr(e, key) for e in averages) / 2 / 1000, 1)
     events = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:top]
-    print(prof.key_averages().table(sort_by=key, row_limit=top), file=sys.stderr)
+    print(averages.table(sort_by=key, row_limit=top), file=sys.stderr)
     return [
         {"op": e.key, "calls_per_step": e.count // 2, "ms_per_step": round(getattr(e, key) / 2 / 1000, 2)}
         for e in events

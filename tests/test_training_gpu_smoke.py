@@ -43,13 +43,19 @@ def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
 
 
 def test_gpu_train_bench_sweeps_batch_sizes_and_refuses_cuda_graphs_without_a_gpu(tmp_path: Path):
-    args = ("--models", "sdxl", "--checkpointing", "off", "--batch", "1,2")
-    rows = _run_tiny("gpu_train_bench.py", tmp_path / "sweep.json", 120, *args)["rows"]
+    """In-process (the script's main takes argv): two short runs without paying two interpreter start-ups."""
+    sys.path.insert(0, str(SCRIPTS))
+    try:
+        from gpu_train_bench import main
+    finally:
+        sys.path.remove(str(SCRIPTS))
+    args = ["--tiny", "--models", "sdxl", "--checkpointing", "off", "--out", str(tmp_path / "sweep.json")]
+    rows = main([*args, "--batch", "1,2"])["rows"]
     assert [r["batch"] for r in rows] == [1, 2]
     one, two = rows
     assert "error" not in one and "error" not in two
     assert 1.8 < two["forward_flops"] / one["forward_flops"] < 2.2  # the floor grows with the batch
-    graph = _run_tiny("gpu_train_bench.py", tmp_path / "graph.json", 120, *args[:4], "--cuda-graph")["rows"][0]
+    graph = main([*args, "--cuda-graph"])["rows"][0]
     assert graph["cuda_graph"] is True and "needs a CUDA GPU" in graph["error"]
 
 
