@@ -45,10 +45,22 @@ def launch_options(args: argparse.Namespace, paths: AppPaths) -> dict:
     }
 
 
+def performance_env(args: argparse.Namespace) -> None:
+    """--performance / --quantization set the same variables a Space sets, before the manager is created."""
+    from brandgen.performance_mode import ENV_ON, ENV_QUANTIZATION, options_from_env
+
+    if getattr(args, "performance", False):
+        os.environ[ENV_ON] = "1"
+    if getattr(args, "quantization", None):
+        os.environ[ENV_QUANTIZATION] = args.quantization
+    options_from_env()  # a bad value fails here, with the variable named, before any model loads
+
+
 def _serve(args: argparse.Namespace) -> None:
     from brandgen import spaces_support
 
     options = launch_options(args, AppPaths.from_env())  # a bad --auth fails before any model loads
+    performance_env(args)
     spaces_support.zero_gpu_enabled()  # imports `spaces` on ZeroGPU before torch looks for CUDA, as it must
     if options["share"] and not options["auth"]:
         print("warning: --share publishes the app to anyone with the link; consider --auth user:password",
@@ -87,6 +99,7 @@ def _generate(args: argparse.Namespace) -> None:
     from brandgen.generation import GenerationRequest
     from brandgen.manager import PipelineManager
 
+    performance_env(args)
     manager = PipelineManager.instance()
     loras = lora_args(args.lora)
     request = GenerationRequest(
@@ -107,6 +120,7 @@ def _benchmark(args: argparse.Namespace) -> None:
     from brandgen.benchmark import DEFAULT_PALETTE, DEFAULT_PROMPTS, BenchmarkSpec, display_table, run_benchmark
     from brandgen.manager import PipelineManager
 
+    performance_env(args)
     manager = PipelineManager.instance()
     prompts = Path(args.prompts_file).read_text(encoding="utf-8").splitlines() if args.prompts_file else DEFAULT_PROMPTS
     spec = BenchmarkSpec(
@@ -129,6 +143,16 @@ def _train(args: argparse.Namespace) -> None:
     train_command(args.config, resume=args.resume, device=args.device, log_every=args.log_every)
 
 
+def add_performance_flags(parser: argparse.ArgumentParser) -> None:
+    from brandgen.acceleration import QUANTIZATIONS
+
+    parser.add_argument("--performance", action="store_true",
+                        help="GPU performance mode: resident bf16, compiled blocks, LoRA hotswap "
+                             "(env BRANDGEN_PERFORMANCE=1; see README)")
+    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+                        help="with --performance: torchao weights (env BRANDGEN_QUANTIZATION)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="brandgen", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -141,6 +165,7 @@ def build_parser() -> argparse.ArgumentParser:
                        help="also publish a temporary public gradio.live link (env BRANDGEN_SHARE=1)")
     serve.add_argument("--auth", default=os.environ.get("BRANDGEN_AUTH"),
                        help="user:password required to open the app (env BRANDGEN_AUTH)")
+    add_performance_flags(serve)
     serve.set_defaults(run=_serve)
     gen = sub.add_parser("generate", help="generate images to a folder")
     gen.add_argument("prompt")
@@ -151,6 +176,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--count", type=int, default=1)
     gen.add_argument("--lora", action="append", default=[], help="name:weight (repeatable)")
     gen.add_argument("--out", default="outputs/cli")
+    add_performance_flags(gen)
     gen.set_defaults(run=_generate)
     bench = sub.add_parser("benchmark", help="models x prompts x presets: timings, memory, quality -> CSV")
     bench.add_argument("--model", action="append", help="model id (repeatable; default: the registry default)")
@@ -162,6 +188,7 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument("--seed", type=int, default=42)
     bench.add_argument("--steps", type=int, default=None, help="override the preset's step count")
     bench.add_argument("--out", default=None, help="folder for the run folder (default: <BRANDGEN_HOME>/benchmarks)")
+    add_performance_flags(bench)
     bench.set_defaults(run=_benchmark)
     train = sub.add_parser("train", help="train a brand LoRA from a JSON config (works under accelerate launch)")
     train.add_argument("--config", help="JSON file of TrainConfig fields (see docs/TRAINING.md)")

@@ -26,6 +26,7 @@ from brandgen.lora_hotswap import LoraHotswapper, hotswapper_for
 from brandgen.loras import LoraInfo, LoraLibrary
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
+from brandgen.performance_mode import options_from_env
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
@@ -88,9 +89,12 @@ class PipelineManager:
 
     @classmethod
     def instance(cls) -> "PipelineManager":
+        """The process's manager, created on first use with the start-up settings (performance mode from the
+        environment: brandgen.performance_mode)."""
         with cls._instance_lock:
             if cls._instance is None:
-                cls._instance = cls()
+                paths = AppPaths.from_env()
+                cls._instance = cls(paths=paths, fast_path=options_from_env(cache_default=paths.compile_cache))
             return cls._instance
 
     # ----- models -------------------------------------------------------------------------------

@@ -42,6 +42,11 @@ class AppPaths:
         return self.home / "benchmarks"
 
     @property
+    def compile_cache(self) -> Path:
+        """torch.compile's persistent cache in performance mode: a restart compiles from it in seconds."""
+        return self.home / ".cache" / "inductor"
+
+    @property
     def training_data(self) -> Path:
         return self.home / "training_data"
 

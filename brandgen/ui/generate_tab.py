@@ -12,10 +12,16 @@ from brandgen.device import MEMORY_MODES
 from brandgen.errors import Cancelled, InvalidInput
 from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
+from brandgen.performance_mode import describe
 from brandgen.spaces_support import on_gpu
 from brandgen.ui.common import NO_LORA, session_of, user_errors
 
 LORA_SLOTS = 3
+
+
+def performance_text(manager: PipelineManager) -> str:
+    """Performance mode as the Generate tab shows it: off, waiting for a model, or what was applied and why not."""
+    return describe(manager.fast_path, manager.fast_path_report)
 
 
 @dataclass
@@ -108,6 +114,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
                 with gr.Row():
                     memory_mode = gr.Dropdown(list(MEMORY_MODES), value=manager.memory_mode, label="Memory mode")
                     vae_tiling = gr.Checkbox(value=manager.vae_tiling, label="VAE tiling (large images)")
+                performance = gr.Markdown(performance_text(manager), elem_id="performance-mode")
             with gr.Row():
                 run = gr.Button("Generate", variant="primary", scale=3)
                 stop = gr.Button("Cancel", scale=1)
@@ -169,8 +176,10 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
 
     event = run.click(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
                       api_name="generate")
-    prompt.submit(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
-                  api_name=False)
+    submitted = prompt.submit(generate, [*controls.inputs(), brand_kit], [gallery, metadata_state, status, settings],
+                              api_name=False)
+    for done in (event, submitted):  # the fast path is applied when a model loads: show what it did
+        done.then(lambda: performance_text(manager), None, performance, api_name=False, show_progress="hidden")
     def cancel(session: gr.Request) -> None:
         manager.cancel(owner=session_of(session))  # this session's own generation, no one else's
 

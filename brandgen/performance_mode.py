@@ -1,0 +1,74 @@
+"""Performance mode: how the app is told to use the GPU fast path, and how it tells the user what it did.
+
+The fast path itself lives in acceleration.py; this module turns start-up settings (environment variables, which
+is also how a Hugging Face Space is configured, or the CLI's --performance flags) into FastPathOptions, and the
+manager's report into one line for the Generate tab.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from brandgen.acceleration import COMPILE_MODES, QUANTIZATIONS, FastPathOptions
+from brandgen.errors import InvalidInput
+
+TRUTHY = ("1", "true", "yes", "on")
+FALSY = ("0", "false", "no", "off", "")
+ENV_ON = "BRANDGEN_PERFORMANCE"
+ENV_QUANTIZATION = "BRANDGEN_QUANTIZATION"
+ENV_COMPILE = "BRANDGEN_COMPILE"
+ENV_HOTSWAP = "BRANDGEN_LORA_HOTSWAP"
+ENV_CACHE = "BRANDGEN_COMPILE_CACHE"
+
+
+def _flag(env: Mapping[str, str], name: str, default: bool) -> bool:
+    value = env.get(name)
+    if value is None:
+        return default
+    value = value.strip().lower()
+    if value not in TRUTHY + FALSY:
+        raise InvalidInput(f"{name}={env[name]!r}: use 1 or 0 (also true/false, yes/no, on/off).")
+    return value in TRUTHY
+
+
+def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default: str) -> str:
+    value = env.get(name, default).strip().lower() or default
+    if value not in choices:
+        raise InvalidInput(f"{name}={env[name]!r}: use one of {', '.join(choices)}.")
+    return value
+
+
+def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path | None = None
+                     ) -> FastPathOptions | None:
+    """FastPathOptions when BRANDGEN_PERFORMANCE is on, else None (the plain path). Bad values raise InvalidInput
+    at start-up, naming the variable, rather than being ignored.
+
+    LoRA hotswap is on by default: a designer switches brand LoRAs often, and a swap then costs milliseconds and
+    no recompilation (docs/PERFORMANCE.md); the persistent compile cache makes a restart compile in seconds.
+    """
+    env = os.environ if env is None else env
+    if not _flag(env, ENV_ON, False):
+        return None
+    cache = env.get(ENV_CACHE, "").strip() or (str(cache_default) if cache_default else None)
+    return FastPathOptions(
+        compile=_choice(env, ENV_COMPILE, COMPILE_MODES, "regional"),
+        quantization=_choice(env, ENV_QUANTIZATION, QUANTIZATIONS, "none"),
+        lora_hotswap=_flag(env, ENV_HOTSWAP, True),
+        cache_dir=cache,
+    ).validated()
+
+
+def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
+    """One Markdown line for the Generate tab: off (and how to turn it on), waiting for a model, or what applied."""
+    if options is None:
+        return (f"**Performance mode:** off. On a GPU, start the app with `{ENV_ON}=1` (or `brandgen serve "
+                "--performance`) to keep models resident in bf16 with compiled blocks.")
+    if not report:
+        return "**Performance mode:** on; applied when the next model loads."
+    applied = ", ".join(report.get("applied", [])) or "nothing"
+    skipped = "; ".join(f"{k}: {v}" for k, v in report.get("skipped", {}).items())
+    return f"**Performance mode:** on ({report.get('device', '?')}). Applied: {applied}." + (
+        f" Not applied: {skipped}." if skipped else "")
