@@ -60,8 +60,8 @@ def _serve(args: argparse.Namespace) -> None:
     from brandgen import spaces_support
 
     options = launch_options(args, AppPaths.from_env())  # a bad --auth fails before any model loads
-    performance_env(args)
     spaces_support.zero_gpu_enabled()  # imports `spaces` on ZeroGPU before torch looks for CUDA, as it must
+    performance_env(args)  # imports torch (acceleration), so after `spaces`
     if options["share"] and not options["auth"]:
         print("warning: --share publishes the app to anyone with the link; consider --auth user:password",
               file=sys.stderr)
@@ -143,13 +143,15 @@ def _train(args: argparse.Namespace) -> None:
     train_command(args.config, resume=args.resume, device=args.device, log_every=args.log_every)
 
 
-def add_performance_flags(parser: argparse.ArgumentParser) -> None:
-    from brandgen.acceleration import QUANTIZATIONS
+QUANTIZATION_CHOICES = ("none", "fp8", "int8wo")  # acceleration.QUANTIZATIONS, without importing torch here
 
+
+def add_performance_flags(parser: argparse.ArgumentParser) -> None:
+    # torch must not be imported while the parser is built: on ZeroGPU `spaces` has to come first (_serve)
     parser.add_argument("--performance", action="store_true",
                         help="GPU performance mode: resident bf16, compiled blocks, LoRA hotswap "
                              "(env BRANDGEN_PERFORMANCE=1; see README)")
-    parser.add_argument("--quantization", choices=QUANTIZATIONS, default=None,
+    parser.add_argument("--quantization", choices=QUANTIZATION_CHOICES, default=None,
                         help="with --performance: torchao weights (env BRANDGEN_QUANTIZATION)")
 
 

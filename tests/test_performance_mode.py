@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from brandgen import cli
-from brandgen.acceleration import FastPathOptions
+from brandgen.acceleration import QUANTIZATIONS, FastPathOptions
 from brandgen.errors import InvalidInput
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
@@ -89,3 +91,12 @@ def test_the_generate_tab_line_says_what_applied_and_why_not(manager: PipelineMa
     assert text.startswith("**Performance mode:** on (cpu)")
     assert "lora_hotswap" in text and "sdpa" in text.split("Not applied")[0]
     assert "resident: not a CUDA device" in text
+
+
+def test_the_cli_parser_offers_the_fast_paths_quantizations_without_importing_torch():
+    """On ZeroGPU `spaces` must be imported before torch; `serve` does that after parsing its arguments."""
+    assert cli.QUANTIZATION_CHOICES == QUANTIZATIONS
+    code = "import sys, brandgen.cli as c; c.build_parser(); print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=Path(__file__).resolve().parent.parent)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr[-2000:]
