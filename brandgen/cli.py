@@ -11,10 +11,7 @@ from pathlib import Path
 
 from brandgen.errors import BrandGenError, InvalidInput
 from brandgen.gallery import INDEX_NAME
-from brandgen.paths import AppPaths
-
-
-TRUTHY = ("1", "true", "yes", "on")
+from brandgen.paths import TRUTHY, AppPaths
 
 
 def parse_auth(value: str | None) -> tuple[str, str] | None:

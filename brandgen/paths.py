@@ -13,6 +13,8 @@ from pathlib import Path
 
 from brandgen.errors import InvalidInput, StorageError
 
+TRUTHY = ("1", "true", "yes", "on")  # how BRANDGEN_* switches read "on" (CLI and performance mode)
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "presets"
 ASSETS_DIR = REPO_ROOT / "assets"

@@ -14,8 +14,8 @@ from typing import Any
 
 from brandgen.acceleration import COMPILE_MODES, QUANTIZATIONS, FastPathOptions
 from brandgen.errors import InvalidInput
+from brandgen.paths import TRUTHY
 
-TRUTHY = ("1", "true", "yes", "on")
 FALSY = ("0", "false", "no", "off", "")
 ENV_ON = "BRANDGEN_PERFORMANCE"
 ENV_QUANTIZATION = "BRANDGEN_QUANTIZATION"
