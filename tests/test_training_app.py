@@ -81,7 +81,8 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
     assert config.data_dir == str(tmp_path) and config.allow_small_dataset
     assert not config.compile and config.cudnn_attention  # the GPU checkboxes' defaults
     fast = config_from_ui(*_settings(tmp_path).values(), True, False, family="sd15")
-    assert fast.compile and not fast.cudnn_attention
+    assert fast.compile and not fast.cudnn_attention and not fast.cuda_graph
+    assert config_from_ui(*_settings(tmp_path).values(), False, True, True, family="sd15").cuda_graph
     with pytest.raises(Exception, match="LoRA name"):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
     assert "No training job" in status_text(None)

@@ -63,3 +63,50 @@ def test_cudnn_attention_is_on_by_default_on_cuda_and_can_be_turned_off():
     assert uses_cudnn({}, "cpu") is False  # no cuDNN kernels, no gradient hooks on the CPU
     with pytest.raises(InvalidInput, match="cudnn_attention"):
         TrainConfig.from_dict({"name": "acme", "cudnn_attention": "no"})
+
+
+def test_cuda_graph_says_why_it_cannot_run_instead_of_failing():
+    from brandgen.training.cuda_graph import unavailable_reason
+
+    assert unavailable_reason(True, "cuda", 1, "bf16", "sdxl") is None  # the case it is built for
+    assert unavailable_reason(True, "cuda", 1, "no", "sd15") is None
+    assert unavailable_reason(False, "cuda", 1, "bf16", "sdxl") == "off"
+    assert "CUDA GPU" in unavailable_reason(True, "cpu", 1, "no", "sdxl")
+    assert "several GPUs" in unavailable_reason(True, "cuda", 2, "bf16", "sdxl")
+    assert "fp16" in unavailable_reason(True, "cuda", 1, "fp16", "sdxl")
+    assert "UNet" in unavailable_reason(True, "cuda", 1, "bf16", "flux")
+    assert TrainConfig.from_dict({"name": "acme", "cuda_graph": True}).cuda_graph is True
+    with pytest.raises(InvalidInput, match="cuda_graph"):
+        TrainConfig.from_dict({"name": "acme", "cuda_graph": "yes"})
+
+
+def test_graphed_step_without_a_capture_is_the_trainers_eager_maths():
+    """Shapes beyond max_graphs (and any capture failure) run eagerly: the same scaled backward accelerate does,
+    accumulating into gradients that exist from the start (the graph needs them allocated)."""
+    from brandgen.training.cuda_graph import GraphedStep
+
+    torch.manual_seed(0)
+    model = torch.nn.Linear(4, 2)
+    params = list(model.parameters())
+
+    def loss_fn(noised: dict, cond: dict) -> torch.Tensor:
+        return torch.nn.functional.mse_loss(model(noised["noisy"] + cond["shift"]), noised["target"])
+
+    batches = [({"noisy": torch.randn(3, 4), "target": torch.randn(3, 2)}, {"shift": torch.randn(3, 4)}) for _ in range(2)]
+    step = GraphedStep(loss_fn, params, loss_scale=0.5, max_graphs=0)
+    assert all(p.grad is not None and not p.grad.any() for p in params)
+    losses = [step(noised, cond) for noised, cond in batches]
+    assert step.captured == 0 and step.failure is None
+    got = [p.grad.clone() for p in params]
+
+    for p in params:
+        p.grad = None
+    expected_losses = []
+    for noised, cond in batches:
+        loss = loss_fn(noised, cond)
+        (loss / 2).backward()  # accelerate.backward with gradient_accumulation_steps=2
+        expected_losses.append(loss.detach())
+    assert torch.allclose(torch.stack(losses), torch.stack(expected_losses))
+    assert not losses[0].requires_grad
+    for g, p in zip(got, params):
+        assert torch.allclose(g, p.grad)

@@ -155,3 +155,22 @@ def test_cancel_keeps_a_checkpoint_and_resume_finishes(manager, tmp_path: Path):
     assert jobs.wait(timeout=120).status == "cancelled"
     with pytest.raises(InvalidInput, match="not a training run|outside|Invalid run"):
         jobs.resume("../../etc")
+
+
+def test_a_cuda_graph_request_on_the_cpu_trains_and_says_why_it_is_off(tiny_dirs: dict, tmp_path: Path, capsys):
+    from brandgen.training.command import _printer
+
+    data = make_dataset(tmp_path / "data", count=2)
+    paths = AppPaths(tmp_path / "home")
+    messages: list[str] = []
+    show = _printer(log_every=1)
+
+    def watch(progress) -> None:
+        messages.append(progress.message)
+        show(progress)
+
+    config = _config(data, str(tiny_dirs["sd15"]), max_steps=2, grad_accum=1, checkpoint_every=0, cuda_graph=True)
+    result = LoraTrainer(config, paths=paths, hooks=TrainHooks(on_progress=watch), device="cpu").run()
+    assert result.status == "done" and result.steps == 2
+    assert "Training (CUDA graph off: needs a CUDA GPU)" in messages
+    assert capsys.readouterr().err.count("CUDA graph off: needs a CUDA GPU") == 1  # the CLI says it once

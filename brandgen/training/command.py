@@ -13,10 +13,16 @@ from brandgen.training.trainer import LoraTrainer
 
 
 def _printer(log_every: int):
+    said = {"training": "Training"}
+
     def show(p: TrainProgress) -> None:
         if p.phase != "training":
             print(f"[{p.phase}] {p.message}", file=sys.stderr, flush=True)
-        elif p.loss is not None and (p.step % log_every == 0 or p.step == p.total):
+            return
+        if p.message and p.message != said["training"]:  # e.g. whether the CUDA graph is on
+            said["training"] = p.message
+            print(f"[training] {p.message}", file=sys.stderr, flush=True)
+        if p.loss is not None and (p.step % log_every == 0 or p.step == p.total):
             eta = f" · eta {p.eta_seconds:.0f}s" if p.eta_seconds is not None else ""
             print(f"step {p.step}/{p.total} · loss {p.loss:.4f} · lr {p.lr:.2e}{eta}", file=sys.stderr, flush=True)
 

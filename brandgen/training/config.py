@@ -67,6 +67,7 @@ class TrainConfig:
     target_modules: list[str] = field(default_factory=list)  # empty: the family's default layers
     family: str = ""  # empty: from the registry entry or the model folder's pipeline class
     compile: bool = False  # CUDA: regional torch.compile of the denoiser's repeated blocks (docs/PERFORMANCE.md)
+    cuda_graph: bool = False  # CUDA, UNet models: each step replayed as one CUDA graph (brandgen/training/cuda_graph.py)
     cudnn_attention: bool = True  # CUDA: cuDNN SDPA first, with contiguous attention gradients (brandgen/attention.py)
 
     def validated(self) -> "TrainConfig":

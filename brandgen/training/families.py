@@ -86,17 +86,26 @@ class Family:
 
     # ----- training --------------------------------------------------------------------------------
     def loss(self, model: Any, latents: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+        return self.loss_from(model, self.noised(latents, generator), cond)
+
+    def noised(self, latents: torch.Tensor, generator: torch.Generator) -> Cond:
+        """The random part of a step (noise, timesteps, target), drawn on the CPU. Kept apart from `loss_from`
+        so a CUDA graph can replay the model's part with these as inputs (brandgen/training/cuda_graph.py)."""
         sched = self.scheduler
         noise = _randn(latents.shape, generator, latents)
         steps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
         steps = steps.to(latents.device)
         noisy = sched.add_noise(latents, noise, steps)
-        pred = model(noisy, steps, **self.model_kwargs(cond), return_dict=False)[0]
         if sched.config.prediction_type == "v_prediction":
             target = sched.get_velocity(latents, noise, steps)
         else:
             target = noise
-        return F.mse_loss(pred.float(), target.float())
+        return {"noisy": noisy, "timesteps": steps, "target": target}
+
+    def loss_from(self, model: Any, noised: Cond, cond: Cond) -> torch.Tensor:
+        """The model's prediction against the target: only device work, no host syncs."""
+        pred = model(noised["noisy"], noised["timesteps"], **self.model_kwargs(cond), return_dict=False)[0]
+        return F.mse_loss(pred.float(), noised["target"].float())
 
     def model_kwargs(self, cond: Cond) -> dict[str, Any]:
         return {"encoder_hidden_states": cond["prompt_embeds"]}
@@ -169,12 +178,15 @@ class FlowFamily(Family):
         sigmas = sched.sigmas[index].to(like.device, like.dtype).view(-1, 1, 1, 1)
         return timesteps, sigmas
 
-    def loss(self, model: Any, latents: torch.Tensor, cond: Cond, generator: torch.Generator) -> torch.Tensor:
+    def noised(self, latents: torch.Tensor, generator: torch.Generator) -> Cond:
         noise = _randn(latents.shape, generator, latents)
         timesteps, sigmas = self.sample_sigmas(latents.shape[0], generator, latents)
         noisy = (1.0 - sigmas) * latents + sigmas * noise
-        pred = self.predict(model, noisy, timesteps, cond)
-        return F.mse_loss(pred.float(), (noise - latents).float())
+        return {"noisy": noisy, "timesteps": timesteps, "target": noise - latents}
+
+    def loss_from(self, model: Any, noised: Cond, cond: Cond) -> torch.Tensor:
+        pred = self.predict(model, noised["noisy"], noised["timesteps"], cond)
+        return F.mse_loss(pred.float(), noised["target"].float())
 
     def predict(self, model: Any, noisy: torch.Tensor, timesteps: torch.Tensor, cond: Cond) -> torch.Tensor:
         raise NotImplementedError

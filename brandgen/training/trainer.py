@@ -28,12 +28,14 @@ from brandgen.templates import AssetType, build_prompt, get_asset_type, load_ass
 from brandgen.training import cache
 from brandgen.training.checkpoints import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
 from brandgen.training.config import TrainConfig
+from brandgen.training.cuda_graph import GraphedStep, unavailable_reason
 from brandgen.training.dataset import DatasetReport, load_examples, validate_dataset
 from brandgen.training.export import ensure_lora_name_free, export_trained, publish
 from brandgen.training.families import Cond, get_family
 from brandgen.training.history import LossHistory
 from brandgen.training.loading import (
     WEIGHT_DTYPES,
+    add_lora,
     load_training_pipeline,
     make_accelerator,
     make_optimizer,
@@ -156,7 +158,7 @@ class LoraTrainer:
 
         model = getattr(pipe, family.denoiser)
         model.to(device)
-        self._add_lora(model)
+        add_lora(model, cfg, self.family.default_targets, self.dtype)
         if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
         self.compiled = maybe_compile(model, cfg.compile, device.type)
@@ -173,29 +175,17 @@ class LoraTrainer:
         lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
         wrapped, optimizer, loader, lr_scheduler = acc.prepare(model, optimizer, loader, lr_scheduler)
         self.model, self.optimizer, self.lr_scheduler, self.dataset = model, optimizer, lr_scheduler, dataset
+        self.graph_note = unavailable_reason(cfg.cuda_graph, device.type, acc.num_processes, self.precision, family_name)
+        self.graphed = None
+        if self.graph_note is None:  # forward + backward replayed as one CUDA graph per bucket shape
+            loss_fn = lambda noised, cond: family.loss_from(wrapped, noised, cond)  # noqa: E731
+            self.graphed = GraphedStep(loss_fn, params, loss_scale=1 / cfg.grad_accum)
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "micro": 0}
         if resume:
             state = self._restore()
         with self._guard():
             self.metrics = {"eval_loss_base": self.evaluation_loss(use_lora=False)}
         return self._loop(wrapped, loader, sampler, params, state, total)
-
-    def _add_lora(self, model: Any) -> None:
-        from diffusers.training_utils import cast_training_params
-        from peft import LoraConfig
-
-        cfg = self.config
-        torch.manual_seed(cfg.seed)  # LoRA init draws from the global generator
-        model.requires_grad_(False)
-        targets = list(cfg.target_modules or self.family.default_targets)
-        model.add_adapter(
-            LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, init_lora_weights="gaussian", target_modules=targets)
-        )
-        if self.dtype != torch.float32:
-            cast_training_params(model, dtype=torch.float32)  # LoRA weights train in fp32 over bf16 base weights
-        if cfg.gradient_checkpointing and getattr(model, "_supports_gradient_checkpointing", False):
-            model.enable_gradient_checkpointing()
-        model.train()
 
     def _restore(self) -> dict[str, int]:
         from peft.utils import set_peft_model_state_dict
@@ -224,7 +214,7 @@ class LoraTrainer:
         start, first_step = time.perf_counter(), step
         losses: list[torch.Tensor] = []
         stopped = False
-        self._emit("training", step=step, total=total, epoch=epoch, message="Training")
+        self._emit("training", step=step, total=total, epoch=epoch, message=self._graph_message() or "Training")
         while step < total and not stopped:
             batches = acc.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
             sampler.set_epoch(epoch)  # under DDP accelerate's shard does not forward set_epoch to our sampler
@@ -236,13 +226,16 @@ class LoraTrainer:
                     with acc.accumulate(wrapped):
                         latents = batch["latents"].to(self.dtype)
                         cond: Cond = {k: v.to(self.dtype) for k, v in batch.items() if k != "latents"}
-                        loss = family.loss(wrapped, latents, cond, generator)
-                        acc.backward(loss)
+                        if self.graphed is not None:
+                            loss = self.graphed(family.noised(latents, generator), cond)
+                        else:
+                            loss = family.loss(wrapped, latents, cond, generator)
+                            acc.backward(loss)
                         if acc.sync_gradients and cfg.max_grad_norm > 0:
                             acc.clip_grad_norm_(params, cfg.max_grad_norm)
                         self.optimizer.step()
                         self.lr_scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=True)
+                        self.optimizer.zero_grad(set_to_none=self.graphed is None)  # graphs keep grads
                 micro += 1
                 batch_in_epoch += 1
                 losses.append(loss.detach().float())
@@ -264,6 +257,7 @@ class LoraTrainer:
                     lr=lr,
                     seconds=elapsed,
                     eta_seconds=eta,
+                    message=self._graph_message() if step == first_step + 1 else "",  # after the capture
                 )
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "micro": micro}
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
@@ -285,6 +279,13 @@ class LoraTrainer:
         with self._guard():
             self.metrics["eval_loss_final"] = self.evaluation_loss()
         return self._finish_done(step, total, final_loss)
+
+    def _graph_message(self) -> str:
+        if self.graphed is not None:
+            if self.graphed.failure:
+                return f"Training (CUDA graph failed, running without: {self.graphed.failure})"
+            return "Training (CUDA graph on)"
+        return "" if self.graph_note == "off" else f"Training (CUDA graph off: {self.graph_note})"
 
     def evaluation_loss(self, draws: int = 16, use_lora: bool = True) -> float:
         """Fixed-noise loss on the training images (see sampling.fixed_noise_loss)."""
