@@ -106,7 +106,15 @@ def train(model: Path, data: Path, resolution: int, args: argparse.Namespace, **
         grad_accum=args.grad_accum, bucketing=args.bucketing,
         checkpoint_every=0, validation_images=0, allow_small_dataset=True, compile=not args.tiny, **options,
     )
-    hooks = TrainHooks(on_progress=lambda p: p.message and messages.append(p.message))
+    busy: dict[str, Any] = {}
+
+    def watch(p: Any) -> None:
+        if p.message:
+            messages.append(p.message)
+        if args.profile and p.phase == "training" and p.loss is not None:
+            _profile_window(p.step, args.skip, busy)
+
+    hooks = TrainHooks(on_progress=watch)
     if torch.cuda.is_available():
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
@@ -124,8 +132,38 @@ def train(model: Path, data: Path, resolution: int, args: argparse.Namespace, **
         "losses": [row["loss"] for row in rows],
         "messages": sorted(set(messages)),
         "graphs_captured": trainer.graphed.captured if trainer.graphed is not None else 0,
+        "dynamo_unique_graphs": _dynamo_graphs(),
+        "device_busy_ms_per_step": busy.get("ms"),
+        "top_ops": busy.get("top"),
         "peak_gb": round(torch.cuda.max_memory_allocated() / 2**30, 2) if torch.cuda.is_available() else None,
     }
+
+
+def _profile_window(step: int, skip: int, busy: dict[str, Any], steps: int = 3) -> None:
+    """Profile `steps` optimizer steps after the skipped ones: the device's busy time per step (kernels only;
+    far below the step time when the host is the bottleneck) and the top kernels."""
+    from torch.profiler import ProfilerActivity, profile
+
+    if step == skip:
+        activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if torch.cuda.is_available() else [])
+        busy["prof"] = profile(activities=activities)
+        busy["prof"].__enter__()
+    elif step == skip + steps and "prof" in busy:
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        prof = busy.pop("prof")
+        prof.__exit__(None, None, None)
+        key = "self_device_time_total" if torch.cuda.is_available() else "self_cpu_time_total"
+        events = prof.key_averages()
+        busy["ms"] = round(sum(getattr(e, key) for e in events) / steps / 1000, 1)
+        top = sorted(events, key=lambda e: getattr(e, key), reverse=True)[:12]
+        busy["top"] = [{"op": e.key[:80], "ms_per_step": round(getattr(e, key) / steps / 1000, 2)} for e in top]
+
+
+def _dynamo_graphs() -> int:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"])
 
 
 def _history(run_dir: Path) -> list[dict[str, float]]:
@@ -145,43 +183,57 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--grad-accum", type=int, default=1)
     parser.add_argument("--bucketing", action="store_true", help="square, landscape and portrait images, buckets on")
     parser.add_argument("--checkpointing", default="on", help="on | off | off,on (the trainer's default is on)")
+    parser.add_argument("--profile", action="store_true", help="device busy time over 3 steps after --skip")
+    parser.add_argument("--graph", default="off,on", help="off,on (compare) | on | off")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        os.environ["BRANDGEN_HOME"] = str(work / "home")
-        (work / "home" / "loras").mkdir(parents=True)
-        start = time.perf_counter()
-        built = build_pipeline(work / "model", args.tiny, device)
-        torch.cuda.empty_cache() if device == "cuda" else None
-        data = make_images(work / "data", 12 if args.bucketing else 8, built["resolution"], args.bucketing)
-        meta = {
-            "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
-            "torch": torch.__version__,
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
-            "command": "python scripts/trainer_graph_bench.py " + " ".join(argv or sys.argv[1:]),
-            "build_s": round(time.perf_counter() - start, 1),
-            **built,
-            "floor_ms": round(3 * built["forward_flops"] * args.batch / 800e12 * 1000, 2),
-        }
-        rows = []
-        for checkpointing in [c == "on" for c in args.checkpointing.split(",")]:
-            for graph in (False, True):
-                row = train(work / "model", data, built["resolution"], args, cuda_graph=graph,
-                            gradient_checkpointing=checkpointing)
-                print(json.dumps({k: v for k, v in row.items() if k != "losses"}), file=sys.stderr, flush=True)
-                rows.append(row)
-                gc.collect()  # the finished trainer's model and graph pool go before the next run
-                torch.cuda.empty_cache() if device == "cuda" else None
-        for eager, graphed in zip(rows[::2], rows[1::2]):  # same seed and data: the losses must agree
-            graphed["max_loss_diff_vs_eager"] = max(abs(a - b) for a, b in zip(eager["losses"], graphed["losses"]))
-    result = {"meta": meta, "rows": rows}
+    home_before = os.environ.get("BRANDGEN_HOME")
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            result = _run_all(Path(tmp), args, device, argv)
+    finally:  # in-process callers (the tests) keep their own home
+        if home_before is None:
+            os.environ.pop("BRANDGEN_HOME", None)
+        else:
+            os.environ["BRANDGEN_HOME"] = home_before
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
         Path(args.out).write_text(text + "\n", encoding="utf-8")
     return result
+
+
+def _run_all(work: Path, args: argparse.Namespace, device: str, argv: list[str] | None) -> dict[str, Any]:
+    """Build the pipeline and images under `work`, then train every configuration."""
+    os.environ["BRANDGEN_HOME"] = str(work / "home")
+    (work / "home" / "loras").mkdir(parents=True)
+    start = time.perf_counter()
+    built = build_pipeline(work / "model", args.tiny, device)
+    torch.cuda.empty_cache() if device == "cuda" else None
+    data = make_images(work / "data", 12 if args.bucketing else 8, built["resolution"], args.bucketing)
+    meta = {
+        "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
+        "torch": torch.__version__,
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "command": "python scripts/trainer_graph_bench.py " + " ".join(argv or sys.argv[1:]),
+        "build_s": round(time.perf_counter() - start, 1),
+        **built,
+        "floor_ms": round(3 * built["forward_flops"] * args.batch / 800e12 * 1000, 2),
+    }
+    rows = []
+    for checkpointing in [c == "on" for c in args.checkpointing.split(",")]:
+        for graph in [g == "on" for g in args.graph.split(",")]:
+            row = train(work / "model", data, built["resolution"], args, cuda_graph=graph,
+                        gradient_checkpointing=checkpointing)
+            print(json.dumps({k: v for k, v in row.items() if k != "losses"}), file=sys.stderr, flush=True)
+            rows.append(row)
+            gc.collect()  # the finished trainer's model and graph pool go before the next run
+            torch.cuda.empty_cache() if device == "cuda" else None
+    for eager, graphed in zip(rows[::2], rows[1::2]):  # same seed and data: the losses must agree
+        if args.graph == "off,on":
+            graphed["max_loss_diff_vs_eager"] = max(abs(a - b) for a, b in zip(eager["losses"], graphed["losses"]))
+    return {"meta": meta, "rows": rows}
 
 
 if __name__ == "__main__":
