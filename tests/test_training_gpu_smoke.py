@@ -67,20 +67,20 @@ def test_ddp_train_bench_tiny_runs_two_gloo_processes(tmp_path: Path):
     assert result["trainer"]["status"] == "done" and result["trainer"]["num_processes"] == 2
 
 
-def test_trainer_graph_bench_tiny_runs_the_real_trainer_and_compares_losses(tmp_path: Path):
-    """The script behind the trainer's CUDA-graph figures: on the CPU the graph is refused (with the reason) and
-    the two runs train the same model, so their losses agree exactly."""
+def test_trainer_graph_bench_tiny_runs_the_real_trainer(tmp_path: Path):
+    """The script behind the trainer's CUDA-graph figures, on the CPU: the real trainer trains on the saved
+    pipeline, and the graph is refused with the reason."""
     sys.path.insert(0, str(SCRIPTS))
     try:
         from trainer_graph_bench import main
     finally:
         sys.path.remove(str(SCRIPTS))
     home = os.environ.get("BRANDGEN_HOME")
-    result = main(["--tiny", "--steps", "3", "--skip", "0", "--checkpointing", "off", "--out", str(tmp_path / "t.json")])
-    eager, graph = result["rows"]
-    assert (eager["cuda_graph"], graph["cuda_graph"]) == (False, True)
-    assert eager["status"] == graph["status"] == "done" and len(eager["losses"]) == 3
-    assert "Training (CUDA graph off: needs a CUDA GPU)" in graph["messages"] and graph["graphs_captured"] == 0
-    assert graph["max_loss_diff_vs_eager"] == 0.0 and eager["step_ms_median"] > 0
+    args = ["--tiny", "--steps", "4", "--skip", "1", "--checkpointing", "off", "--graph", "on"]
+    result = main([*args, "--out", str(tmp_path / "t.json")])
+    (row,) = result["rows"]
+    assert row["cuda_graph"] is True and row["status"] == "done" and len(row["losses"]) == 4
+    assert "Training (CUDA graph off: needs a CUDA GPU)" in row["messages"] and row["graphs_captured"] == 0
+    assert row["step_ms_median"] > 0 and row["device_busy_ms_per_step"] is None  # no --profile
     assert result["meta"]["forward_flops"] > 0 and json.loads((tmp_path / "t.json").read_text())["rows"]
     assert os.environ.get("BRANDGEN_HOME") == home  # the script's temporary home does not leak into the caller
