@@ -10,7 +10,7 @@ import pytest
 from gradio_client import Client
 
 from brandgen.manager import PipelineManager
-from brandgen.ui.train_tab import config_from_ui, status_text
+from brandgen.ui.train_tab import config_from_ui, poll_view, status_text
 from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -86,3 +86,23 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
     with pytest.raises(Exception, match="LoRA name"):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
     assert "No training job" in status_text(None)
+
+
+def test_the_poll_resends_the_loss_curve_and_samples_only_when_they_change():
+    from brandgen.training.jobs import JobState
+
+    def is_skip(value) -> bool:
+        return isinstance(value, dict) and value.get("__type__") == "update" and len(value) == 1
+
+    state = JobState(id="run-1", name="acme", run_dir="/tmp/run-1", status="running")
+    state.history = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
+    job, text, curve, gallery, shown, key, timer = poll_view(state, [], None)
+    assert is_skip(job) and "acme" in text and list(curve["step"]) == [1, 2]
+    assert is_skip(gallery) and shown == [] and key == ["run-1", 2, 2] and timer.active
+    again = poll_view(state, shown, key)
+    assert is_skip(again[2]) and again[5] == key  # nothing new: no 2,000-point frame once a second
+    state.history = state.history[1:] + [{"step": 3, "loss": 0.3}]  # capped history: same length, new step
+    moved = poll_view(state, shown, key)
+    assert list(moved[2]["step"]) == [2, 3] and moved[5] == ["run-1", 2, 3]
+    state.status = "done"
+    assert poll_view(state, shown, moved[5])[6].active is False  # a finished job stops the timer

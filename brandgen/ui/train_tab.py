@@ -127,6 +127,26 @@ def loss_frame(state: JobState | None) -> pd.DataFrame:
     return pd.DataFrame(state.history if state else [], columns=["step", "loss"])
 
 
+def poll_view(state: JobState | None, shown_samples: list[str], shown_curve: list | None) -> tuple:
+    """What one poll (once a second while a job runs) sends: the status line always; the loss curve (up to
+    2,000 points) and the samples only when they changed; the hidden job JSON never (it carries the API's
+    start/cancel replies). Outputs: job JSON, status, curve, samples, samples shown, curve shown, timer."""
+    finished = state is None or state.status not in ACTIVE
+    paths = state.samples if state else []
+    gallery: Any = gr.skip() if paths == shown_samples else [(_read_image(p), Path(p).name) for p in paths]
+    history = state.history if state else []
+    curve = [state.id, len(history), history[-1]["step"] if history else 0] if state else None
+    return (
+        gr.skip(),
+        status_text(state),
+        gr.skip() if curve == shown_curve else loss_frame(state),
+        gallery,
+        paths,
+        curve,
+        gr.Timer(active=not finished),
+    )
+
+
 def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     """Lay out the tab and wire its events; the job itself lives in `jobs`, owned by the app."""
     entries = manager.registry.entries()
@@ -199,6 +219,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
             report_table = gr.Dataframe(label="Files", interactive=False, wrap=True)
     job_json = gr.JSON(visible=False, label="Job state")
     shown_samples = gr.State([])
+    plotted = gr.State(None)  # (job, points, last step) of the loss curve on screen: unchanged -> not resent
     timer = gr.Timer(1.0, active=False)
     settings = [
         folder,
@@ -289,26 +310,15 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         choices = [(f"{r['run']} ({r['status']})", r["run"]) for r in jobs.list_runs() if r["resumable"]]
         return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
-    def poll(previous: list[str]) -> tuple:
-        state = jobs.status()
-        finished = state is None or state.status not in ACTIVE
-        paths = state.samples if state else []
-        gallery: Any = gr.skip() if paths == previous else [(_read_image(p), Path(p).name) for p in paths]
-        return (
-            state.to_dict() if state else {},
-            status_text(state),
-            loss_frame(state),
-            gallery,
-            paths,
-            gr.Timer(active=not finished),
-        )
+    def poll(previous: list[str], shown_curve: list | None) -> tuple:
+        return poll_view(jobs.status(), previous, shown_curve)
 
     def training_status() -> dict[str, Any]:
         """The newest job's live state (status, step, total, loss, ETA, samples, loss history, error)."""
         state = jobs.status()
         return state.to_dict() if state else {"status": "none"}
 
-    poll_outputs = [job_json, status, plot, samples, shown_samples, timer]
+    poll_outputs = [job_json, status, plot, samples, shown_samples, plotted, timer]
     check.click(
         validate,
         [folder, asset_type, resolution, allow_small],
@@ -334,6 +344,6 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     cancel.click(cancel_training, None, [job_json, status], api_name="cancel_training", queue=False)
     refresh_runs.click(list_runs, None, runs, api_name=False)
     push.click(push_to_hub_ui, [name, hub_repo, hub_private], hub_status, api_name="push_lora_to_hub")
-    refresh.click(poll, shown_samples, poll_outputs, api_name=False)
-    timer.tick(poll, shown_samples, poll_outputs, api_name=False, show_progress="hidden")
+    refresh.click(poll, [shown_samples, plotted], poll_outputs, api_name=False)
+    timer.tick(poll, [shown_samples, plotted], poll_outputs, api_name=False, show_progress="hidden")
     gr.api(training_status, api_name="training_status")
