@@ -210,7 +210,8 @@ def _run_all(work: Path, args: argparse.Namespace, device: str, argv: list[str] 
     (work / "home" / "loras").mkdir(parents=True)
     start = time.perf_counter()
     built = build_pipeline(work / "model", args.tiny, device)
-    torch.cuda.empty_cache() if device == "cuda" else None
+    if device == "cuda":
+        torch.cuda.empty_cache()
     data = make_images(work / "data", 12 if args.bucketing else 8, built["resolution"], args.bucketing)
     meta = {
         "device": torch.cuda.get_device_name() if device == "cuda" else "cpu",
@@ -229,7 +230,8 @@ def _run_all(work: Path, args: argparse.Namespace, device: str, argv: list[str] 
             print(json.dumps({k: v for k, v in row.items() if k != "losses"}), file=sys.stderr, flush=True)
             rows.append(row)
             gc.collect()  # the finished trainer's model and graph pool go before the next run
-            torch.cuda.empty_cache() if device == "cuda" else None
+            if device == "cuda":
+                torch.cuda.empty_cache()
     for eager, graphed in zip(rows[::2], rows[1::2]):  # same seed and data: the losses must agree
         if args.graph == "off,on":
             graphed["max_loss_diff_vs_eager"] = max(abs(a - b) for a, b in zip(eager["losses"], graphed["losses"]))
