@@ -106,7 +106,9 @@ class GraphedStep:
                     self._run(static)
             torch.cuda.current_stream().wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: CUDA calls the app's other threads make meanwhile (a status poll reading memory
+            # figures) neither break this capture nor fail themselves; GPU work itself waits on the step lock
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 loss = self._run(static)
             if [p.grad.data_ptr() for p in self.params] != pointers:
                 raise RuntimeError("the captured backward did not accumulate into the existing gradients")
