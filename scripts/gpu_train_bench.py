@@ -193,7 +193,9 @@ def cuda_graph_step(body: Any, optimizer: Any, warmup: int) -> Any:
     return step
 
 
-def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Namespace) -> dict[str, Any]:
+def measure(
+    name: str, checkpointing: bool, batch_size: int, args: argparse.Namespace, fp8: bool = False
+) -> dict[str, Any]:
     device = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
     row: dict[str, Any] = {
@@ -210,6 +212,7 @@ def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Name
         "attention": args.attention,
         "attention_backend": args.attention_backend,
         "cuda_graph": args.cuda_graph,
+        "fp8_base": fp8,
     }
     model = params = optimizer = None
     try:
@@ -244,6 +247,11 @@ def measure(name: str, checkpointing: bool, batch_size: int, args: argparse.Name
         row["forward_flops"] = fwd
         row["forward_tflop"] = round(fwd / 1e12, 3)
         row["floor_ms"] = round(3 * fwd / PEAK_FLOPS * 1000, 4)
+        if fp8:  # the trainer's TrainConfig.fp8_base: frozen linear layers multiply in fp8 (after
+            # the count: the floor stays the bf16 one)
+            from brandgen.training.fp8_base import use_fp8_base
+
+            row["fp8_layers"] = use_fp8_base(model)
         if args.compile:
             # Regional compilation of the repeated blocks (diffusers `_repeated_blocks`): fuses the LoRA,
             # norm and RoPE elementwise work and cuts per-kernel launch overhead, which dominates eager batch 1.
@@ -366,6 +374,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                         help="diffusers attention backend for the model, e.g. _native_cudnn or _native_flash")
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture the whole step as one CUDA graph (static shapes; capturable AdamW)")
+    parser.add_argument("--fp8-base", default="off", help="off | on | off,on: frozen base layers in fp8 (Ada/Hopper)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile two steps and report the N costliest operators")
     parser.add_argument("--out", default=None, help="write the JSON here too")
@@ -381,8 +390,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.attention == "flash" and not args.tiny:
         torch.backends.cuda.enable_cudnn_sdp(False)
     with cudnn_attention_first(args.attention != "flash" and not args.tiny):
-        rows = [measure(name, mode == "on", int(batch), args) for name in args.models.split(",")
-                for batch in args.batch.split(",") for mode in args.checkpointing.split(",")]
+        rows = [measure(name, mode == "on", int(batch), args, fp8 == "on") for name in args.models.split(",")
+                for batch in args.batch.split(",") for mode in args.checkpointing.split(",")
+                for fp8 in args.fp8_base.split(",")]
     import diffusers
 
     result = {

@@ -83,6 +83,8 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
     fast = config_from_ui(*_settings(tmp_path).values(), True, False, family="sd15")
     assert fast.compile and not fast.cudnn_attention and not fast.cuda_graph
     assert config_from_ui(*_settings(tmp_path).values(), False, True, True, family="sd15").cuda_graph
+    fp8 = config_from_ui(*_settings(tmp_path).values(), False, True, False, True, family="flux")
+    assert fp8.fp8_base and not fp8.cuda_graph
     with pytest.raises(Exception, match="LoRA name"):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
     assert "No training job" in status_text(None)

@@ -133,3 +133,19 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         "rng_tensors": rng,
         "rng_meta": meta["rng"],
     }
+
+
+def resume_from(run_dir: Path, model: Any, optimizer: Any, scheduler: Any) -> tuple[int, dict[str, int]]:
+    """Load the newest checkpoint of a run into the LoRA model, optimizer, LR schedule and RNGs; returns its
+    step and the trainer's loop counters (step, epoch, batch_in_epoch, micro)."""
+    from peft.utils import set_peft_model_state_dict
+
+    path = latest_checkpoint(Path(run_dir) / "checkpoints")
+    if path is None:
+        raise InvalidInput(f"No checkpoint to resume in {run_dir}.")
+    ckpt = load_checkpoint(path)
+    set_peft_model_state_dict(model, ckpt["lora"])
+    optimizer.load_state_dict(ckpt["optimizer"])
+    scheduler.load_state_dict(ckpt["scheduler"])
+    restore_rng(ckpt["rng_tensors"], ckpt["rng_meta"])
+    return ckpt["step"], {k: int(ckpt["trainer"][k]) for k in ("step", "epoch", "batch_in_epoch", "micro")}

@@ -25,8 +25,8 @@ from brandgen.errors import InvalidInput
 from brandgen.paths import AppPaths, writing
 from brandgen.registry import ModelRegistry
 from brandgen.templates import AssetType, build_prompt, get_asset_type, load_asset_types
-from brandgen.training import cache
-from brandgen.training.checkpoints import latest_checkpoint, load_checkpoint, restore_rng, save_checkpoint
+from brandgen.training import cache, fp8_base
+from brandgen.training.checkpoints import resume_from, save_checkpoint
 from brandgen.training.config import TrainConfig
 from brandgen.training.cuda_graph import GraphedStep, unavailable_reason
 from brandgen.training.dataset import DatasetReport, load_examples, validate_dataset
@@ -46,6 +46,7 @@ from brandgen.training.loading import (
 )
 from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
 from brandgen.training.sampling import fixed_noise_loss, render_images
+from brandgen.training.speed import RunSpeed
 
 
 class LoraTrainer:
@@ -73,6 +74,7 @@ class LoraTrainer:
         self.samples: list[str] = []
         self.pipe: Any = None
         self.report: DatasetReport | None = None
+        self.speed = RunSpeed()
 
     # ----- plumbing ------------------------------------------------------------------------------
     def _emit(self, phase: str, **kw: Any) -> None:
@@ -115,6 +117,8 @@ class LoraTrainer:
                     (self.run_dir / "error.txt").write_text(traceback.format_exc(), encoding="utf-8")
             raise
         finally:
+            if self.pipe is not None:  # the exact base weights again, for whatever uses the pipeline next
+                fp8_base.restore_base(getattr(self.pipe, self.family.denoiser))
             free_memory()
 
     def _cudnn_attention(self) -> bool:
@@ -161,6 +165,9 @@ class LoraTrainer:
         add_lora(model, cfg, self.family.default_targets, self.dtype)
         if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
+        self.speed.fp8_note = fp8_base.unavailable_reason(cfg.fp8_base, device)
+        if self.speed.fp8_note is None:  # frozen linear layers multiply in fp8 (brandgen/training/fp8_base.py)
+            self.speed.fp8_layers = fp8_base.use_fp8_base(model)
         self.compiled = maybe_compile(model, cfg.compile, device.type)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.optimizer_name = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, device.type)
@@ -175,11 +182,13 @@ class LoraTrainer:
         lr_scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=warmup, num_training_steps=steps)
         wrapped, optimizer, loader, lr_scheduler = acc.prepare(model, optimizer, loader, lr_scheduler)
         self.model, self.optimizer, self.lr_scheduler, self.dataset = model, optimizer, lr_scheduler, dataset
-        self.graph_note = unavailable_reason(cfg.cuda_graph, device.type, acc.num_processes, self.precision, family_name)
-        self.graphed = None
-        if self.graph_note is None:  # forward + backward replayed as one CUDA graph per bucket shape
+        speed = self.speed
+        speed.graph_note = unavailable_reason(
+            cfg.cuda_graph, device.type, acc.num_processes, self.precision, family_name
+        )
+        if speed.graph_note is None:  # forward + backward replayed as one CUDA graph per bucket shape
             loss_fn = lambda noised, cond: family.loss_from(wrapped, noised, cond)  # noqa: E731
-            self.graphed = GraphedStep(loss_fn, params, loss_scale=1 / cfg.grad_accum)
+            speed.graphed = GraphedStep(loss_fn, params, loss_scale=1 / cfg.grad_accum)
         state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "micro": 0}
         if resume:
             state = self._restore()
@@ -188,23 +197,11 @@ class LoraTrainer:
         return self._loop(wrapped, loader, sampler, params, state, total)
 
     def _restore(self) -> dict[str, int]:
-        from peft.utils import set_peft_model_state_dict
-
-        path = latest_checkpoint(self.run_dir / "checkpoints")
-        if path is None:
-            raise InvalidInput(f"No checkpoint to resume in {self.run_dir}.")
-        ckpt = load_checkpoint(path)
-        set_peft_model_state_dict(self.model, ckpt["lora"])
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.lr_scheduler.load_state_dict(ckpt["scheduler"])
-        restore_rng(ckpt["rng_tensors"], ckpt["rng_meta"])
-        self.history = LossHistory.load(self.run_dir / "loss.csv", up_to_step=ckpt["step"])
-        self.samples = (
-            sorted(str(p) for p in (self.run_dir / "samples").glob("*.png"))[-self.config.validation_images :]
-            if self.config.validation_images
-            else []
-        )
-        return {k: int(ckpt["trainer"][k]) for k in ("step", "epoch", "batch_in_epoch", "micro")}
+        step, state = resume_from(self.run_dir, self.model, self.optimizer, self.lr_scheduler)
+        self.history = LossHistory.load(self.run_dir / "loss.csv", up_to_step=step)
+        keep = self.config.validation_images
+        self.samples = sorted(str(p) for p in (self.run_dir / "samples").glob("*.png"))[-keep:] if keep else []
+        return state
 
     def _loop(
         self, wrapped: Any, loader: Any, sampler: Any, params: list, state: dict[str, int], total: int
@@ -214,7 +211,7 @@ class LoraTrainer:
         start, first_step = time.perf_counter(), step
         losses: list[torch.Tensor] = []
         stopped = False
-        self._emit("training", step=step, total=total, epoch=epoch, message=self._graph_message() or "Training")
+        self._emit("training", step=step, total=total, epoch=epoch, message=self.speed.message() or "Training")
         while step < total and not stopped:
             batches = acc.skip_first_batches(loader, batch_in_epoch) if batch_in_epoch else loader
             sampler.set_epoch(epoch)  # under DDP accelerate's shard does not forward set_epoch to our sampler
@@ -226,8 +223,8 @@ class LoraTrainer:
                     with acc.accumulate(wrapped):
                         latents = batch["latents"].to(self.dtype)
                         cond: Cond = {k: v.to(self.dtype) for k, v in batch.items() if k != "latents"}
-                        if self.graphed is not None:
-                            loss = self.graphed(family.noised(latents, generator), cond)
+                        if self.speed.graphed is not None:
+                            loss = self.speed.graphed(family.noised(latents, generator), cond)
                         else:
                             loss = family.loss(wrapped, latents, cond, generator)
                             acc.backward(loss)
@@ -235,7 +232,7 @@ class LoraTrainer:
                             acc.clip_grad_norm_(params, cfg.max_grad_norm)
                         self.optimizer.step()
                         self.lr_scheduler.step()
-                        self.optimizer.zero_grad(set_to_none=self.graphed is None)  # graphs keep grads
+                        self.optimizer.zero_grad(set_to_none=self.speed.graphed is None)  # graphs keep grads
                 micro += 1
                 batch_in_epoch += 1
                 losses.append(loss.detach().float())
@@ -248,17 +245,9 @@ class LoraTrainer:
                 eta = elapsed / (step - first_step) * (total - step)
                 lr = self.lr_scheduler.get_last_lr()[0]
                 self.history.append(step, epoch, step_loss, lr, elapsed)
-                self._emit(
-                    "training",
-                    step=step,
-                    total=total,
-                    epoch=epoch,
-                    loss=step_loss,
-                    lr=lr,
-                    seconds=elapsed,
-                    eta_seconds=eta,
-                    message=self._graph_message() if step == first_step + 1 else "",  # after the capture
-                )
+                message = self.speed.message() if step == first_step + 1 else ""  # after the capture
+                self._emit("training", step=step, total=total, epoch=epoch, loss=step_loss, lr=lr, seconds=elapsed,
+                           eta_seconds=eta, message=message)
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "micro": micro}
                 if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
                     self._checkpoint(state)
@@ -280,26 +269,11 @@ class LoraTrainer:
             self.metrics["eval_loss_final"] = self.evaluation_loss()
         return self._finish_done(step, total, final_loss)
 
-    def _graph_message(self) -> str:
-        if self.graphed is not None:
-            if self.graphed.failure:
-                return f"Training (CUDA graph failed, running without: {self.graphed.failure})"
-            return "Training (CUDA graph on)"
-        return "" if self.graph_note == "off" else f"Training (CUDA graph off: {self.graph_note})"
-
     def evaluation_loss(self, draws: int = 16, use_lora: bool = True) -> float:
         """Fixed-noise loss on the training images (see sampling.fixed_noise_loss)."""
-        return fixed_noise_loss(
-            self.model,
-            self.family,
-            self.dataset.items,
-            seed=self.config.seed,
-            draws=draws,
-            device=self.accelerator.device,
-            dtype=self.dtype,
-            autocast=self.accelerator.autocast,
-            use_lora=use_lora,
-        )
+        acc = self.accelerator
+        return fixed_noise_loss(self.model, self.family, self.dataset.items, seed=self.config.seed, draws=draws,
+                                device=acc.device, dtype=self.dtype, autocast=acc.autocast, use_lora=use_lora)
 
     # ----- side outputs --------------------------------------------------------------------------
     def _save_history(self) -> None:
@@ -316,15 +290,10 @@ class LoraTrainer:
         if acc.is_main_process:
             self._emit("saving", step=state["step"], message="Saving a checkpoint")
             with self._guard():
-                path = save_checkpoint(
-                    self.run_dir / "checkpoints",
-                    state["step"],
-                    get_peft_model_state_dict(self.model),
-                    self.optimizer.state_dict(),
-                    self.lr_scheduler.state_dict(),
-                    {**state, "seed": self.config.seed},
-                    self.config.keep_checkpoints,
-                )
+                lora, optimizer = get_peft_model_state_dict(self.model), self.optimizer.state_dict()
+                path = save_checkpoint(self.run_dir / "checkpoints", state["step"], lora, optimizer,
+                                       self.lr_scheduler.state_dict(), {**state, "seed": self.config.seed},
+                                       self.config.keep_checkpoints)
             self._save_history()
         acc.wait_for_everyone()
         return path
