@@ -121,7 +121,9 @@ def train(model: Path, data: Path, resolution: int, args: argparse.Namespace, **
     trainer = LoraTrainer(config, hooks=hooks)
     result = trainer.run()
     rows = _history(result.run_dir)
-    step_ms = [1000 * (b["seconds"] - a["seconds"]) for a, b in zip(rows, rows[1:])][args.skip :]
+    # on a GPU the trainer records a step's loss once the next step is queued, and the last two together:
+    # the final interval is not a step's time
+    step_ms = [1000 * (b["seconds"] - a["seconds"]) for a, b in zip(rows, rows[1:])][args.skip : -1]
     return {
         **options,
         "status": result.status,

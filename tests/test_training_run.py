@@ -174,3 +174,37 @@ def test_a_cuda_graph_request_on_the_cpu_trains_and_says_why_it_is_off(tiny_dirs
     assert result.status == "done" and result.steps == 2
     assert "Training (CUDA graph off: needs a CUDA GPU)" in messages
     assert capsys.readouterr().err.count("CUDA graph off: needs a CUDA GPU") == 1  # the CLI says it once
+
+
+def test_overlapped_steps_record_every_step_once_in_order_and_train_the_same(
+    tiny_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    """On a GPU the loss of step N is read only after step N+1 is queued; checkpoints, cancel and the end flush
+    it first. Forced on here (the CPU has nothing to overlap), the run must record the same history."""
+    from brandgen.training import trainer as trainer_module
+
+    data = make_dataset(tmp_path / "data", count=3)
+    model = str(tiny_dirs["sd15"])
+    plain = LoraTrainer(_config(data, model), paths=AppPaths(tmp_path / "a"), device="cpu")
+    plain.run()
+
+    monkeypatch.setattr(trainer_module, "overlaps_steps", lambda device: True)
+    seen: list[tuple[int, float | None]] = []
+    saved_history: dict[int, int] = {}
+    real_checkpoint = LoraTrainer._checkpoint
+
+    def checkpoint(self, state):  # what loss.csv holds when a checkpoint is written
+        path = real_checkpoint(self, state)
+        saved_history[state["step"]] = len((self.run_dir / "loss.csv").read_text().splitlines()) - 1
+        return path
+
+    monkeypatch.setattr(LoraTrainer, "_checkpoint", checkpoint)
+    hooks = TrainHooks(on_progress=lambda p: seen.append((p.step, p.loss)) if p.phase == "training" else None)
+    overlapped = LoraTrainer(_config(data, model), paths=AppPaths(tmp_path / "b"), hooks=hooks, device="cpu")
+    result = overlapped.run()
+
+    assert result.status == "done" and result.steps == 6
+    assert [r["step"] for r in overlapped.history.rows] == [1, 2, 3, 4, 5, 6]
+    assert [r["loss"] for r in overlapped.history.rows] == pytest.approx([r["loss"] for r in plain.history.rows])
+    assert [step for step, loss in seen if loss is not None] == [1, 2, 3, 4, 5, 6]  # each once, in order
+    assert saved_history == {2: 2, 4: 4}  # a checkpoint's loss curve includes its own step

@@ -24,9 +24,18 @@ PIPELINE_FAMILIES = {
 }
 
 
+def _to_device(values: torch.Tensor, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """A CPU tensor onto `like`'s device without waiting for the GPU (a pageable copy syncs the stream, which
+    would keep the host from preparing the next step while the GPU runs this one)."""
+    values = values.to(dtype or values.dtype)
+    if like.device.type != "cuda":
+        return values.to(like.device)
+    return values.pin_memory().to(like.device, non_blocking=True)
+
+
 def _randn(shape: torch.Size | tuple, generator: torch.Generator, like: torch.Tensor) -> torch.Tensor:
     """Noise drawn on the CPU from a per-step generator, so runs and resumes repeat exactly on any device."""
-    return torch.randn(shape, generator=generator, dtype=torch.float32).to(like.device, like.dtype)
+    return _to_device(torch.randn(shape, generator=generator, dtype=torch.float32), like, like.dtype)
 
 
 class Family:
@@ -94,7 +103,7 @@ class Family:
         sched = self.scheduler
         noise = _randn(latents.shape, generator, latents)
         steps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
-        steps = steps.to(latents.device)
+        steps = _to_device(steps, latents)
         noisy = sched.add_noise(latents, noise, steps)
         if sched.config.prediction_type == "v_prediction":
             target = sched.get_velocity(latents, noise, steps)
@@ -174,8 +183,8 @@ class FlowFamily(Family):
         sched = self.scheduler
         u = torch.sigmoid(torch.randn(batch, generator=generator))
         index = (u * sched.config.num_train_timesteps).long().clamp(max=len(sched.timesteps) - 1)
-        timesteps = sched.timesteps[index].to(like.device)
-        sigmas = sched.sigmas[index].to(like.device, like.dtype).view(-1, 1, 1, 1)
+        timesteps = _to_device(sched.timesteps[index], like)
+        sigmas = _to_device(sched.sigmas[index], like, like.dtype).view(-1, 1, 1, 1)
         return timesteps, sigmas
 
     def noised(self, latents: torch.Tensor, generator: torch.Generator) -> Cond:

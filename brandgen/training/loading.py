@@ -139,7 +139,7 @@ def resolve_data_dir(data_dir: str) -> Path:
 
 
 def make_accelerator(config: TrainConfig, device: str | None, run_dir: Path) -> Any:
-    from accelerate import Accelerator
+    from accelerate import Accelerator, DataLoaderConfiguration
     from accelerate.state import AcceleratorState
 
     if int(os.environ.get("WORLD_SIZE", "1")) <= 1:  # in-process runs may differ in precision; start clean
@@ -158,4 +158,6 @@ def make_accelerator(config: TrainConfig, device: str | None, run_dir: Path) -> 
         cpu=cpu,
         project_dir=str(run_dir),
         kwargs_handlers=handlers,
+        # batches come from pinned memory (the trainer's DataLoader) and are copied without a host sync
+        dataloader_config=DataLoaderConfiguration(non_blocking=kind == "cuda"),
     )

@@ -49,6 +49,11 @@ from brandgen.training.sampling import fixed_noise_loss, render_images
 from brandgen.training.speed import RunSpeed
 
 
+def overlaps_steps(device: torch.device) -> bool:
+    """Whether the host may queue the next step before reading this one's loss (only GPUs run asynchronously)."""
+    return device.type == "cuda"
+
+
 class LoraTrainer:
     """One training run. After `run()` the trained pipeline stays in `self.pipe` (tests compare it with the
     exported file) until the object is dropped."""
@@ -172,7 +177,9 @@ class LoraTrainer:
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.optimizer_name = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, device.type)
         sampler = cache.BucketBatchSampler(dataset.buckets, cfg.batch_size, cfg.seed)
-        loader = torch.utils.data.DataLoader(dataset, batch_sampler=sampler, collate_fn=cache.collate)
+        loader = torch.utils.data.DataLoader(
+            dataset, batch_sampler=sampler, collate_fn=cache.collate, pin_memory=device.type == "cuda"
+        )
         steps_per_epoch = math.ceil(len(sampler) / acc.num_processes / cfg.grad_accum)
         total = cfg.max_steps if cfg.max_steps > 0 else cfg.epochs * steps_per_epoch
         from diffusers.optimization import get_scheduler
@@ -210,6 +217,7 @@ class LoraTrainer:
         step, epoch, batch_in_epoch, micro = state["step"], state["epoch"], state["batch_in_epoch"], state["micro"]
         start, first_step = time.perf_counter(), step
         losses: list[torch.Tensor] = []
+        pending: tuple | None = None  # (step, epoch, loss on the device, lr) not yet in the history
         stopped = False
         self._emit("training", step=step, total=total, epoch=epoch, message=self.speed.message() or "Training")
         while step < total and not stopped:
@@ -239,24 +247,26 @@ class LoraTrainer:
                 if not acc.sync_gradients:
                     continue
                 step += 1
-                step_loss = acc.gather(torch.stack(losses).mean()[None]).mean().item()
+                # the loss is read one step late: until then the host prepares the next step while the GPU runs
+                if pending is not None:
+                    self._record(*pending, first_step, total, start)
+                pending = (step, epoch, acc.gather(torch.stack(losses).mean()[None]).mean(), self._lr())
                 losses = []
-                elapsed = time.perf_counter() - start
-                eta = elapsed / (step - first_step) * (total - step)
-                lr = self.lr_scheduler.get_last_lr()[0]
-                self.history.append(step, epoch, step_loss, lr, elapsed)
-                message = self.speed.message() if step == first_step + 1 else ""  # after the capture
-                self._emit("training", step=step, total=total, epoch=epoch, loss=step_loss, lr=lr, seconds=elapsed,
-                           eta_seconds=eta, message=message)
+                if not overlaps_steps(acc.device):
+                    self._record(*pending, first_step, total, start)
+                    pending = None
                 state = {"step": step, "epoch": epoch, "batch_in_epoch": batch_in_epoch, "micro": micro}
-                if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total:
+                checkpoint = cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < total
+                validate = cfg.validate_every and step % cfg.validate_every == 0 and step < total
+                stopped = step < total and self._stop_requested()
+                if pending is not None and (checkpoint or validate or stopped or step >= total):  # they read history
+                    self._record(*pending, first_step, total, start)
+                    pending = None
+                if checkpoint:
                     self._checkpoint(state)
-                if cfg.validate_every and step % cfg.validate_every == 0 and step < total:
+                if validate:
                     self._validate(step, total)
-                if step >= total:
-                    break
-                if self._stop_requested():
-                    stopped = True
+                if step >= total or stopped:
                     break
             else:
                 epoch, batch_in_epoch = epoch + 1, 0
@@ -268,6 +278,21 @@ class LoraTrainer:
         with self._guard():
             self.metrics["eval_loss_final"] = self.evaluation_loss()
         return self._finish_done(step, total, final_loss)
+
+    def _lr(self) -> float:
+        return self.lr_scheduler.get_last_lr()[0]
+
+    def _record(
+        self, step: int, epoch: int, loss: torch.Tensor, lr: float, first: int, total: int, start: float
+    ) -> None:
+        """One optimizer step into the loss history and the progress callback (`.item()` waits for its GPU work)."""
+        value = loss.item()
+        elapsed = time.perf_counter() - start
+        self.history.append(step, epoch, value, lr, elapsed)
+        message = self.speed.message() if step == first + 1 else ""  # after the capture
+        eta = elapsed / (step - first) * (total - step)
+        self._emit("training", step=step, total=total, epoch=epoch, loss=value, lr=lr, seconds=elapsed,
+                   eta_seconds=eta, message=message)
 
     def evaluation_loss(self, draws: int = 16, use_lora: bool = True) -> float:
         """Fixed-noise loss on the training images (see sampling.fixed_noise_loss)."""
