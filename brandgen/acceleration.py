@@ -33,6 +33,11 @@ REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+def region_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """Class names of the blocks regional compilation compiles in this model (empty: none known)."""
+    return REGION_OVERRIDES.get(type(model).__name__) or tuple(getattr(model, "_repeated_blocks", ()) or ())
+
+
 @dataclass(frozen=True)
 class FastPathOptions:
     """Which speed-ups to apply; the defaults are the recipe measured in docs/perf/benchmark.md."""
@@ -133,7 +138,7 @@ def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: 
                     backend: str = "inductor") -> int:
     """Regional compilation: compile each repeated block once (they share one graph), leave the glue eager."""
     kwargs = _compile_kwargs(mode, fullgraph, backend)
-    names = REGION_OVERRIDES.get(type(model).__name__) or tuple(getattr(model, "_repeated_blocks", ()) or ())
+    names = region_names(model)
     if not names:
         raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile; use compile='full'.")
     count = 0
