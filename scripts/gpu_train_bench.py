@@ -1,4 +1,5 @@
-"""LoRA training step cost of full-size backbones: SDXL UNet and FLUX transformer, random weights.
+"""LoRA training step cost of full-size backbones, random weights: SDXL UNet, FLUX, SD3.5 Large and HiDream-I1
+transformers (--models; the default is sdxl,flux).
 
 For each model, batch size (--batch 1,4) and with and without gradient checkpointing: ms per optimizer step
 (1024x1024, bf16 autocast over bf16 base weights, fp32 LoRA r32, AdamW), peak GPU memory, and the floor
@@ -28,6 +29,7 @@ import torch.nn.functional as F
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "scripts"))
 
 PEAK_FLOPS = 800e12  # dense bf16 FLOP/s used for the floor (H100 SXM is ~989e12; a round, reachable figure)
 SDXL_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -93,9 +95,28 @@ def flux_config(tiny: bool) -> dict[str, Any]:
     return {}  # FluxTransformer2DModel defaults: FLUX.1 (19 double + 38 single blocks, 3072 wide)
 
 
+def sd3_config(tiny: bool) -> dict[str, Any]:
+    if tiny:
+        return dict(sample_size=8, patch_size=2, in_channels=4, out_channels=4, num_layers=1, attention_head_dim=8,
+                    num_attention_heads=2, joint_attention_dim=32, caption_projection_dim=16,
+                    pooled_projection_dim=16, pos_embed_max_size=16, qk_norm="rms_norm")
+    return dict(  # stabilityai/stable-diffusion-3.5-large transformer/config.json
+        sample_size=128, patch_size=2, in_channels=16, out_channels=16, num_layers=38, attention_head_dim=64,
+        num_attention_heads=38, joint_attention_dim=4096, caption_projection_dim=2432, pooled_projection_dim=2048,
+        pos_embed_max_size=192, qk_norm="rms_norm",
+    )
+
+
 def build(name: str, tiny: bool, device: str, dtype: torch.dtype) -> torch.nn.Module:
     """Random weights created directly on the device in the training dtype (no 48 GB fp32 detour for FLUX)."""
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+    from diffusers import (
+        FluxTransformer2DModel,
+        HiDreamImageTransformer2DModel,
+        SD3Transformer2DModel,
+        UNet2DConditionModel,
+    )
+
+    from gpu_bench_models import hidream_config
 
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -104,6 +125,10 @@ def build(name: str, tiny: bool, device: str, dtype: torch.dtype) -> torch.nn.Mo
             torch.manual_seed(0)
             if name == "sdxl":
                 return UNet2DConditionModel(**sdxl_config(tiny))
+            if name == "sd3":
+                return SD3Transformer2DModel(**sd3_config(tiny))
+            if name == "hidream":  # image-shaped outputs in training mode too, as the trainer loads it
+                return HiDreamImageTransformer2DModel(**hidream_config(tiny), force_inference_output=True)
             return FluxTransformer2DModel(**flux_config(tiny))
     finally:
         torch.set_default_dtype(previous)
@@ -130,6 +155,20 @@ def inputs(name: str, model: Any, batch: int, resolution: int, device: str, dtyp
                 ),
             },
         }
+    if name == "sd3":  # 1024²: 128² latents; CLIP-L/G 77 + T5 256 tokens
+        c = model.config
+        return {
+            "hidden_states": rand(batch, c.in_channels, latent, latent),
+            "encoder_hidden_states": rand(batch, 333 if c.joint_attention_dim == 4096 else 8, c.joint_attention_dim),
+            "pooled_projections": rand(batch, c.pooled_projection_dim),
+            "timestep": torch.rand(batch, generator=g).to(device, dtype) * 1000,
+        }
+    if name == "hidream":
+        from gpu_bench_models import hidream_inputs
+
+        out = hidream_inputs(model, batch, device, dtype, tiny=model.config.in_channels < 16)  # 1024² only
+        out.pop("return_dict")
+        return out
     from diffusers import FluxPipeline
 
     c = model.config
@@ -152,9 +191,9 @@ def add_lora(model: torch.nn.Module, name: str, rank: int) -> list[torch.nn.Para
     from diffusers.training_utils import cast_training_params
     from peft import LoraConfig
 
-    from brandgen.training.families import FluxFamily
+    from brandgen.training.families import get_family
 
-    targets = SDXL_TARGETS if name == "sdxl" else list(FluxFamily.default_targets)
+    targets = SDXL_TARGETS if name == "sdxl" else list(get_family(name).default_targets)
     model.requires_grad_(False)
     model.add_adapter(LoraConfig(r=rank, lora_alpha=rank, init_lora_weights="gaussian", target_modules=targets))
     cast_training_params(model, dtype=torch.float32)
@@ -353,7 +392,7 @@ def profile(step: Any, device: str, top: int) -> tuple[list[dict[str, Any]], flo
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", default="sdxl,flux")
+    parser.add_argument("--models", default="sdxl,flux", help="comma list of sdxl, flux, sd3 (3.5 Large), hidream")
     parser.add_argument("--resolution", type=int, default=1024)
     parser.add_argument("--batch", default="1", help="batch size, or a comma list to sweep, e.g. 1,4,8")
     parser.add_argument("--rank", type=int, default=32)

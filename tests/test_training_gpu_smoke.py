@@ -26,13 +26,10 @@ def _run_tiny(script: str, out: Path, timeout: int, *extra: str) -> dict:
 
 
 def test_gpu_train_bench_tiny_measures_every_configuration(tmp_path: Path):
-    result = _run_tiny("gpu_train_bench.py", tmp_path / "train.json", timeout=120)
+    result = _run_tiny("gpu_train_bench.py", tmp_path / "train.json", 180, "--models", "sdxl,flux,sd3,hidream")
     rows = result["rows"]
     assert [(r["model"], r["gradient_checkpointing"]) for r in rows] == [
-        ("sdxl", False),
-        ("sdxl", True),
-        ("flux", False),
-        ("flux", True),
+        (model, checkpointing) for model in ("sdxl", "flux", "sd3", "hidream") for checkpointing in (False, True)
     ]
     for row in rows:
         assert "error" not in row, row
@@ -55,6 +52,8 @@ def test_gpu_train_bench_sweeps_batch_sizes_and_refuses_cuda_graphs_without_a_gp
     one, two = rows
     assert "error" not in one and "error" not in two
     assert 1.8 < two["forward_flops"] / one["forward_flops"] < 2.2  # the floor grows with the batch
+    fp8 = main([*args, "--fp8-base", "on"])["rows"][0]  # the CPU has _scaled_mm too: the swap runs
+    assert fp8["fp8_base"] is True and fp8["fp8_layers"] > 0 and "error" not in fp8
     graph = main([*args, "--cuda-graph"])["rows"][0]
     assert graph["cuda_graph"] is True and "needs a CUDA GPU" in graph["error"]
 
