@@ -196,8 +196,8 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                     cuda_graph = gr.Checkbox(  # on where it can run: a UNet step replays 4-6x faster on a GPU
                         torch.cuda.is_available(), label="GPU: CUDA graph (SD1.5/SDXL: 4-6x faster steps)"
                     )
-                    fp8_base = gr.Checkbox(  # measured: FLUX 13% faster, SDXL slower (docs/PERFORMANCE.md)
-                        False, label="GPU: fp8 base weights (FLUX/SD3/HiDream on H100, RTX 40: ~13% faster)"
+                    fp8_base = gr.Checkbox(  # measured: FLUX 13% faster, SD3 2%, SDXL/HiDream slower (PERFORMANCE.md)
+                        False, label="GPU: fp8 base weights (FLUX with compile on H100/RTX 40: ~13% faster)"
                     )
             with gr.Row():
                 check = gr.Button("Validate dataset")
