@@ -120,7 +120,7 @@ def test_a_run_with_fp8_base_says_so_and_exports_a_lora_for_the_exact_base(
     tiny_dirs: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ):
     """A GPU would pass the capability check; here it is waved through so the CPU runs the same code path."""
-    monkeypatch.setattr(fp8_base, "unavailable_reason", lambda requested, device: None if requested else "off")
+    monkeypatch.setattr(fp8_base, "unavailable_reason", lambda requested, *_: None if requested else "off")
     messages: list[str] = []
     paths = AppPaths(tmp_path / "home")
     config = tiny_config(make_dataset(tmp_path / "data", count=2), str(tiny_dirs["sd15"]), max_steps=4,
@@ -143,6 +143,7 @@ def test_an_fp8_request_that_cannot_run_is_explained_in_the_progress_line():
     assert fp8_base.unavailable_reason(False, "cuda") == "off"
     reason = fp8_base.unavailable_reason(True, "cpu")
     assert "Ada, Hopper" in reason
+    assert fp8_base.unavailable_reason(True, "cpu", num_processes=2) == "not with several GPUs yet"
     assert RunSpeed().message() == ""  # nothing asked for: the plain "Training" line
     both = RunSpeed(graph_note="needs a CUDA GPU", fp8_note=reason).message()
     assert both == f"Training (CUDA graph off: needs a CUDA GPU; fp8 base weights off: {reason})"

@@ -21,10 +21,12 @@ FP8 = torch.float8_e4m3fn
 FP8_MAX = float(torch.finfo(FP8).max)  # 448
 
 
-def unavailable_reason(requested: bool, device: torch.device | str) -> str | None:
+def unavailable_reason(requested: bool, device: torch.device | str, num_processes: int = 1) -> str | None:
     """Why fp8 base weights cannot be used here (None when they can); said in the UI instead of failing."""
     if not requested:
         return "off"
+    if num_processes > 1:  # DDP would broadcast the fp8 buffers every step; never tried on several GPUs
+        return "not with several GPUs yet"
     if torch.device(device).type != "cuda":
         return "needs an NVIDIA GPU with fp8 (Ada, Hopper or newer)"
     if torch.cuda.get_device_capability(device) < (8, 9):

@@ -170,7 +170,7 @@ class LoraTrainer:
         add_lora(model, cfg, self.family.default_targets, self.dtype)
         if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
-        self.speed.fp8_note = fp8_base.unavailable_reason(cfg.fp8_base, device)
+        self.speed.fp8_note = fp8_base.unavailable_reason(cfg.fp8_base, device, acc.num_processes)
         if self.speed.fp8_note is None:  # frozen linear layers multiply in fp8 (brandgen/training/fp8_base.py)
             self.speed.fp8_layers = fp8_base.use_fp8_base(model)
         self.compiled = maybe_compile(model, cfg.compile, device.type)
