@@ -150,6 +150,9 @@ def test_an_fp8_request_that_cannot_run_is_explained_in_the_progress_line():
     assert RunSpeed(graph_note="off", fp8_note=None, fp8_layers=743).message() == (
         "Training (fp8 base weights on: 743 layers)"
     )
+    assert RunSpeed(compile_note=None, compiled_blocks=38, fp8_note=None, fp8_layers=536).message() == (
+        "Training (compiled: 38 blocks; fp8 base weights on: 536 layers)"
+    )
     assert TrainConfig.from_dict({"name": "acme", "fp8_base": True}).fp8_base is True
     with pytest.raises(InvalidInput, match="fp8_base"):
         TrainConfig.from_dict({"name": "acme", "fp8_base": 1})

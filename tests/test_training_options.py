@@ -6,7 +6,7 @@ import torch
 
 from brandgen.errors import InvalidInput
 from brandgen.training.config import TrainConfig
-from brandgen.training.loading import make_optimizer, maybe_compile
+from brandgen.training.loading import compile_note, make_optimizer, maybe_compile
 
 
 def test_compile_only_on_cuda_only_when_asked_and_for_every_family():
@@ -26,7 +26,11 @@ def test_compile_only_on_cuda_only_when_asked_and_for_every_family():
     # SD3 declares no _repeated_blocks: its joint blocks come from TRAINING_REGIONS
     assert maybe_compile(sd3, enabled=True, device_type="cuda") == 2
     assert compiled(sd3) == ["JointTransformerBlock", "JointTransformerBlock"]
-    assert maybe_compile(torch.nn.Linear(2, 2), enabled=True, device_type="cuda") == 0  # nothing known: eager
+    plain = torch.nn.Linear(2, 2)
+    assert maybe_compile(plain, enabled=True, device_type="cuda") == 0  # nothing known: eager, and the run says so
+    assert compile_note(True, "cuda", 0, plain) == "no known blocks to compile in Linear"
+    assert compile_note(True, "cuda", 2, sd3) is None and compile_note(False, "cuda", 0, sd3) == "off"
+    assert compile_note(True, "cpu", 0, sd3) == "needs a CUDA GPU"
 
 
 def test_compile_is_a_known_training_setting():

@@ -135,6 +135,15 @@ def maybe_compile(model: Any, enabled: bool, device_type: str) -> int:
     return len(blocks)
 
 
+def compile_note(requested: bool, device_type: str, blocks: int, model: Any) -> str | None:
+    """Why a compile request compiled nothing (None when it did; "off" when not asked for)."""
+    if not requested:
+        return "off"
+    if device_type != "cuda":
+        return "needs a CUDA GPU"
+    return None if blocks else f"no known blocks to compile in {type(model).__name__}"
+
+
 def new_run_dir(paths: AppPaths, name: str) -> Path:
     """A fresh folder name: two runs started in the same second (CLI and app) must not share one."""
     base = f"{name}-{datetime.now().strftime('%Y%m%d-%H%M%S')}"

@@ -36,6 +36,7 @@ from brandgen.training.history import LossHistory
 from brandgen.training.loading import (
     WEIGHT_DTYPES,
     add_lora,
+    compile_note,
     load_training_pipeline,
     make_accelerator,
     make_optimizer,
@@ -173,7 +174,8 @@ class LoraTrainer:
         self.speed.fp8_note = fp8_base.unavailable_reason(cfg.fp8_base, device, acc.num_processes)
         if self.speed.fp8_note is None:  # frozen linear layers multiply in fp8 (brandgen/training/fp8_base.py)
             self.speed.fp8_layers = fp8_base.use_fp8_base(model)
-        self.compiled = maybe_compile(model, cfg.compile, device.type)
+        self.speed.compiled_blocks = blocks = maybe_compile(model, cfg.compile, device.type)
+        self.speed.compile_note = compile_note(cfg.compile, device.type, blocks, model)
         params = [p for p in model.parameters() if p.requires_grad]
         optimizer, self.optimizer_name = make_optimizer(cfg.optimizer, params, cfg.lr, cfg.weight_decay, device.type)
         sampler = cache.BucketBatchSampler(dataset.buckets, cfg.batch_size, cfg.seed)
