@@ -7,8 +7,8 @@ The LoRA layers themselves stay in full precision. This is torchao's "rowwise" f
 frozen weight, where torchao's Float8Linear would requantize W every step and compute a weight gradient.
 
 `use_fp8_base(model)` swaps every qualifying frozen nn.Linear for an `Fp8Linear` (the original module is kept
-inside, so LoRA state dicts and export do not change) and `restore_base(model)` puts them back, so the samples
-and anything done with the model after training use the exact bf16 weights.
+inside, so LoRA state dicts and export do not change) and `restore_base(model)` puts them back, so whatever uses
+the model after training gets the exact weights (the run's own samples and evaluation losses use fp8).
 """
 
 from __future__ import annotations

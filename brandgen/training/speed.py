@@ -10,29 +10,32 @@ from dataclasses import dataclass
 from typing import Any
 
 
+def _part(name: str, note: str | None, on: str) -> str:
+    """`on` when the speed-up runs (note None), nothing when it was not asked for, else why it is off."""
+    if note is None:
+        return on
+    return "" if note == "off" else f"{name} off: {note}"
+
+
 @dataclass
 class RunSpeed:
-    compile_note: str | None = "off"  # why nothing was compiled ("off": not asked for); None when on
+    """Each note is None when its speed-up runs, "off" when it was not asked for, else the reason it cannot."""
+
+    compile_note: str | None = "off"
     compiled_blocks: int = 0
-    graphed: Any = None  # the GraphedStep when the CUDA graph is on
-    graph_note: str = "off"  # why the graph is not used ("off": not asked for); None when on
-    fp8_note: str | None = "off"  # the same for fp8 base weights
+    graph_note: str | None = "off"
+    graphed: Any = None  # the GraphedStep when the CUDA graph runs
+    fp8_note: str | None = "off"
     fp8_layers: int = 0
 
     def message(self) -> str:
         """e.g. 'Training (compiled: 70 blocks; CUDA graph on)'; '' when nothing was asked for."""
-        parts = []
-        if self.compile_note is None:
-            parts.append(f"compiled: {self.compiled_blocks} blocks")
-        elif self.compile_note != "off":
-            parts.append(f"compile off: {self.compile_note}")
-        if self.graphed is not None:
-            failure = self.graphed.failure
-            parts.append(f"CUDA graph failed, running without: {failure}" if failure else "CUDA graph on")
-        elif self.graph_note != "off":
-            parts.append(f"CUDA graph off: {self.graph_note}")
-        if self.fp8_note is None:
-            parts.append(f"fp8 base weights on: {self.fp8_layers} layers")
-        elif self.fp8_note != "off":
-            parts.append(f"fp8 base weights off: {self.fp8_note}")
+        failure = self.graphed.failure if self.graphed is not None else None
+        graph = f"CUDA graph failed, running without: {failure}" if failure else "CUDA graph on"
+        parts = [
+            _part("compile", self.compile_note, f"compiled: {self.compiled_blocks} blocks"),
+            _part("CUDA graph", self.graph_note, graph),
+            _part("fp8 base weights", self.fp8_note, f"fp8 base weights on: {self.fp8_layers} layers"),
+        ]
+        parts = [part for part in parts if part]
         return f"Training ({'; '.join(parts)})" if parts else ""
