@@ -90,18 +90,27 @@ class LoraLibrary:
         """
         found: dict[str, LoraInfo] = {}
         problems: dict[str, str] = {}
-        entries = sorted(self.root.iterdir()) if self.root.is_dir() else []
-        for entry in entries:
-            candidate = self._candidate(entry)
-            if candidate is None:
-                continue
-            name = entry.stem if entry.is_file() else entry.name
+        for name, candidate in self._entries():
             try:
                 found[name] = inspect_lora(candidate, name=name)
             except LoraError as exc:
                 problems[name] = str(exc)
         self.problems = problems
         return list(found.values())
+
+    def _entries(self, only: str | None = None) -> list[tuple[str, Path]]:
+        """(name, file to read) for each LoRA-like entry, in sorted order (a later one of the same name wins);
+        `only` keeps one name without reading any file."""
+        entries = sorted(self.root.iterdir()) if self.root.is_dir() else []
+        result = []
+        for entry in entries:
+            name = entry.stem if entry.is_file() else entry.name
+            if only is not None and name != only:
+                continue
+            candidate = self._candidate(entry)
+            if candidate is not None:
+                result.append((name, candidate))
+        return result
 
     def _candidate(self, entry: Path) -> Path | None:
         if entry.is_file() and entry.suffix.lower() in (".safetensors", *PICKLE_SUFFIXES):
@@ -118,12 +127,18 @@ class LoraLibrary:
         return [info.name for info in self.scan()]
 
     def get(self, name: str) -> LoraInfo:
+        """One LoRA by name, reading only its own file's header (generation asks for each LoRA it applies)."""
         name = safe_name(name, "LoRA name")
-        for info in self.scan():
-            if info.name == name:
-                return info
-        if name in self.problems:
-            raise LoraError(f"LoRA {name!r} cannot be used: {self.problems[name]}")
+        found, problem = None, None
+        for _, candidate in self._entries(only=name):
+            try:
+                found = inspect_lora(candidate, name=name)
+            except LoraError as exc:
+                problem = str(exc)
+        if found is not None:
+            return found
+        if problem is not None:
+            raise LoraError(f"LoRA {name!r} cannot be used: {problem}")
         raise LoraError(f"No LoRA named {name!r} in {self.root.name}/. Refresh the list or add the file.")
 
 
