@@ -98,13 +98,13 @@ def test_the_poll_resends_the_loss_curve_and_samples_only_when_they_change():
 
     state = JobState(id="run-1", name="acme", run_dir="/tmp/run-1", status="running")
     state.history = [{"step": 1, "loss": 0.5}, {"step": 2, "loss": 0.4}]
-    job, text, curve, gallery, shown, key, timer = poll_view(state, [], None)
-    assert is_skip(job) and "acme" in text and list(curve["step"]) == [1, 2]
+    text, curve, gallery, shown, key, timer = poll_view(state, [], None)
+    assert "acme" in text and list(curve["step"]) == [1, 2]
     assert is_skip(gallery) and shown == [] and key == ["run-1", 2, 2] and timer.active
     again = poll_view(state, shown, key)
-    assert is_skip(again[2]) and again[5] == key  # nothing new: no 2,000-point frame once a second
+    assert is_skip(again[1]) and again[4] == key  # nothing new: no 2,000-point frame once a second
     state.history = state.history[1:] + [{"step": 3, "loss": 0.3}]  # capped history: same length, new step
     moved = poll_view(state, shown, key)
-    assert list(moved[2]["step"]) == [2, 3] and moved[5] == ["run-1", 2, 3]
+    assert list(moved[1]["step"]) == [2, 3] and moved[4] == ["run-1", 2, 3]
     state.status = "done"
-    assert poll_view(state, shown, moved[5])[6].active is False  # a finished job stops the timer
+    assert poll_view(state, shown, moved[4])[5].active is False  # a finished job stops the timer

@@ -131,15 +131,14 @@ def loss_frame(state: JobState | None) -> pd.DataFrame:
 
 def poll_view(state: JobState | None, shown_samples: list[str], shown_curve: list | None) -> tuple:
     """What one poll (once a second while a job runs) sends: the status line always; the loss curve (up to
-    2,000 points) and the samples only when they changed; the hidden job JSON never (it carries the API's
-    start/cancel replies). Outputs: job JSON, status, curve, samples, samples shown, curve shown, timer."""
+    2,000 points) and the samples only when they changed. The hidden job JSON (the API's start/cancel replies) is
+    not a poll output at all. Outputs: status, curve, samples, samples shown, curve shown, timer."""
     finished = state is None or state.status not in ACTIVE
     paths = state.samples if state else []
     gallery: Any = gr.skip() if paths == shown_samples else [(_read_image(p), Path(p).name) for p in paths]
     history = state.history if state else []
     curve = [state.id, len(history), history[-1]["step"] if history else 0] if state else None
     return (
-        gr.skip(),
         status_text(state),
         gr.skip() if curve == shown_curve else loss_frame(state),
         gallery,
@@ -324,7 +323,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         state = jobs.status()
         return state.to_dict() if state else {"status": "none"}
 
-    poll_outputs = [job_json, status, plot, samples, shown_samples, plotted, timer]
+    poll_outputs = [status, plot, samples, shown_samples, plotted, timer]
     check.click(
         validate,
         [folder, asset_type, resolution, allow_small],
