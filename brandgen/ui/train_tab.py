@@ -189,14 +189,19 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                     allow_small = gr.Checkbox(False, label="Allow fewer images than the asset type's minimum")
                     bucketing = gr.Checkbox(False, label="Aspect-ratio buckets (instead of centre crop)")
                     convs = gr.Checkbox(start_values["convs"], label="Also train UNet convolutions (stronger style)")
-                with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md)
-                    compile_blocks = gr.Checkbox(False, label="GPU: compile the model (faster after a 20-50 s start)")
-                    cudnn_attention = gr.Checkbox(True, label="GPU: cuDNN attention (turn off if training misbehaves)")
+                with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md has the measurements)
+                    compile_blocks = gr.Checkbox(
+                        False, label="GPU: compile the model", info="faster after a 20-50 s start"
+                    )
+                    cudnn_attention = gr.Checkbox(
+                        True, label="GPU: cuDNN attention", info="turn off if training misbehaves"
+                    )
+                with gr.Row():
                     cuda_graph = gr.Checkbox(  # on where it can run: a UNet step replays 4-6x faster on a GPU
-                        torch.cuda.is_available(), label="GPU: CUDA graph (SD1.5/SDXL: 4-6x faster steps)"
+                        torch.cuda.is_available(), label="GPU: CUDA graph", info="SD1.5/SDXL: 4-6x faster steps"
                     )
                     fp8_base = gr.Checkbox(  # measured: FLUX 13% faster, SD3 2%, SDXL/HiDream slower (PERFORMANCE.md)
-                        False, label="GPU: fp8 base weights (FLUX with compile on H100/RTX 40: ~13% faster)"
+                        False, label="GPU: fp8 base weights", info="FLUX with compile on H100/RTX 40: ~13% faster"
                     )
             with gr.Row():
                 check = gr.Button("Validate dataset")
