@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from contextlib import AbstractContextManager
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -82,3 +83,14 @@ def fixed_noise_loss(
         model.enable_adapters()
         model.train(was_training)
     return total / draws
+
+
+def save_samples(images: list[Any], folder: Path, step: int) -> list[str]:
+    """Validation images as <folder>/step_<step>_<i>.png (the Train tab shows the newest); their paths."""
+    folder.mkdir(exist_ok=True)
+    paths = []
+    for i, image in enumerate(images):
+        path = folder / f"step_{step:06d}_{i}.png"
+        image.save(path)
+        paths.append(str(path))
+    return paths

@@ -46,7 +46,7 @@ from brandgen.training.loading import (
     resolve_data_dir,
 )
 from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
-from brandgen.training.sampling import fixed_noise_loss, render_images
+from brandgen.training.sampling import fixed_noise_loss, render_images, save_samples
 from brandgen.training.speed import RunSpeed
 
 
@@ -352,14 +352,7 @@ class LoraTrainer:
         if acc.is_main_process and self.config.validation_images:
             self._emit("validating", step=step, total=total, message="Rendering validation images")
             with self._guard():
-                images = self.render()
-            folder = self.run_dir / "samples"
-            folder.mkdir(exist_ok=True)
-            self.samples = []
-            for i, image in enumerate(images):
-                path = folder / f"step_{step:06d}_{i}.png"
-                image.save(path)
-                self.samples.append(str(path))
+                self.samples = save_samples(self.render(), self.run_dir / "samples", step)
         acc.wait_for_everyone()
 
     def _finish_cancelled(self, state: dict[str, int], total: int, final_loss: float | None) -> TrainResult:
