@@ -351,8 +351,9 @@ class LoraTrainer:
         acc.wait_for_everyone()
         if acc.is_main_process and self.config.validation_images:
             self._emit("validating", step=step, total=total, message="Rendering validation images")
-            with self._guard():
-                self.samples = save_samples(self.render(), self.run_dir / "samples", step)
+            with self._guard():  # the GPU lock: held for rendering, not for writing the files
+                images = self.render()
+            self.samples = save_samples(images, self.run_dir / "samples", step)
         acc.wait_for_everyone()
 
     def _finish_cancelled(self, state: dict[str, int], total: int, final_loss: float | None) -> TrainResult:
