@@ -92,8 +92,16 @@ def test_start_and_cancel_a_training_job(page: Page, app_server: AppServer):
     expect(panel.get_by_label("Dataset folder (images + .txt captions)")).to_have_value("assets/brand_example/icons")
     panel.get_by_label("LoRA name").fill("e2e-brand")
     panel.get_by_role("button", name=re.compile("^Training settings")).click()
-    panel.get_by_label("Max steps (0 = epochs)").fill("200")
-    panel.get_by_label("Checkpoint every N steps").fill("0")
+    max_steps, every = panel.get_by_label("Max steps (0 = epochs)"), panel.get_by_label("Checkpoint every N steps")
+    # The accordion's fields mount on first open; typing before they show their defaults could be overwritten
+    # (seen once in a clean-clone run on a busy 2-core box: the run used the epochs, not the 200 steps).
+    expect(max_steps).to_have_value("0")
+    expect(every).to_have_value("100")
+    max_steps.fill("200")
+    every.fill("0")
+    every.press("Tab")
+    expect(max_steps).to_have_value("200")
+    expect(every).to_have_value("0")
     panel.get_by_role("button", name="Start training").click()
 
     status = page.locator("#train-status")
