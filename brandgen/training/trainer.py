@@ -25,7 +25,7 @@ from brandgen.errors import InvalidInput
 from brandgen.paths import AppPaths, writing
 from brandgen.registry import ModelRegistry
 from brandgen.templates import AssetType, build_prompt, get_asset_type, load_asset_types
-from brandgen.training import cache, fp8_base
+from brandgen.training import cache
 from brandgen.training.checkpoints import resume_from, save_checkpoint
 from brandgen.training.config import TrainConfig
 from brandgen.training.cuda_graph import GraphedStep, unavailable_reason
@@ -47,7 +47,7 @@ from brandgen.training.loading import (
 )
 from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
 from brandgen.training.sampling import fixed_noise_loss, render_images, save_samples
-from brandgen.training.speed import RunSpeed
+from brandgen.training.speed import RunSpeed, restore_layers, swap_layers
 
 
 def overlaps_steps(device: torch.device) -> bool:
@@ -124,7 +124,7 @@ class LoraTrainer:
             raise
         finally:
             if self.pipe is not None:  # the exact base weights again, for whatever uses the pipeline next
-                fp8_base.restore_base(getattr(self.pipe, self.family.denoiser))
+                restore_layers(getattr(self.pipe, self.family.denoiser))
             free_memory()
 
     def _cudnn_attention(self) -> bool:
@@ -171,9 +171,7 @@ class LoraTrainer:
         add_lora(model, cfg, self.family.default_targets, self.dtype)
         if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
-        self.speed.fp8_note = fp8_base.unavailable_reason(cfg.fp8_base, device, acc.num_processes)
-        if self.speed.fp8_note is None:  # frozen linear layers multiply in fp8 (brandgen/training/fp8_base.py)
-            self.speed.fp8_layers = fp8_base.use_fp8_base(model)
+        swap_layers(model, self.speed, cfg.fp8_base, cfg.fused_lora, device, acc.num_processes)  # fp8, fused LoRA
         self.speed.compiled_blocks = blocks = maybe_compile(model, cfg.compile, device.type)
         self.speed.compile_note = compile_note(cfg.compile, device.type, blocks, model)
         params = [p for p in model.parameters() if p.requires_grad]
