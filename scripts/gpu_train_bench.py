@@ -233,7 +233,8 @@ def cuda_graph_step(body: Any, optimizer: Any, warmup: int) -> Any:
 
 
 def measure(
-    name: str, checkpointing: bool, batch_size: int, args: argparse.Namespace, fp8: bool = False
+    name: str, checkpointing: bool, batch_size: int, args: argparse.Namespace, fp8: bool = False,
+    fused: bool = False,
 ) -> dict[str, Any]:
     device = "cpu" if args.tiny else "cuda"
     dtype = torch.float32 if args.tiny else torch.bfloat16
@@ -252,6 +253,7 @@ def measure(
         "attention_backend": args.attention_backend,
         "cuda_graph": args.cuda_graph,
         "fp8_base": fp8,
+        "fused_lora": fused,
     }
     model = params = optimizer = None
     try:
@@ -291,6 +293,10 @@ def measure(
             from brandgen.training.fp8_base import use_fp8_base
 
             row["fp8_layers"] = use_fp8_base(model)
+        if fused:  # the trainer's TrainConfig.fused_lora: one merged-weight GEMM per LoRA layer each way
+            from brandgen.training.fused_lora import use_fused_lora
+
+            row["fused_lora_layers"] = use_fused_lora(model)
         if args.compile:
             # Regional compilation of the repeated blocks (diffusers `_repeated_blocks`): fuses the LoRA,
             # norm and RoPE elementwise work and cuts per-kernel launch overhead, which dominates eager batch 1.
@@ -414,6 +420,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--cuda-graph", action="store_true",
                         help="capture the whole step as one CUDA graph (static shapes; capturable AdamW)")
     parser.add_argument("--fp8-base", default="off", help="off | on | off,on: frozen base layers in fp8 (Ada/Hopper)")
+    parser.add_argument("--fused-lora", default="off",
+                        help="off | on | off,on: LoRA layers on the merged-weight path (TrainConfig.fused_lora)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after timing, profile two steps and report the N costliest operators")
     parser.add_argument("--out", default=None, help="write the JSON here too")
@@ -429,9 +437,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if args.attention == "flash" and not args.tiny:
         torch.backends.cuda.enable_cudnn_sdp(False)
     with cudnn_attention_first(args.attention != "flash" and not args.tiny):
-        rows = [measure(name, mode == "on", int(batch), args, fp8 == "on") for name in args.models.split(",")
-                for batch in args.batch.split(",") for mode in args.checkpointing.split(",")
-                for fp8 in args.fp8_base.split(",")]
+        rows = [measure(name, mode == "on", int(batch), args, fp8 == "on", fused == "on")
+                for name in args.models.split(",") for batch in args.batch.split(",")
+                for mode in args.checkpointing.split(",") for fp8 in args.fp8_base.split(",")
+                for fused in args.fused_lora.split(",")]
     import diffusers
 
     result = {

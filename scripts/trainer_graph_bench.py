@@ -133,6 +133,7 @@ def train(model: Path, data: Path, resolution: int, args: argparse.Namespace, **
         "run_s": round(time.perf_counter() - start, 1),
         "losses": [row["loss"] for row in rows],
         "messages": sorted(set(messages)),
+        "fused_lora_layers": trainer.speed.fused_layers,
         "graphs_captured": trainer.speed.graphed.captured if trainer.speed.graphed is not None else 0,
         "dynamo_unique_graphs": _dynamo_graphs(),
         "device_busy_ms_per_step": busy.get("ms"),
@@ -188,6 +189,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--profile", action="store_true", help="device busy time over 3 steps after --skip")
     parser.add_argument("--graph", default="off,on", help="off,on (compare) | on | off")
     parser.add_argument("--fp8-base", default="off", help="off | on | off,on: TrainConfig.fp8_base (Ada/Hopper)")
+    parser.add_argument("--fused-lora", default="on", help="on | off | off,on: TrainConfig.fused_lora (default on)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
     device = "cpu" if args.tiny or not torch.cuda.is_available() else "cuda"
@@ -226,11 +228,11 @@ def _run_all(work: Path, args: argparse.Namespace, device: str, argv: list[str] 
         "floor_ms": round(3 * built["forward_flops"] * args.batch / 800e12 * 1000, 2),
     }
     rows = []
-    for checkpointing, fp8 in [(c == "on", f == "on") for c in args.checkpointing.split(",")
-                               for f in args.fp8_base.split(",")]:
+    for checkpointing, fp8, fused in [(c == "on", f == "on", u == "on") for c in args.checkpointing.split(",")
+                                      for f in args.fp8_base.split(",") for u in args.fused_lora.split(",")]:
         for graph in [g == "on" for g in args.graph.split(",")]:
             row = train(work / "model", data, built["resolution"], args, cuda_graph=graph,
-                        gradient_checkpointing=checkpointing, fp8_base=fp8)
+                        gradient_checkpointing=checkpointing, fp8_base=fp8, fused_lora=fused)
             print(json.dumps({k: v for k, v in row.items() if k != "losses"}), file=sys.stderr, flush=True)
             rows.append(row)
             gc.collect()  # the finished trainer's model and graph pool go before the next run
