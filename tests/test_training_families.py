@@ -54,6 +54,8 @@ def test_family_trains_exports_and_reloads_identically(family: str, model_dirs: 
     result = trainer.run()
 
     assert result.status == "done" and result.steps == steps
+    # the fused LoRA path (TrainConfig.fused_lora, on by default) where it was measured to pay: UNet families
+    assert (trainer.speed.fused_layers > 0) == (family in ("sd15", "sdxl"))
     base, final = result.metrics["eval_loss_base"], result.metrics["eval_loss_final"]
     assert final < 0.85 * base, f"{family}: fixed-noise loss {base:.3f} -> {final:.3f}"
     losses = [row["loss"] for row in trainer.history.rows]

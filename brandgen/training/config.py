@@ -69,7 +69,7 @@ class TrainConfig:
     compile: bool = False  # CUDA: regional torch.compile of the denoiser's repeated blocks (docs/PERFORMANCE.md)
     cuda_graph: bool = False  # CUDA, UNet models: each step replayed as one CUDA graph (brandgen/training/cuda_graph.py)
     fp8_base: bool = False  # CUDA, Ada/Hopper+: frozen linear layers multiply in fp8 (brandgen/training/fp8_base.py)
-    fused_lora: bool = True  # LoRA layers as one merged-weight GEMM each way (brandgen/training/fused_lora.py)
+    fused_lora: bool = True  # SD1.5/SDXL: LoRA as one merged-weight GEMM each way (brandgen/training/fused_lora.py)
     cudnn_attention: bool = True  # CUDA: cuDNN SDPA first, with contiguous attention gradients (brandgen/attention.py)
 
     def validated(self) -> "TrainConfig":

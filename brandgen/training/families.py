@@ -58,6 +58,8 @@ class Family:
     default_guidance = 7.0
     default_steps = 25
     default_resolution = 512
+    # TrainConfig.fused_lora applies (brandgen/training/fused_lora.py): SDXL's step 1.86x -> 1.48x of its floor
+    fused_lora = True
 
     def setup(self, pipe: Any) -> None:
         """Remember what the loss needs from the pipeline before its text encoders are freed."""
@@ -166,6 +168,8 @@ class FlowFamily(Family):
     """Shared flow-matching loss: x_t = (1 - s) x0 + s noise, s logit-normal; the model predicts noise - x0."""
 
     denoiser = "transformer"
+    # measured on FLUX: no faster (353 vs 351 ms) and the compiled step kept the merged weights (+9 GB)
+    fused_lora = False
     default_guidance = 4.5
     default_steps = 28
     default_resolution = 1024

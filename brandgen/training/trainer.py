@@ -171,7 +171,8 @@ class LoraTrainer:
         add_lora(model, cfg, self.family.default_targets, self.dtype)
         if self._cudnn_attention():  # cuDNN SDPA's backward needs them (brandgen/attention.py)
             contiguous_attention_grads(model)
-        swap_layers(model, self.speed, cfg.fp8_base, cfg.fused_lora, device, acc.num_processes)  # fp8, fused LoRA
+        fused = cfg.fused_lora and family.fused_lora  # where measured to pay (UNet families)
+        swap_layers(model, self.speed, cfg.fp8_base, fused, device, acc.num_processes)
         self.speed.compiled_blocks = blocks = maybe_compile(model, cfg.compile, device.type)
         self.speed.compile_note = compile_note(cfg.compile, device.type, blocks, model)
         params = [p for p in model.parameters() if p.requires_grad]
