@@ -71,14 +71,7 @@ class FusedLoraLinear(PeftLoraLinear):
         adapter = _fusable_adapter(self)
         if args or kwargs or adapter is None:
             return super().forward(x, *args, **kwargs)
-        device = x.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
-        base = self.base_layer
-        flat = x.reshape(-1, base.in_features)
-        with torch.autocast(device, enabled=False):  # dtypes are explicit inside
-            y = _MergedLoraMatmul.apply(flat, base.weight, base.bias, self.lora_A[adapter].weight,
-                                        self.lora_B[adapter].weight, float(self.scaling[adapter]), dtype)
-        return y.view(*x.shape[:-1], base.out_features)
+        return _apply(_MergedLoraMatmul, x, self, adapter, self.base_layer.out_features)
 
 
 class _GegluLoraMatmul(torch.autograd.Function):
@@ -131,14 +124,20 @@ class FusedGeglu(GEGLU):
         adapter = _fusable_adapter(proj) if isinstance(proj, FusedLoraLinear) else None
         if args or kwargs or adapter is None:
             return super().forward(hidden_states, *args, **kwargs)
-        device = hidden_states.device.type
-        dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else hidden_states.dtype
-        base = proj.base_layer
-        flat = hidden_states.reshape(-1, base.in_features)
-        with torch.autocast(device, enabled=False):
-            y = _GegluLoraMatmul.apply(flat, base.weight, base.bias, proj.lora_A[adapter].weight,
-                                       proj.lora_B[adapter].weight, float(proj.scaling[adapter]), dtype)
-        return y.view(*hidden_states.shape[:-1], base.out_features // 2)
+        return _apply(_GegluLoraMatmul, hidden_states, proj, adapter, proj.base_layer.out_features // 2)
+
+
+def _apply(function: type[torch.autograd.Function], x: torch.Tensor, layer: PeftLoraLinear, adapter: str,
+           out_features: int) -> torch.Tensor:
+    """Run one of the Functions above on x flattened to rows, in autocast's dtype (explicit inside)."""
+    device = x.device.type
+    dtype = torch.get_autocast_dtype(device) if torch.is_autocast_enabled(device) else x.dtype
+    base = layer.base_layer
+    flat = x.reshape(-1, base.in_features)
+    with torch.autocast(device, enabled=False):
+        y = function.apply(flat, base.weight, base.bias, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight,
+                           float(layer.scaling[adapter]), dtype)
+    return y.view(*x.shape[:-1], out_features)
 
 
 def _fusable_adapter(layer: PeftLoraLinear) -> str | None:
