@@ -34,6 +34,12 @@ from diffusers.models.activations import GEGLU
 from peft.tuners.lora import Linear as PeftLoraLinear
 
 
+def _merge(weight: torch.Tensor, a: torch.Tensor, b: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
+    """W + s B A in one addmm, rounded once. The backward calls it again with the same arguments; compiled, that
+    is the forward's own expression, so the compiler keeps the forward's result (module docstring)."""
+    return torch.addmm(weight.to(dtype), b, a, alpha=scale)
+
+
 class _MergedLoraMatmul(torch.autograd.Function):
     """y = x (W + s B A)^T (+ bias) with gradients for x, A and B only (W and the bias are frozen)."""
 
@@ -41,7 +47,7 @@ class _MergedLoraMatmul(torch.autograd.Function):
     def forward(ctx: Any, x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, lora_a: torch.Tensor,
                 lora_b: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
         a, b = lora_a.to(dtype), lora_b.to(dtype)
-        merged = torch.addmm(weight.to(dtype), b, a, alpha=scale)  # W + s B A, rounded once
+        merged = _merge(weight, a, b, scale, dtype)
         x = x.to(dtype)
         h = x @ a.t() if ctx.needs_input_grad[4] else None  # N x r: what grad_B needs
         ctx.save_for_backward(x, h, weight, a, b)
@@ -53,7 +59,7 @@ class _MergedLoraMatmul(torch.autograd.Function):
         x, h, weight, a, b = ctx.saved_tensors
         grad = grad.to(ctx.dtype)
         # eager: recomputed, no merged copies kept; compiled: folded into the forward's (module docstring)
-        merged = torch.addmm(weight.to(ctx.dtype), b, a, alpha=ctx.scale)
+        merged = _merge(weight, a, b, ctx.scale, ctx.dtype)
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
             grad_x = grad @ merged
@@ -88,8 +94,8 @@ class _GegluLoraMatmul(torch.autograd.Function):
                 lora_b: torch.Tensor, scale: float, dtype: torch.dtype) -> torch.Tensor:
         a, b = lora_a.to(dtype), lora_b.to(dtype)
         x = x.to(dtype)
-        proj = torch.nn.functional.linear(x, torch.addmm(weight.to(dtype), b, a, alpha=scale),
-                                          None if bias is None else bias.to(dtype))
+        bias = None if bias is None else bias.to(dtype)
+        proj = torch.nn.functional.linear(x, _merge(weight, a, b, scale, dtype), bias)
         h = x @ a.t() if ctx.needs_input_grad[4] else None
         ctx.save_for_backward(x, h, proj, weight, a, b)
         ctx.scale, ctx.dtype, ctx.param_dtypes = scale, dtype, (lora_a.dtype, lora_b.dtype)
@@ -106,7 +112,7 @@ class _GegluLoraMatmul(torch.autograd.Function):
         k = hidden.shape[-1]
         grad_x = grad_a = grad_b = None
         if ctx.needs_input_grad[0]:
-            merged = torch.addmm(weight.to(ctx.dtype), b, a, alpha=ctx.scale)
+            merged = _merge(weight, a, b, ctx.scale, ctx.dtype)
             grad_x = torch.addmm(grad_hidden @ merged[:k], grad_gate, merged[k:])
         if ctx.needs_input_grad[3]:
             t = torch.addmm(grad_hidden @ b[:k], grad_gate, b[k:])  # dproj B, without dproj
