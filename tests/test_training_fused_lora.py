@@ -106,11 +106,9 @@ def test_layers_whose_maths_fusing_would_change_keep_peft_forward():
     use_fused_lora(block)
     x = torch.randn(2, 24)
     layers = [m for m in block.modules() if isinstance(m, PeftLoraLinear)]
-    base = block.ff.net[2].base_layer(
-        block.ff.net[0].proj.base_layer(block.down.base_layer(torch.nn.functional.gelu(block.up.base_layer(x))))
-        .chunk(2, dim=-1)[0] * torch.nn.functional.gelu(
-            block.ff.net[0].proj.base_layer(block.down.base_layer(torch.nn.functional.gelu(block.up.base_layer(x))))
-            .chunk(2, dim=-1)[1]))
+    inner = block.down.base_layer(torch.nn.functional.gelu(block.up.base_layer(x)))
+    hidden, gate = block.ff.net[0].proj.base_layer(inner).chunk(2, dim=-1)
+    base = block.ff.net[2].base_layer(hidden * torch.nn.functional.gelu(gate))  # the model without LoRA
     with torch.no_grad():
         for layer in layers:
             layer.enable_adapters(False)
