@@ -22,8 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brandgen.tiny import data, model
-from brandgen.tiny import eval as tiny_eval
+from brandgen.tiny import data, icon_data, icons, model
+from brandgen.tiny import icon_eval as tiny_eval
 from brandgen.tiny import tokenizer as tiny_tokenizer
 
 STAGES = ("data", "vae", "latents", "unet", "save")
@@ -102,46 +102,47 @@ def lr_factor(progress: float, step: int, warmup: int, min_ratio: float) -> floa
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
-def _images(run: Run) -> np.ndarray:
-    dcfg, path = run.cfg["data"], run.work / "images.npy"
-    if path.exists():
-        return np.load(path)
-    images, _, _ = data.make_training_set(dcfg["n_images"], dcfg["seed"], run.cfg["image_size"], dcfg["workers"])
-    return images
+def _pack(run: Run) -> tuple[np.ndarray, list[dict]]:
+    """The icon pack's masks and metadata (a synthetic pack of drawn shapes when none is configured)."""
+    dcfg = run.cfg["data"]
+    if dcfg.get("pack"):
+        masks, meta, _ = icons.load_pack(dcfg["pack"])
+        return masks, meta
+    return icon_data.synthetic_pack(dcfg.get("synthetic_icons", 32), run.cfg["image_size"], dcfg["seed"])
 
 
-def stage_data(run: Run) -> tuple[torch.Tensor | None, torch.Tensor, Path]:
-    """Images (uint8, on device, only while the VAE/latent stages need them), the tokenizer, and
-    tokenized captions [N, K, 77]. Images render before anything starts threads, as workers fork."""
+def stage_data(run: Run) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
+    """Variant images (composed on the device from the pack's masks), the tokenizer, and tokenized
+    captions [N, K, 77]. The variant table is rebuilt from the seed on resume (it is deterministic)."""
     dcfg, t0 = run.cfg["data"], time.time()
     ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
-    if run.done("data"):
-        images = torch.from_numpy(_images(run)).to(run.device) if not run.done("latents") else None
-        return images, torch.load(ids_path).to(run.device), tok_dir
+    masks, meta = _pack(run)
     k = dcfg.get("captions_per_image", 1)
-    images, captions, _ = data.make_training_set(dcfg["n_images"], dcfg["seed"], run.cfg["image_size"],
-                                                 dcfg["workers"], k)
-    log("data", run.start, images=len(images), seconds=time.time() - t0)
+    variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], k, dcfg["seed"], dcfg.get("concept_boost", 1))
+    source = icon_data.ImageSource(icon_data.Composer(masks, run.device, run.cfg["image_size"]), variants)
+    if run.done("data"):
+        return source, torch.load(ids_path).to(run.device), tok_dir
+    log("data", run.start, icons=len(meta), variants=len(variants), seconds=time.time() - t0)
     tok_cfg = run.cfg["tokenizer"]
-    lines = tiny_tokenizer.corpus(tok_cfg.get("corpus_captions", 6000))
+    lines = icon_data.tokenizer_corpus(meta, tok_cfg.get("corpus_captions", 60000))
     tokenizer = tiny_tokenizer.train_tokenizer(tok_cfg["vocab_size"], lines)
     tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
-    flat = [c for group in captions for c in group]
-    ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(captions), k, -1)
+    flat = [c for v in variants for c in v.captions]
+    ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(variants), k, -1)
     torch.save(ids, ids_path)
-    (run.work / "captions_sample.json").write_text(json.dumps(captions[:500], indent=0))
-    if dcfg.get("cache_images", False):
-        np.save(run.work / "images.npy", images)
-    run.finish("data", time.time() - t0, vocab_size=len(tokenizer))
+    (run.work / "captions_sample.json").write_text(json.dumps([v.captions for v in variants[::97][:500]], indent=0))
+    concepts = sorted({m["phrase"] for m in meta if not m.get("heldout")})
+    run.finish("data", time.time() - t0, vocab_size=len(tokenizer), icons=len(meta), variants=len(variants),
+               train_concepts=len(concepts))
     log("data", run.start, captions=len(flat), vocab=len(tokenizer), seconds=time.time() - t0)
-    return torch.from_numpy(images).to(run.device), ids.to(run.device), tok_dir
+    return source, ids.to(run.device), tok_dir
 
 
 def to_pixels(batch_uint8: torch.Tensor) -> torch.Tensor:
     return batch_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
 
 
-def stage_vae(run: Run, vae, images: torch.Tensor | None) -> None:
+def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
     """Autoencoder with L1 + L2 + a small KL; flat art reconstructs well after a short run."""
     tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
     if run.done("vae"):
@@ -195,7 +196,7 @@ def stage_vae(run: Run, vae, images: torch.Tensor | None) -> None:
 
 
 @torch.no_grad()
-def stage_latents(run: Run, vae, images: torch.Tensor | None) -> torch.Tensor:
+def stage_latents(run: Run, vae, images: icon_data.ImageSource) -> torch.Tensor:
     """Posterior means of all images, and vae.config.scaling_factor = 1 / their std."""
     path, t0 = run.work / "latents.pt", time.time()
     if run.done("latents"):
@@ -348,8 +349,9 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     if eval_n:
         pipe.to(device)
         pipe.set_progress_bar_config(disable=True)
-        scores = tiny_eval.evaluate_pipeline(pipe, data.heldout_pairs(eval_n), cfg["sample"]["steps"],
-                                             cfg["sample"]["guidance_scale"])
+        scores = tiny_eval.evaluate_pipeline(pipe, tiny_eval.heldout_prompts(eval_n), cfg["sample"]["steps"],
+                                             cfg["sample"]["guidance_scale"], keep_images=True)
+        tiny_eval.contact_sheet(scores.pop("images"), scores["results"], run.work / "contact_sheet.png")
         (run.work / "eval.json").write_text(json.dumps(scores, indent=1))
         summary["eval"] = {k: v for k, v in scores.items() if k != "results"}
         log("eval", run.start, **summary["eval"])
@@ -364,12 +366,12 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--config", default=str(Path(__file__).with_name("recipe.json")))
     parser.add_argument("--work-dir", default=".work/tiny")
-    parser.add_argument("--out", default="assets/brandgen-tiny")
+    parser.add_argument("--out", default=".work/tiny/model", help="the shipped model is assets/brandgen-tiny")
     parser.add_argument("--resume", action="store_true", help="continue from the checkpoints in --work-dir")
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (CPU, seconds)")
     parser.add_argument("--samples", default=None, help="write a 4x4 sample grid PNG here")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts at the end")
+    parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts per concept at the end")
     parser.add_argument("--stop-after", default=None, help="STAGE or STAGE:STEP; stop there (for testing resume)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, smoke=args.smoke)

@@ -1,0 +1,208 @@
+"""Training images and captions from the icon pack: each mask tinted in a colour on a background.
+
+A *variant* is one (icon, colour, background, placement) choice, fixed by the seed, with K captions
+that describe it in the words designers type: the icon's name, its tags and synonyms, a style word
+(outline / filled / duotone / fluent), the colour as a name or hex, the background, and the app's
+templates. Images are composed on the training device from the masks, so the pack stays small.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from brandgen.tiny import icon_sets
+from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES
+
+CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
+LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
+DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
+DARK_FG = {"black", "navy", "brown", "crimson", "purple"}  # too dark to read on a dark background
+CANON_SCALE = 0.78  # fraction of the canvas an icon's 24-unit grid fills (the rest is margin)
+
+
+def _words_for(meta: dict) -> list[str]:
+    """The words that may name this icon in a caption, most specific first."""
+    concept = meta.get("concept")
+    words = [meta["phrase"]]
+    if concept:
+        words += CONCEPTS["concepts"][concept]["words"]
+    return [w for w in dict.fromkeys(words) if w]
+
+
+def hex_of(rgb) -> str:
+    return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
+
+
+def _article(word: str) -> str:
+    return "an" if word[:1] in "aeiou" else "a"
+
+
+@dataclass
+class Variant:
+    icon: int
+    fg: tuple[int, int, int]
+    bg: tuple[int, int, int]
+    scale: float
+    dx: float
+    dy: float
+    captions: list[str]
+
+
+def _jitter(rgb, rng: random.Random, amount: int = 14) -> tuple[int, int, int]:
+    return tuple(int(min(255, max(0, c + rng.randint(-amount, amount)))) for c in rgb)
+
+
+def _colour_and_background(rng: random.Random) -> tuple[tuple, tuple, str, str]:
+    """(fg rgb, bg rgb, colour words, background words)."""
+    kind = rng.random()
+    if kind < 0.62:
+        bg_name = rng.choice(list(LIGHT_BG))
+        bg, bg_words = LIGHT_BG[bg_name], rng.choice([f"{bg_name} background", f"plain {bg_name} background"])
+        if bg_name == "white" and rng.random() < 0.25:
+            bg_words = "transparent background"
+        names = [n for n in COLORS if n != "white"]
+    elif kind < 0.82:
+        tint = rng.choice([n for n in COLORS if n not in ("white", "black", "gray")])
+        bg = tuple(int(255 - (255 - c) * 0.16) for c in COLORS[tint][0])
+        bg_words = rng.choice([f"light {tint} background", f"soft {tint} tint background", f"pale {tint} background"])
+        names = [n for n in COLORS if n not in ("white", tint) and COLORS[n][1] != COLORS[tint][1]]
+    else:
+        bg_name = rng.choice(list(DARK_BG))
+        bg, bg_words = DARK_BG[bg_name], f"{bg_name} background"
+        names = [n for n in COLORS if n not in DARK_FG]
+    name = rng.choice(names)
+    fg = _jitter(COLORS[name][0], rng)
+    colour_words = hex_of(fg) if rng.random() < 0.15 else name
+    return fg, bg, colour_words, bg_words
+
+
+def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str:
+    """One caption in a randomly chosen training phrasing (never the held-out ones in concepts.json)."""
+    words = _words_for(meta)
+    word = words[0] if rng.random() < 0.55 or len(words) == 1 else rng.choice(words[1:])
+    if meta.get("tags") and rng.random() < 0.12:
+        word = rng.choice(meta["tags"])
+    style = rng.choice(icon_sets.STYLE_WORDS[(meta["set"], meta["style"])])
+    trigger, prefix, suffix = TEMPLATES["icons"]
+    form = rng.randrange(9)
+    if form == 0:
+        return f"{word} icon"
+    if form == 1:
+        return f"{style} {word} icon, {colour}"
+    if form == 2:
+        return f"{_article(colour)} {colour} {word} icon on a {background}"
+    if form == 3:
+        head = f"{trigger}, " if rng.random() < 0.5 else ""
+        return f"{head}{prefix} {_article(colour)} {colour} {word}, {style}, {suffix}"
+    if form == 4:
+        return f"{word}, {style} icon in {colour}, {background}"
+    if form == 5:
+        return f"{colour} {style} {word} symbol"
+    if form == 6:
+        ltrig, lprefix, lsuffix = TEMPLATES["logo"]
+        return f"{ltrig}, {lprefix} {_article(colour)} {colour} {word}, {lsuffix}"
+    if form == 7:
+        extra = f", {meta['category'].lower()}" if meta.get("category") else ""
+        return f"{style} icon of {_article(word)} {word}{extra}, {colour} on {background}"
+    return f"{colour} {word}"
+
+
+def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
+                  concept_boost: int = 1) -> list[Variant]:
+    """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
+    everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most."""
+    out = []
+    for i, m in enumerate(meta):
+        if m.get("heldout"):
+            continue
+        for v in range(per_icon * (concept_boost if m.get("concept") else 1)):
+            rng = random.Random(seed * 1_000_003 + i * 131 + v)
+            fg, bg, colour, background = _colour_and_background(rng)
+            caps = [caption(m, colour, background, rng) for _ in range(captions_per_variant)]
+            out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
+                               rng.uniform(-0.03, 0.03), caps))
+    return out
+
+
+class Composer:
+    """Masks on the training device; compose(variants) -> uint8 images [B, H, W, 3]."""
+
+    def __init__(self, masks: np.ndarray, device: torch.device | str, out_size: int | None = None):
+        self.masks = torch.from_numpy(masks).to(device)
+        self.device = torch.device(device)
+        self.size = out_size or masks.shape[-1]
+
+    def alpha(self, icons, scale, dx, dy) -> torch.Tensor:
+        """Each mask scaled about the centre and shifted: [B, 1, size, size] in [0, 1]."""
+        m = self.masks[torch.as_tensor(icons, device=self.device)].unsqueeze(1).float().div(255)
+        s = torch.as_tensor(scale, device=self.device, dtype=torch.float32)
+        theta = torch.zeros(len(m), 2, 3, device=self.device)
+        theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
+        theta[:, 0, 2] = -torch.as_tensor(dx, device=self.device, dtype=torch.float32) * 2 / s
+        theta[:, 1, 2] = -torch.as_tensor(dy, device=self.device, dtype=torch.float32) * 2 / s
+        grid = F.affine_grid(theta, [len(m), 1, self.size, self.size], align_corners=False)
+        return F.grid_sample(m, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+
+    def compose(self, variants: list[Variant]) -> torch.Tensor:
+        a = self.alpha([v.icon for v in variants], [v.scale for v in variants], [v.dx for v in variants],
+                       [v.dy for v in variants])
+        fg = torch.tensor([v.fg for v in variants], device=self.device, dtype=torch.float32)[:, :, None, None]
+        bg = torch.tensor([v.bg for v in variants], device=self.device, dtype=torch.float32)[:, :, None, None]
+        img = bg * (1 - a) + fg * a
+        return img.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
+
+
+def tokenizer_corpus(meta: list[dict], n: int = 60000, seed: int = 99) -> list[str]:
+    """Text the tokenizer's BPE merges are learned from: training captions, negatives, the generic words."""
+    from brandgen.tiny.tokenizer import GENERIC_WORDS
+
+    rng = random.Random(seed)
+    train = [m for m in meta if not m.get("heldout")]
+    lines = []
+    for _ in range(n):
+        m = rng.choice(train)
+        _, _, colour, background = _colour_and_background(rng)
+        lines.append(caption(m, colour, background, rng))
+    lines += NEGATIVES * 50
+    words = GENERIC_WORDS.split()
+    lines += [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)] * 20
+    return lines
+
+
+def synthetic_pack(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:
+    """A small pack of drawn shapes in the pack's format, for smoke runs and tests (no npm, no SVGs)."""
+    from brandgen.tiny.data import SHAPES, Element, element_mask
+
+    rng = random.Random(seed)
+    masks, meta = [], []
+    for i in range(n):
+        shape, style = SHAPES[i % len(SHAPES)], ("outline", "filled")[(i // len(SHAPES)) % 2]
+        el = Element(shape, "black", 0.5, 0.5, rng.uniform(0.8, 0.95), rng.uniform(-10, 10))
+        masks.append((element_mask(el, "outline" if style == "outline" else "flat", size) * 255).astype(np.uint8))
+        meta.append({"set": "tabler", "style": style, "name": shape.replace(" ", "-"), "phrase": shape,
+                     "tags": ["shape", "geometry"], "category": "Shapes", "concept": None, "heldout": False})
+    return np.stack(masks), meta
+
+
+class ImageSource:
+    """Variants as an indexable image set: source[idx] -> uint8 [B, H, W, 3] on the composer's device."""
+
+    def __init__(self, composer: Composer, variants: list[Variant]):
+        self.composer, self.variants = composer, variants
+
+    def __len__(self) -> int:
+        return len(self.variants)
+
+    def __getitem__(self, index) -> torch.Tensor:
+        if isinstance(index, slice):
+            picked = self.variants[index]
+        else:
+            picked = [self.variants[i] for i in torch.as_tensor(index).tolist()]
+        return self.composer.compose(picked)

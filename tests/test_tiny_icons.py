@@ -1,0 +1,139 @@
+"""brandgen-tiny v2 data: icon-set readers, SVG rendering, the pack builder, captions and composition."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from brandgen.tiny import icon_data, icon_sets, icons
+
+CIRCLE = (b'<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24" fill="none" '
+          b'stroke="currentColor" stroke-width="2"><circle cx="12" cy="12" r="8"/></svg>')
+BAR = b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 256 256"><rect x="40" y="100" width="176" height="56"/></svg>'
+
+
+def _fake_sets(root: Path) -> dict[str, Path]:
+    """Unpacked packages laid out like the real ones, with one brand icon in each that must be left out."""
+    t = root / "tabler"
+    (t / "icons" / "outline").mkdir(parents=True)
+    meta = {"bell": {"name": "bell", "category": "System", "tags": ["alarm", "notification"],
+                     "styles": {"outline": {}}},
+            "home-2": {"name": "home-2", "category": "Buildings", "tags": ["house"], "styles": {"outline": {}}},
+            "brand-github": {"name": "brand-github", "category": "Brand", "tags": [], "styles": {"outline": {}}}}
+    (t / "icons.json").write_text(json.dumps(meta))
+    for name in meta:
+        (t / "icons" / "outline" / f"{name}.svg").write_bytes(CIRCLE)
+    lu = root / "lucide"
+    (lu / "icons").mkdir(parents=True)
+    (lu / "tags.json").write_text(json.dumps({"bell": ["alarm"], "github": ["code"]}))
+    for name in ("bell", "github"):
+        (lu / "icons" / f"{name}.svg").write_bytes(CIRCLE)
+    ph = root / "phosphor"
+    (ph / "dist").mkdir(parents=True)
+    (ph / "dist" / "index.mjs").write_text(
+        'var e = ((i) => (i.BRAND = "brands", i.SYSTEM = "system", i))(e || {});\nconst n = [\n'
+        '  { name: "bell", categories: [e.SYSTEM], tags: ["*new*", "alarm"] },\n'
+        '  { name: "dribbble-logo", categories: [e.BRAND], tags: ["social"] },\n];\n')
+    for style in ("regular", "fill", "duotone"):
+        (ph / "assets" / style).mkdir(parents=True)
+        for name in ("bell", "dribbble-logo"):
+            stem = name if style == "regular" else f"{name}-{style}"
+            (ph / "assets" / style / f"{stem}.svg").write_bytes(BAR)
+    fl = root / "fluent"
+    (fl / "icons").mkdir(parents=True)
+    for name in ("alert_24_regular", "alert_24_filled", "alert_20_regular"):
+        (fl / "icons" / f"{name}.svg").write_bytes(CIRCLE.replace(b"currentColor", b"none").replace(b'fill="none"', b""))
+    return {"tabler": t, "lucide": lu, "phosphor": ph, "fluent": fl}
+
+
+def test_readers_leave_out_brands_and_keep_names_tags_and_styles(tmp_path):
+    records = list(icon_sets.iter_icons(_fake_sets(tmp_path)))
+    got = {(r.set, r.style, r.name) for r in records}
+    assert ("tabler", "outline", "bell") in got and ("lucide", "outline", "bell") in got
+    assert {("phosphor", s, "bell") for s in ("regular", "fill", "duotone")} <= got
+    assert {("fluent", "regular", "alert"), ("fluent", "filled", "alert")} <= got
+    assert not any("github" in n or "dribbble" in n for _, _, n in got)  # brand marks, in every set
+    assert ("fluent", "regular", "alert_20_regular") not in got and len(records) == 8
+    bell = next(r for r in records if r.set == "phosphor")
+    assert bell.tags == ["alarm"] and bell.category == "system"  # "*new*" markers dropped
+    assert icons.clean_phrase(next(r for r in records if r.name == "home-2").phrase) == "home"
+
+
+def test_render_mask_draws_strokes_in_the_viewbox_at_the_asked_size():
+    mask = icons.render_mask(CIRCLE, 64)
+    assert mask.shape == (64, 64) and mask.dtype == np.uint8
+    assert mask[32, 32] == 0 and mask[32, 32 - 21] > 200  # hollow centre, stroke at r = 8/24 of the canvas
+    q = icons.quantize(mask)
+    assert len(np.unique(q)) <= icons.LEVELS and np.abs(q.astype(int) - mask).max() <= 9
+    wide = icons.render_mask(BAR, 64)  # a 256-unit viewBox scales the same way
+    assert wide[32, 32] == 255 and wide[5, 32] == 0
+
+
+def test_fetch_refuses_a_tarball_that_does_not_match_its_pinned_integrity(tmp_path):
+    spec = icon_sets.SETS["lucide"]
+    bad = tmp_path / f"lucide-{spec.version}.tgz"
+    bad.write_bytes(b"not the package")
+    with pytest.raises(icon_sets.FetchError, match="integrity"):
+        icon_sets.fetch(spec, tmp_path)
+    assert not bad.exists()  # removed, so the next build fetches it again
+
+
+def test_build_writes_a_pack_with_held_out_concept_icons_and_notices(tmp_path, monkeypatch):
+    roots = _fake_sets(tmp_path / "sets")
+    monkeypatch.setattr(icon_sets, "fetch", lambda s, cache: roots[s.key])
+    summary = icons.build(tmp_path / "pack.npz", tmp_path / "cache", size=32, workers=1)
+    masks, meta, stored = icons.load_pack(tmp_path / "pack.npz")
+    assert masks.shape == (8, 32, 32) and len(meta) == 8 and stored["icons"] == 8 == summary["icons"]
+    by = {(m["set"], m["style"], m["name"]): m for m in meta}
+    # "bell" is concept 4 of concepts.json -> its tabler icon is held out; the other sets' bells train
+    assert all(m["concept"] == "bell" for k, m in by.items() if k[2] in ("bell", "alert"))
+    assert by[("tabler", "outline", "bell")]["heldout"] and not by[("lucide", "outline", "bell")]["heldout"]
+    assert summary["train_icons"] == 7 and summary["per_set"]["phosphor"] == 3
+    notices = (tmp_path / "THIRD_PARTY_NOTICES.txt").read_text()
+    assert "Microsoft Corporation" in notices and "@phosphor-icons/core 2.1.1" in notices
+
+
+def _meta(concept: str | None = "bell") -> dict:
+    return {"set": "fluent", "style": "regular", "name": "alert", "phrase": "alert", "tags": ["alarm"],
+            "category": "", "concept": concept, "heldout": False}
+
+
+def test_captions_name_the_icon_colour_and_background_but_never_the_held_out_phrasings():
+    variants = icon_data.make_variants([_meta(), {**_meta(None), "name": "x"}], 40, 3, seed=0)
+    assert len(variants) == 80 and variants[0].captions == icon_data.make_variants([_meta()], 40, 3, 0)[0].captions
+    held = ["symbol for a mobile app", "pictogram", "glyph", "ui icon"]
+    words = icon_data.CONCEPTS["concepts"]["bell"]["words"]
+    for v in variants[:40]:
+        for cap in v.captions:
+            assert not any(h in cap for h in held)
+            assert any(w in cap for w in [*words, "alert", "alarm"]), cap
+    colour_named = sum(any(n in c or icon_data.hex_of(v.fg)[:3] in c for n in icon_data.COLORS for c in v.captions)
+                       for v in variants)
+    assert colour_named == len(variants)
+    assert any("fluent" in c for v in variants for c in v.captions)  # the set's style word
+    boosted = icon_data.make_variants([_meta(), _meta(None)], 2, 1, seed=0, concept_boost=3)
+    assert sum(v.icon == 0 for v in boosted) == 6 and sum(v.icon == 1 for v in boosted) == 2
+
+
+def test_composer_tints_the_mask_on_the_background():
+    mask = np.zeros((1, 32, 32), np.uint8)
+    mask[0, 8:24, 8:24] = 255
+    comp = icon_data.Composer(mask, "cpu")
+    v = icon_data.Variant(0, (200, 20, 30), (250, 250, 250), 1.0, 0.0, 0.0, [])
+    img = comp.compose([v])[0].numpy()
+    assert tuple(img[16, 16]) == (200, 20, 30) and tuple(img[2, 2]) == (250, 250, 250)
+    small = comp.compose([icon_data.Variant(0, (0, 0, 0), (255, 255, 255), 0.5, 0.0, 0.0, [])])[0].numpy()
+    assert small[16, 16, 0] == 0 and small[9, 9, 0] == 255  # scaled about the centre
+
+
+def test_tokenizer_handles_unknown_words_and_multi_word_concepts():
+    from brandgen.tiny import tokenizer as tiny_tokenizer
+
+    meta = [_meta(), {**_meta(None), "phrase": "credit card", "name": "credit-card"}]
+    tok = tiny_tokenizer.train_tokenizer(700, icon_data.tokenizer_corpus(meta, n=400))
+    ids = tiny_tokenizer.encode_padded(tok, ["zxqv blorptastic icon, #1a73e8", "credit card icon"])
+    assert ids.shape == (2, 77) and ids.max() < len(tok)
+    assert "card</w>" in tok.tokenize("credit card icon")
