@@ -74,13 +74,23 @@ class GalleryStore:
 
     read_parameters = staticmethod(read_parameters)  # also for any PNG, e.g. an upload
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, quarantine: Path | None = None):
+        """`quarantine`: where an unreadable index is set aside (default: `quarantine/` beside `root`, i.e.
+        AppPaths.quarantine). Never inside `root`: outputs/ is served over HTTP and the index holds every prompt."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.quarantine = Path(quarantine).resolve() if quarantine else self.root.parent / "quarantine"
         self.index_path = self.root / INDEX_NAME
         self.problems: list[str] = []  # what was skipped or repaired, for the UI to report
         self._lock = threading.RLock()
+        self._move_old_copies()
         self._conn = self._connect()
+
+    def _move_old_copies(self) -> None:
+        """Copies an older version set aside inside outputs/ (where the file route served them) go to quarantine."""
+        for old in self.root.glob(f"{INDEX_NAME}.corrupt-*"):
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            os.replace(old, self.quarantine / old.name)
 
     def _connect(self) -> sqlite3.Connection:
         """Open the index; a file SQLite cannot read is moved aside and rebuilt from the PNGs."""
@@ -93,7 +103,8 @@ class GalleryStore:
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
-            aside = self.index_path.with_name(f"{INDEX_NAME}.corrupt-{datetime.now():%Y%m%d-%H%M%S}")
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            aside = self.quarantine / f"{INDEX_NAME}.corrupt-{datetime.now():%Y%m%d-%H%M%S}"
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.index_path}{suffix}")
                 if src.exists():

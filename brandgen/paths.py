@@ -44,6 +44,11 @@ class AppPaths:
         return self.home / "benchmarks"
 
     @property
+    def quarantine(self) -> Path:
+        """Damaged files set aside for a person to inspect (an unreadable gallery index): never served."""
+        return self.home / "quarantine"
+
+    @property
     def compile_cache(self) -> Path:
         """torch.compile's persistent cache in performance mode: a restart compiles from it in seconds."""
         return self.home / ".cache" / "inductor"

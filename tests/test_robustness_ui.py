@@ -210,10 +210,13 @@ def test_only_outputs_and_benchmarks_are_served_as_files(served):
     (home / "brandkits" / "acme.json").write_text("{}")
     (home / "training_runs").mkdir(exist_ok=True)
     (home / "training_runs" / "config.json").write_text("{}")
+    manager.paths.quarantine.mkdir(exist_ok=True)  # where an unreadable index is set aside (every prompt in it)
+    (manager.paths.quarantine / "gallery.sqlite.corrupt-20261122-101500").write_text("prompts")
     base = f"{demo.local_url}gradio_api/file="
     assert _status(base + str(item.path)) == 200
     for secret in [manager.paths.loras / "private.safetensors", home / "brandkits" / "acme.json",
                    home / "training_runs" / "config.json", store.index_path, wal, Path("/etc/passwd"),
+                   manager.paths.quarantine / "gallery.sqlite.corrupt-20261122-101500",
                    Path(__file__).resolve().parent.parent / "pyproject.toml",
                    f"{manager.paths.outputs}/../loras/private.safetensors"]:
         assert _status(base + str(secret)) == 403, secret

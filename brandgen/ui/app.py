@@ -51,7 +51,7 @@ def _api_endpoints(manager: PipelineManager) -> None:
 
 def build_app(manager: PipelineManager | None = None) -> gr.Blocks:
     manager = manager or PipelineManager.instance()
-    store = GalleryStore(manager.paths.outputs)
+    store = GalleryStore(manager.paths.outputs, manager.paths.quarantine)
     with gr.Blocks(title="BrandGen") as demo:
         gr.Markdown(
             f"# BrandGen\nOn-brand icons, logos and illustrations from diffusion models · v{__version__} · "
