@@ -22,9 +22,10 @@ from brandgen.paths import AppPaths, resolve_inside
 from brandgen.registry import ModelRegistry
 from brandgen.training.checkpoints import latest_checkpoint
 from brandgen.training.config import TrainConfig
+from brandgen.training.dataset import validate_dataset
 from brandgen.training.export import ensure_lora_name_free
 from brandgen.training.history import LossHistory
-from brandgen.training.loading import new_run_dir
+from brandgen.training.loading import new_run_dir, resolve_data_dir
 from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
 from brandgen.training.trainer import LoraTrainer
 
@@ -151,6 +152,8 @@ class TrainingJobs:
     def start(self, config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> JobState:
         """Queue a run in a background thread; refused while another job is active (one accelerator)."""
         config = config.validated()
+        if not resume:
+            self._check_dataset(config)
         job = TrainingJob(config, Path(run_dir) if run_dir else new_run_dir(self.paths, config.name), resume)
         if resume:  # the curve continues where the checkpoint left it
             rows = LossHistory.load(job.run_dir / "loss.csv").rows
@@ -167,6 +170,17 @@ class TrainingJobs:
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{config.name}", daemon=True)
         job.thread.start()
         return self.status(job.state.id)  # type: ignore[return-value]
+
+    def _check_dataset(self, config: TrainConfig) -> None:
+        """The trainer's first check, made before the job is queued: a dataset the validator calls "Not ready"
+        is refused with the same report instead of starting a job that is "running" until it fails."""
+        resolution = config.resolution
+        if not resolution and self.registry is not None and config.base_model in self.registry.ids():
+            resolution = self.registry.get(config.base_model).native_resolution[0]
+        report = validate_dataset(resolve_data_dir(config.data_dir), config.asset_type, resolution or 512,
+                                  self.asset_types, allow_small=config.allow_small_dataset)
+        if not report.ok:
+            raise InvalidInput(report.summary())
 
     def resume(self, run: str | Path) -> JobState:
         """Continue a cancelled or crashed run from its newest checkpoint (same run folder, same settings)."""

@@ -255,9 +255,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         fp8_base,
     ]
 
-    def dataset_dir(folder_value: str) -> Path:
-        """The folder the user named, if this server may read it (see AppPaths.dataset_roots)."""
-        return manager.paths.dataset_folder(resolve_data_dir(folder_value or DEFAULT_DATA))
+    def dataset_dir(folder_value: str, write: bool = False) -> Path:
+        """The folder the user named, if this server may read (or write captions into) it: AppPaths.dataset_roots."""
+        return manager.paths.dataset_folder(resolve_data_dir(folder_value or DEFAULT_DATA), write)
 
     @user_errors
     def validate(folder_value: str, kind: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
@@ -273,7 +273,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     @user_errors
     def write_captions(folder_value: str, kind: str, word: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
         written = write_template_captions(
-            dataset_dir(folder_value), kind, (word or "").strip(), manager.asset_types
+            dataset_dir(folder_value, write=True), kind, (word or "").strip(), manager.asset_types
         )
         gr.Info(f"Wrote {len(written)} template caption file(s); edit them to describe each image.")
         return validate(folder_value, kind, size, small)
