@@ -68,7 +68,7 @@ def test_generate_handler_turns_hard_inputs_into_readable_errors(manager: Pipeli
         (dict(steps=-5), "Steps must be between 1 and 150"),
         (dict(steps=10**6), "Steps must be between 1 and 150"),
         (dict(count=50), "Count must be between 1 and 8"),
-        (dict(guidance=1e6), "Guidance must be between 0 and 30"),
+        (dict(guidance=1e6), "Guidance must be -1 .the model.s default. or between 0 and 30"),
         (dict(model="../../etc"), "Unknown model"),
         (dict(asset_type="nope"), "Unknown asset type"),
         (dict(loras=(("evil", 0.8),)), "pickle file"),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -60,12 +61,34 @@ def request_from_ui(
         loras = tuple((str(name), float(weight or 0.0)) for name, weight in pairs if name and name != NO_LORA)
         return GenerationRequest(
             prompt=prompt or "", asset_type=asset_type, model_id=model_id or None, preset=preset,
-            seed=-1 if seed is None else int(seed), count=int(count or 1), negative_prompt=negative or "",
-            steps=int(steps) if steps else None,
-            guidance_scale=None if guidance in (None, "") or float(guidance) < 0 else float(guidance), loras=loras,
+            seed=-1 if seed is None else _whole("Seed", seed), count=_whole("Count", count or 1),
+            negative_prompt=negative or "", steps=_whole("Steps", steps) if steps else None,
+            guidance_scale=_guidance(guidance), loras=loras,
         )
+    except InvalidInput:
+        raise
     except (TypeError, ValueError, OverflowError) as exc:  # NaN, infinity or text where a number belongs
         raise InvalidInput(f"Seed, count, steps, guidance and LoRA weights must be plain numbers ({exc}).") from exc
+
+
+def _whole(label: str, value: Any) -> int:
+    """A whole number from a widget value: 2.5 images or seed 1.5 is a mistake to report, not to round."""
+    number = float(value)
+    if math.isfinite(number) and not number.is_integer():
+        raise InvalidInput(f"{label} must be a whole number, got {value:g}.")
+    return int(number)  # NaN and infinity raise here, reported as "plain numbers"
+
+
+def _guidance(value: Any) -> float | None:
+    """-1 (or blank) means the model's default; any other negative number is a typo, not a default."""
+    if value in (None, ""):
+        return None
+    number = float(value)
+    if number == -1:
+        return None
+    if not 0 <= number <= 30:  # also NaN and -inf, which would otherwise have meant "default"
+        raise InvalidInput(f"Guidance must be -1 (the model's default) or between 0 and 30, got {value}.")
+    return number
 
 
 def caption_for(meta: dict[str, Any]) -> str:
