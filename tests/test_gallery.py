@@ -237,8 +237,8 @@ def test_path_traversal_ids_are_refused(tmp_path: Path):
         with pytest.raises(InvalidInput):
             store.delete(bad)
     with sqlite3.connect(store.index_path) as conn:  # a tampered index row pointing outside outputs/
-        conn.execute("INSERT INTO items VALUES ('20260101-000000-00000000', '2027', '../secret.png', "
-                     "'icons', 'm', '', 'x', '{}')")
+        conn.execute("INSERT INTO items (id, created_at, rel_path, asset_type, model, loras, search, metadata) "
+                     "VALUES ('20260101-000000-00000000', '2027', '../secret.png', 'icons', 'm', '', 'x', '{}')")
     assert [i.id for i in store.search().items] == [item.id]
     with pytest.raises(InvalidInput):
         store.delete("20260101-000000-00000000")

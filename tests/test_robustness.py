@@ -253,7 +253,8 @@ def test_gallery_ids_and_export_stay_inside_outputs(tmp_path: Path):
             export_items(store, [item.id, bad], ["png"], ["1x"])
     # an index row that points outside (a tampered or foreign gallery.sqlite) is skipped, never served
     with store._conn:
-        store._conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
+        store._conn.execute("INSERT INTO items (id, created_at, rel_path, asset_type, model, loras, search, metadata) "
+                            "VALUES (?,?,?,?,?,?,?,?)",
                             ("20260101-000000-deadbeef", "2026-01-01", "../secret.png", "icons", "m", "", "star", "{}"))
     page = store.search("")
     assert [i.id for i in page.items] == [item.id] and any("points outside" in p for p in store.problems)

@@ -147,7 +147,7 @@ def test_train_handlers_list_bad_images_and_refuse_bad_names(manager: PipelineMa
     settings = [str(folder), "icons", "tiny-sd15", "../evil", "acme", 4, 4, 1e-3, 1, 2, 32, 1, 1, 0, 0, True,
                 False, False]
     with pytest.raises(gr.Error, match="Invalid LoRA name"):
-        _handler(demo, "start_training")(*settings)
+        _handler(demo, "start_training")(None, *settings)
     for run in ["/etc", "../../etc", str(tmp_path)]:
         with pytest.raises(gr.Error, match="not in training_runs|Invalid run"):
             _handler(demo, "resume_training")(run)
@@ -173,7 +173,7 @@ def test_the_dataset_box_reads_only_uploads_examples_and_listed_roots(manager: P
             _handler(demo, "write_template_captions")(outside, "icons", "acme", 32, True)
         settings[0] = outside
         with pytest.raises(gr.Error, match="outside the folders this server may read"):
-            _handler(demo, "start_training")(*settings)
+            _handler(demo, "start_training")(None, *settings)
     assert not (elsewhere / "logo_mark.txt").exists()  # nothing was written into the refused folder
     assert manager.training_jobs.status() is None  # and no job started
     summary, _ = _handler(demo, "validate_dataset")("assets/brand_example/icons", "icons", 128, False)

@@ -10,14 +10,33 @@ from typing import Any, TypeVar
 import gradio as gr
 
 from brandgen.errors import BrandGenError
+from brandgen.ownership import OPERATOR, Access, Sessions, owner_key
 
 F = TypeVar("F", bound=Callable[..., Any])
 NO_LORA = "(none)"
 
 
 def session_of(request: gr.Request | None) -> str | None:
-    """The browser (or gradio_client) session behind an event; None outside a request (tests, scripts)."""
-    return getattr(request, "session_hash", None) if request is not None else None
+    """Who is behind an event, as an ownership key: the logged-in user, else the browser (or gradio_client)
+    session; None outside a request (tests, scripts), which acts as the operator."""
+    if request is None:
+        return None
+    return owner_key(getattr(request, "username", None), getattr(request, "session_hash", None))
+
+
+def sessions_for(manager: Any) -> Sessions:
+    """The app's open sessions, kept on the manager (like its training jobs) so a rebuilt UI shares them."""
+    sessions = getattr(manager, "sessions", None)
+    if not isinstance(sessions, Sessions):
+        sessions = manager.sessions = Sessions()
+    return sessions
+
+
+def access_of(request: gr.Request | None, manager: Any) -> Access:
+    """What the caller behind an event may see and change (brandgen.ownership); the operator outside a request."""
+    if request is None:
+        return OPERATOR
+    return sessions_for(manager).access(getattr(request, "username", None), getattr(request, "session_hash", None))
 
 
 def user_errors(fn: F) -> F:

@@ -15,7 +15,7 @@ from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.performance_mode import describe
 from brandgen.spaces_support import on_gpu
-from brandgen.ui.common import NO_LORA, session_of, user_errors
+from brandgen.ui.common import NO_LORA, access_of, session_of, user_errors
 
 LORA_SLOTS = 3
 
@@ -158,17 +158,18 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
     def generate(session: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
         *values, kit = values
         request = request_from_ui(*values)
+        caller = access_of(session, manager)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
             on_step = (lambda i, n: progress((i, n), desc="Denoising")) if live_progress else None
-            result = run_generation(request, progress=on_step, owner=session_of(session))
+            result = run_generation(request, progress=on_step, owner=caller.owner)
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None
         result.images = apply_brand_kit(result.images, result.metadata, kit)
         if gallery_store is not None:
             for image, meta in zip(result.images, result.metadata):
-                meta["gallery_id"] = gallery_store.add(image, meta).id
+                meta["gallery_id"] = gallery_store.add(image, meta, owner=caller.owner).id
         items = [(image, caption_for(meta)) for image, meta in zip(result.images, result.metadata)]
         first = result.metadata[0]
         note = "" if first["commercial_use"] else " · ⚠️ model not cleared for commercial use"
@@ -193,7 +194,10 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         return [gr.Dropdown(choices=choices) for _ in slots] + [text]
 
     @user_errors
-    def on_memory(mode: str, tiling: bool) -> None:
+    def on_memory(mode: str, tiling: bool, request: gr.Request | None = None) -> None:
+        if access_of(request, manager).private:  # one setting for every user of the accelerator
+            raise InvalidInput("On a shared app the memory mode is the same for everyone; it stays as the server "
+                               "set it.")
         manager.set_memory_mode(mode, tiling)
         gr.Info(f"Memory mode {mode}{' + VAE tiling' if tiling else ''}: applies from the next generation.")
 
