@@ -14,6 +14,7 @@ from brandgen.errors import InvalidInput
 from brandgen.generation import model_guidance
 from brandgen.manager import PipelineManager
 from brandgen.ui.app import build_app
+from robustness_helpers import tiny_request
 from test_robustness_ui import GOOD, _generate, _handler
 
 SLOTS = ["(none)", 0.8] * 3
@@ -57,7 +58,7 @@ def test_the_generate_handler_refuses_infinite_and_fractional_values(manager: Pi
         with pytest.raises(gr.Error, match=message):
             _generate(demo, **changes)
     with pytest.raises(InvalidInput, match="Seed must be a whole number"):  # the core says the same
-        manager.generate(__import__("robustness_helpers").tiny_request(seed=1.5))
+        manager.generate(tiny_request(seed=1.5))
 
 
 def test_guidance_zero_stays_allowed_where_the_model_runs_without_guidance():

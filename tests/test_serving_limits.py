@@ -49,7 +49,8 @@ def test_serve_passes_the_upload_limit_queue_size_and_thread_count(manager: Pipe
     monkeypatch.setenv("BRANDGEN_TORCH_THREADS", "1")
     main(["serve"])
     assert launched[-1]["max_file_size"] == "5mb" and queued[-1]["max_size"] == 3 and threads[-1] == 1
-    for name, bad in (("BRANDGEN_QUEUE_SIZE", "0"), ("BRANDGEN_MAX_UPLOAD_MB", "lots"), ("BRANDGEN_TORCH_THREADS", "-2")):
+    bad_values = (("BRANDGEN_QUEUE_SIZE", "0"), ("BRANDGEN_MAX_UPLOAD_MB", "lots"), ("BRANDGEN_TORCH_THREADS", "-2"))
+    for name, bad in bad_values:
         monkeypatch.setenv(name, bad)
         with pytest.raises(SystemExit) as caught:  # a usage error before any model loads, not a traceback
             main(["serve"])
