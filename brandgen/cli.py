@@ -31,15 +31,42 @@ def default_host() -> str:
             or ("0.0.0.0" if os.environ.get("SPACE_ID") else "127.0.0.1"))
 
 
+DEFAULT_UPLOAD_MB = 50  # a training image or a PNG to read settings from; far below what a disk or RAM fears
+DEFAULT_QUEUE_SIZE = 64  # requests waiting at once (all endpoints); more are answered "busy" at once
+
+
+def _env_int(name: str, default: int, least: int) -> int:
+    value = os.environ.get(name, "").strip()
+    if not value:
+        return default
+    try:
+        number = int(value)
+    except ValueError:
+        number = least - 1
+    if number < least:
+        raise InvalidInput(f"{name} must be a whole number of at least {least}, got {value!r}.")
+    return number
+
+
 def launch_options(args: argparse.Namespace, paths: AppPaths) -> dict:
     """The keyword arguments for `Blocks.launch`. Only outputs/ and benchmarks/ are served as files, and not the
-    gallery's SQLite index in outputs/ (LoRAs, brand kits, training runs and the repository never)."""
+    gallery's SQLite index in outputs/ (LoRAs, brand kits, training runs and the repository never). Uploads over
+    BRANDGEN_MAX_UPLOAD_MB are refused (HTTP 413) before they are stored."""
     index = paths.outputs / INDEX_NAME
     return {
         "server_name": args.host, "server_port": args.port, "share": args.share, "auth": parse_auth(args.auth),
         "allowed_paths": [str(paths.outputs), str(paths.benchmarks)],
         "blocked_paths": [f"{index}{suffix}" for suffix in ("", "-wal", "-shm")], "show_error": True,
+        "max_file_size": f"{_env_int('BRANDGEN_MAX_UPLOAD_MB', DEFAULT_UPLOAD_MB, 1)}mb",
     }
+
+
+def queue_options() -> dict:
+    """`Blocks.queue` arguments: one event of each kind at a time (generation holds the accelerator anyway), and
+    at most BRANDGEN_QUEUE_SIZE waiting. Each waiting client is told its position (the browser shows
+    "queue: 3/12", gradio_client's job.status().rank); beyond the limit the answer is "busy" (HTTP 503: the
+    browser says "This application is currently busy", gradio_client raises QueueError)."""
+    return {"default_concurrency_limit": 1, "max_size": _env_int("BRANDGEN_QUEUE_SIZE", DEFAULT_QUEUE_SIZE, 1)}
 
 
 def performance_env(args: argparse.Namespace) -> None:
@@ -57,8 +84,14 @@ def _serve(args: argparse.Namespace) -> None:
     from brandgen import spaces_support
 
     options = launch_options(args, AppPaths.from_env())  # a bad --auth fails before any model loads
+    queue = queue_options()
     spaces_support.zero_gpu_enabled()  # imports `spaces` on ZeroGPU before torch looks for CUDA, as it must
     performance_env(args)  # imports torch (acceleration), so after `spaces`
+    import torch
+
+    from brandgen.device import server_threads
+
+    torch.set_num_threads(server_threads())  # leave a core to the server itself (device.server_threads)
     if options["share"] and not options["auth"]:
         print("warning: --share publishes the app to anyone with the link; consider --auth user:password",
               file=sys.stderr)
@@ -70,7 +103,7 @@ def _serve(args: argparse.Namespace) -> None:
         # load the default model while the page comes up, so the first click only pays for generation
         threading.Thread(target=_preload, args=(manager,), name="brandgen-preload", daemon=True).start()
     demo = build_app(manager)
-    demo.queue(default_concurrency_limit=1).launch(**options)
+    demo.queue(**queue).launch(**options)
 
 
 def _preload(manager) -> None:

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 
 import torch
 
+from brandgen.errors import InvalidInput
+
 MEMORY_MODES = ("auto", "resident", "model_offload", "group_offload", "sequential_offload")
 
 
@@ -76,3 +78,21 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, torch.OutOfMemoryError):
         return True
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+
+
+def server_threads(cpus: int | None = None, torch_default: int | None = None) -> int:
+    """Intra-op threads for the web server: BRANDGEN_TORCH_THREADS if set, else one core fewer than the machine
+    has (never more than torch's own default). Denoising with every core while the server encodes, writes and
+    streams results, and clients share the machine, made each image 1.6x slower under load on 2 cores
+    (docs/RELIABILITY.md); one core left free keeps the per-image time at its idle value."""
+    value = os.environ.get("BRANDGEN_TORCH_THREADS", "").strip()
+    if value:
+        try:
+            threads = int(value)
+        except ValueError:
+            threads = 0
+        if threads < 1:
+            raise InvalidInput(f"BRANDGEN_TORCH_THREADS must be a whole number of threads, 1 or more; got {value!r}.")
+        return threads
+    cpus = cpus or os.cpu_count() or 1
+    return max(1, min(torch_default or torch.get_num_threads(), cpus - 1))

@@ -24,6 +24,7 @@ from PIL import Image
 from brandgen.errors import InvalidInput
 from brandgen.gallery import GalleryItem, GalleryStore
 from brandgen.metrics import border_pixels, rgb_to_lab
+from brandgen.ownership import OPERATOR, Access
 from brandgen.paths import writing
 from brandgen.png_settings import png_bytes
 from brandgen.presets import UPSCALE_FACTORS, LanczosUpscaler, Upscaler
@@ -211,12 +212,13 @@ def _validated(ids: list[str], formats: list[str], scales: list[int | str]) -> t
 
 def export_items(
     store: GalleryStore, ids: list[str], formats: list[str], scales: list[int | str],
-    upscaler: Upscaler | None = None,
+    upscaler: Upscaler | None = None, access: Access = OPERATOR,
 ) -> ExportResult:
-    """Write one zip under outputs/exports/ with a generated name; returns its path and manifest."""
+    """Write one zip under outputs/exports/ with a generated name; returns its path and manifest. `access`: in
+    private mode only the caller's own images can be exported."""
     ids, formats, sizes = _validated(ids, formats, scales)
     upscaler = upscaler or LanczosUpscaler()
-    items = [store.get(i) for i in ids]
+    items = [store.get(i, access) for i in ids]
     out_dir = store.root / "exports"
     stamp = datetime.now(timezone.utc)
     zip_path = out_dir / f"brandgen-export-{stamp:%Y%m%d-%H%M%S}-{secrets.token_hex(3)}.zip"

@@ -21,6 +21,7 @@ from typing import Any
 from PIL import Image
 
 from brandgen.errors import InvalidInput
+from brandgen.ownership import OPERATOR, Access
 from brandgen.paths import writing
 from brandgen.png_settings import (  # noqa: F401  (re-exported: the gallery's public API)
     a1111_parameters, parse_a1111, png_bytes, png_info, read_parameters, settings_to_request,
@@ -34,9 +35,12 @@ MAX_PAGE_SIZE = 200
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS items (
     id TEXT PRIMARY KEY, created_at TEXT NOT NULL, rel_path TEXT NOT NULL,
-    asset_type TEXT, model TEXT, loras TEXT, search TEXT, metadata TEXT NOT NULL);
+    asset_type TEXT, model TEXT, loras TEXT, search TEXT, metadata TEXT NOT NULL, owner TEXT);
 CREATE INDEX IF NOT EXISTS items_newest ON items(created_at DESC, id DESC);
 """
+_COLUMNS = "id, created_at, rel_path, asset_type, model, loras, search, metadata, owner"
+_INSERT = f"INSERT OR REPLACE INTO items ({_COLUMNS}) VALUES (?,?,?,?,?,?,?,?,?)"
+_READ = "SELECT id, created_at, rel_path, metadata, owner FROM items"
 
 
 @dataclass(frozen=True)
@@ -45,6 +49,7 @@ class GalleryItem:
     path: Path
     metadata: dict[str, Any]
     created_at: str
+    owner: str | None = None  # brandgen.ownership.owner_key of who made it; None: made before owners were kept
 
 
 @dataclass(frozen=True)
@@ -66,7 +71,7 @@ def _row_values(item_id: str, created_at: str, rel_path: str, meta: dict[str, An
     search = " ".join([*map(str, words), *names]).lower()
     loras = "|" + "|".join(names) + "|" if names else ""
     return (item_id, created_at, rel_path, meta.get("asset_type"), meta.get("model"), loras, search,
-            json.dumps(meta, ensure_ascii=False, default=str))
+            json.dumps(meta, ensure_ascii=False, default=str), meta.get("owner"))
 
 
 class GalleryStore:
@@ -74,13 +79,23 @@ class GalleryStore:
 
     read_parameters = staticmethod(read_parameters)  # also for any PNG, e.g. an upload
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, quarantine: Path | None = None):
+        """`quarantine`: where an unreadable index is set aside (default: `quarantine/` beside `root`, i.e.
+        AppPaths.quarantine). Never inside `root`: outputs/ is served over HTTP and the index holds every prompt."""
         self.root = Path(root).resolve()
         self.root.mkdir(parents=True, exist_ok=True)
+        self.quarantine = Path(quarantine).resolve() if quarantine else self.root.parent / "quarantine"
         self.index_path = self.root / INDEX_NAME
         self.problems: list[str] = []  # what was skipped or repaired, for the UI to report
         self._lock = threading.RLock()
+        self._move_old_copies()
         self._conn = self._connect()
+
+    def _move_old_copies(self) -> None:
+        """Copies an older version set aside inside outputs/ (where the file route served them) go to quarantine."""
+        for old in self.root.glob(f"{INDEX_NAME}.corrupt-*"):
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            os.replace(old, self.quarantine / old.name)
 
     def _connect(self) -> sqlite3.Connection:
         """Open the index; a file SQLite cannot read is moved aside and rebuilt from the PNGs."""
@@ -93,7 +108,8 @@ class GalleryStore:
         except sqlite3.DatabaseError as exc:
             if conn is not None:
                 conn.close()
-            aside = self.index_path.with_name(f"{INDEX_NAME}.corrupt-{datetime.now():%Y%m%d-%H%M%S}")
+            self.quarantine.mkdir(parents=True, exist_ok=True)
+            aside = self.quarantine / f"{INDEX_NAME}.corrupt-{datetime.now():%Y%m%d-%H%M%S}"
             for suffix in ("", "-wal", "-shm"):
                 src = Path(f"{self.index_path}{suffix}")
                 if src.exists():
@@ -110,6 +126,8 @@ class GalleryStore:
             conn.execute("PRAGMA journal_mode=WAL")
             conn.execute("PRAGMA synchronous=NORMAL")
             conn.executescript(_SCHEMA)
+            if "owner" not in {row[1] for row in conn.execute("PRAGMA table_info(items)")}:  # an older index:
+                conn.execute("ALTER TABLE items ADD COLUMN owner TEXT")  # its images have no owner recorded
         except sqlite3.Error:
             conn.close()
             raise
@@ -165,12 +183,13 @@ class GalleryStore:
         del self.problems[:-50]
 
     # writes ------------------------------------------------------------------------------------
-    def add(self, image: Image.Image, metadata: dict[str, Any]) -> GalleryItem:
-        """Write the PNG atomically (temp + fsync + replace), then index it in one transaction."""
+    def add(self, image: Image.Image, metadata: dict[str, Any], owner: str | None = None) -> GalleryItem:
+        """Write the PNG atomically (temp + fsync + replace), then index it in one transaction. `owner` (an
+        ownership.owner_key) goes into the PNG too, so a rebuilt index still knows whose image it is."""
         now = datetime.now(timezone.utc)
         item_id = f"{now:%Y%m%d-%H%M%S}-{secrets.token_hex(4)}"
         created = now.isoformat(timespec="microseconds")
-        meta = {**metadata, "gallery_id": item_id, "stored_at": created}
+        meta = {**metadata, "gallery_id": item_id, "stored_at": created, **({"owner": owner} if owner else {})}
         rel_path = f"{now:%Y-%m-%d}/{item_id}.png"
         path = self._inside(rel_path)
         data = png_bytes(image, meta)
@@ -188,18 +207,21 @@ class GalleryStore:
             try:
                 with self._lock, self._conn:
                     self._conn.execute("BEGIN")
-                    self._conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
-                                       _row_values(item_id, created, rel_path, meta))
+                    self._conn.execute(_INSERT, _row_values(item_id, created, rel_path, meta))
             except Exception:
                 path.unlink(missing_ok=True)
                 raise
-        item = GalleryItem(item_id, path, meta, created)
+        item = GalleryItem(item_id, path, meta, created, meta.get("owner"))
         self.thumbnail(item, image)
         return item
 
-    def delete(self, item_id: str) -> None:
-        """Forget the row first, then the files: a crash in between leaves a PNG a rebuild brings back."""
-        item = self.get(item_id)
+    def delete(self, item_id: str, access: Access = OPERATOR) -> None:
+        """Forget the row first, then the files: a crash in between leaves a PNG a rebuild brings back.
+        Only the image's owner may delete it (see brandgen.ownership)."""
+        item = self.get(item_id, access)
+        if not access.may_change(item.owner):
+            raise InvalidInput(f"Image {item.id} was made in another browser session or by another user; only "
+                               "they can delete it.")
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
             self._conn.execute("DELETE FROM items WHERE id = ?", (item.id,))
@@ -226,7 +248,7 @@ class GalleryStore:
         with self._lock, self._conn:
             self._conn.execute("BEGIN")
             self._conn.execute("DELETE FROM items")
-            self._conn.executemany("INSERT OR REPLACE INTO items VALUES (?,?,?,?,?,?,?,?)", rows)
+            self._conn.executemany(_INSERT, rows)
         return len(rows)
 
     @staticmethod
@@ -241,7 +263,7 @@ class GalleryStore:
     # reads -------------------------------------------------------------------------------------
     def _item(self, row: tuple) -> GalleryItem | None:
         """A row whose JSON is broken is repaired from its PNG, or skipped and reported, never fatal."""
-        item_id, created, rel_path, raw = row
+        item_id, created, rel_path, raw, owner = row
         try:
             path = self._inside(rel_path)
         except InvalidInput as exc:
@@ -261,27 +283,28 @@ class GalleryStore:
                 self._conn.execute("UPDATE items SET metadata = ? WHERE id = ?",
                                    (json.dumps(meta, ensure_ascii=False, default=str), item_id))
             self._report(f"{item_id}: index entry was unreadable; repaired from the PNG.")
-        return GalleryItem(item_id, path, meta, created)
+        return GalleryItem(item_id, path, meta, created, owner)
 
-    def get(self, item_id: str) -> GalleryItem:
+    def get(self, item_id: str, access: Access = OPERATOR) -> GalleryItem:
+        """One image; in private mode another caller's image is "not found", as if it did not exist."""
         item_id = self.validate_id(item_id)
         with self._lock:
-            row = self._conn.execute(
-                "SELECT id, created_at, rel_path, metadata FROM items WHERE id = ?", (item_id,)).fetchone()
-        item = self._item(row) if row else None
+            row = self._conn.execute(f"{_READ} WHERE id = ?", (item_id,)).fetchone()
+        item = self._item(row) if row and access.sees(row[4]) else None
         if item is None:
             raise InvalidInput(f"No gallery image {item_id} (it may have been deleted).")
         return item
 
     def search(
         self, text: str = "", asset_type: str | None = None, model: str | None = None,
-        lora: str | None = None, page: int = 1, page_size: int = 48,
+        lora: str | None = None, page: int = 1, page_size: int = 48, access: Access = OPERATOR,
     ) -> GalleryPage:
-        """Newest first; every word of `text` must appear in the user's prompt, model or LoRA names, or start the id."""
+        """Newest first; every word of `text` must appear in the user's prompt, model or LoRA names, or start the id.
+        In private mode (`access`) only the caller's own images."""
         page_size = int(page_size)
         if not 1 <= page_size <= MAX_PAGE_SIZE:
             raise InvalidInput(f"Page size must be between 1 and {MAX_PAGE_SIZE}, got {page_size}.")
-        where, args = [], []
+        where, args = self._visible(access)
         for word in (text or "").lower().split():
             where.append("(search LIKE ? ESCAPE '\\' OR id LIKE ? ESCAPE '\\')")
             args += [_like(word), _like(word)[1:]]
@@ -298,19 +321,27 @@ class GalleryStore:
             pages = max(1, math.ceil(total / page_size))
             page = min(max(1, int(page or 1)), pages)
             rows = self._conn.execute(
-                f"SELECT id, created_at, rel_path, metadata FROM items {clause} "
+                f"{_READ} {clause} "
                 "ORDER BY created_at DESC, id DESC LIMIT ? OFFSET ?", [*args, page_size, (page - 1) * page_size],
             ).fetchall()
         items = [item for item in map(self._item, rows) if item is not None]
         return GalleryPage(items=items, total=total, page=page, pages=pages)
 
-    def facets(self) -> dict[str, list[str]]:
-        """The asset types, models and LoRAs present, for the filter menus."""
+    @staticmethod
+    def _visible(access: Access) -> tuple[list[str], list[Any]]:
+        """The WHERE terms that keep a private caller to their own rows (none for a shared gallery)."""
+        return (["owner = ?"], [access.owner]) if access.owner is not None and access.private else ([], [])
+
+    def facets(self, access: Access = OPERATOR) -> dict[str, list[str]]:
+        """The asset types, models and LoRAs present (of the caller's images in private mode), for the menus."""
+        where, args = self._visible(access)
+        clause = f"WHERE {where[0]}" if where else ""
         with self._lock:
-            types = [r[0] for r in self._conn.execute("SELECT DISTINCT asset_type FROM items") if r[0]]
-            models = [r[0] for r in self._conn.execute("SELECT DISTINCT model FROM items") if r[0]]
-            loras = {name for (value,) in self._conn.execute("SELECT DISTINCT loras FROM items") if value
-                     for name in value.strip("|").split("|") if name}
+            def distinct(column: str) -> list[str]:
+                return [r[0] for r in self._conn.execute(f"SELECT DISTINCT {column} FROM items {clause}", args) if r[0]]
+
+            types, models = distinct("asset_type"), distinct("model")
+            loras = {name for value in distinct("loras") for name in value.strip("|").split("|") if name}
         return {"asset_types": sorted(types), "models": sorted(models), "loras": sorted(loras)}
 
     def __len__(self) -> int:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import random
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -52,6 +53,10 @@ class GenerationRequest:
                                f"{MAX_PROMPT_CHARS}.")
         if not isinstance(self.count, int) or not 1 <= self.count <= MAX_COUNT:
             raise InvalidInput(f"Count must be between 1 and {MAX_COUNT}, got {self.count}.")
+        for name, value in (("Seed", self.seed), ("Steps", self.steps)):
+            number = None if value is None else float(value)  # int() would quietly turn 1.5 into 1
+            if number is not None and math.isfinite(number) and not number.is_integer():
+                raise InvalidInput(f"{name} must be a whole number, got {value}.")
         if self.steps is not None and not 1 <= int(self.steps) <= MAX_STEPS:
             raise InvalidInput(f"Steps must be between 1 and {MAX_STEPS}, got {self.steps}.")
         if self.guidance_scale is not None and not 0 <= float(self.guidance_scale) <= 30:
@@ -77,6 +82,16 @@ class GenerationRequest:
 
     def resolved_seed(self) -> int:
         return random.randint(0, MAX_SEED - MAX_COUNT) if self.seed == -1 else int(self.seed)
+
+
+def model_guidance(requested: float | None, default: float, label: str) -> float:
+    """The guidance a model runs with. Below 1, diffusers turns classifier-free guidance off, so on a model that
+    uses it (default 1 or more) the negative prompt would be ignored without a word: refused instead."""
+    guidance = default if requested is None else float(requested)
+    if guidance < 1 <= default:
+        raise InvalidInput(f"Guidance {guidance:g} turns guidance off for {label}: the negative prompt (and the "
+                           f"asset type's) would be ignored. Use 1-30, or -1 for its default ({default:g}).")
+    return guidance
 
 
 @dataclass

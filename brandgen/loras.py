@@ -81,10 +81,11 @@ class LoraLibrary:
 
     def __init__(self, root: Path):
         self.root = Path(root)
-        self.problems: dict[str, str] = {}
+        self.problems: dict[str, str] = {}  # file (as under root, e.g. "evil.ckpt", "acme/x.safetensors") -> why
 
     def scan(self) -> list[LoraInfo]:
-        """Rescan the folder; files that cannot be used are reported in `problems`, not raised.
+        """Rescan the folder; files that cannot be used are reported in `problems`, not raised, one entry per
+        file (`evil.ckpt`, `evil.bin` and `evil.pt` are three warnings, not one).
 
         `problems` is replaced whole at the end, so a scan on another thread never shows a half-filled dict.
         """
@@ -94,7 +95,7 @@ class LoraLibrary:
             try:
                 found[name] = inspect_lora(candidate, name=name)
             except LoraError as exc:
-                problems[name] = str(exc)
+                problems[candidate.relative_to(self.root).as_posix()] = str(exc)
         self.problems = problems
         return list(found.values())
 

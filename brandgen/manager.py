@@ -21,7 +21,7 @@ from brandgen.device import (
     peak_memory_gb, reset_peak_memory,
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
-from brandgen.generation import GenerationRequest, GenerationResult
+from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
 from brandgen.lora_hotswap import LoraHotswapper, hotswapper_for
 from brandgen.loras import LoraInfo, LoraLibrary
 from brandgen.model_loading import availability, load_pipeline
@@ -385,8 +385,7 @@ class PipelineManager:
     def _steps_and_guidance(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> tuple[int, float]:
         """Distilled models run their own step count; elsewhere the preset sets steps."""
         steps = request.steps or (entry.default_steps if entry.distilled else preset.steps)
-        guidance = entry.default_guidance if request.guidance_scale is None else float(request.guidance_scale)
-        return int(steps), guidance
+        return int(steps), model_guidance(request.guidance_scale, entry.default_guidance, entry.label)
 
     def _call_kwargs(
         self, pipe: Any, prompt: str, negative: str, steps: int, guidance: float,

@@ -18,6 +18,7 @@ TRUTHY = ("1", "true", "yes", "on")  # how BRANDGEN_* switches read "on" (CLI an
 REPO_ROOT = Path(__file__).resolve().parent.parent
 PRESETS_DIR = REPO_ROOT / "presets"
 ASSETS_DIR = REPO_ROOT / "assets"
+SHIPPED_DATASETS = ASSETS_DIR / "brand_example"  # example training images the web app may always read
 _SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 
 
@@ -44,6 +45,11 @@ class AppPaths:
         return self.home / "benchmarks"
 
     @property
+    def quarantine(self) -> Path:
+        """Damaged files set aside for a person to inspect (an unreadable gallery index): never served."""
+        return self.home / "quarantine"
+
+    @property
     def compile_cache(self) -> Path:
         """torch.compile's persistent cache in performance mode: a restart compiles from it in seconds."""
         return self.home / ".cache" / "inductor"
@@ -52,23 +58,26 @@ class AppPaths:
     def training_data(self) -> Path:
         return self.home / "training_data"
 
-    def dataset_roots(self) -> list[Path] | None:
-        """Where the web app may read (and caption) training images. None = anywhere: a local app is its user's.
-        Shared servers list folders in BRANDGEN_DATA_ROOTS (os.pathsep-separated); on a Hugging Face Space
-        (SPACE_ID set) the default is uploads and the shipped examples only."""
-        listed = [p for p in os.environ.get("BRANDGEN_DATA_ROOTS", "").split(os.pathsep) if p.strip()]
-        if not listed and not os.environ.get("SPACE_ID"):
-            return None
-        return [Path(p).resolve() for p in listed] + [self.training_data.resolve(), ASSETS_DIR.resolve()]
+    def dataset_roots(self, write: bool = False) -> list[Path]:
+        """Where the web app may read training images: uploads (training_data/), the shipped example datasets and
+        the folders listed in BRANDGEN_DATA_ROOTS (os.pathsep-separated). `write` (template captions): the same
+        without the shipped examples. Everywhere by default: the dataset box must not list or write any folder of
+        the server (`/etc`); the CLI (`brandgen train`) reads any folder its user names."""
+        listed = [Path(p).expanduser().resolve() for p in os.environ.get("BRANDGEN_DATA_ROOTS", "").split(os.pathsep)
+                  if p.strip()]
+        return [self.training_data.resolve(), *listed, *([] if write else [SHIPPED_DATASETS.resolve()])]
 
-    def dataset_folder(self, folder: str | Path) -> Path:
+    def dataset_folder(self, folder: str | Path, write: bool = False) -> Path:
         """`folder` if the web app may use it as a dataset (see dataset_roots), else a clear refusal."""
-        roots = self.dataset_roots()
+        if "\0" in str(folder):
+            raise InvalidInput("The dataset folder name contains a NUL byte; give a plain folder path.")
+        roots = self.dataset_roots(write)
         resolved = Path(folder).resolve()
-        if roots is not None and not any(resolved == root or root in resolved.parents for root in roots):
+        if not any(resolved == root or root in resolved.parents for root in roots):
+            doing = "write captions into" if write else "read"
             raise InvalidInput(
-                f"Dataset folder {Path(folder).name!r} is outside the folders this server may read; upload the "
-                "images instead (or list the folder in BRANDGEN_DATA_ROOTS)."
+                f"Dataset folder {Path(folder).name!r} is outside the folders this server may {doing}: upload the "
+                f"images instead (they go to {self.training_data.name}/), or list the folder in BRANDGEN_DATA_ROOTS."
             )
         return Path(folder)
 

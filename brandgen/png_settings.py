@@ -21,9 +21,12 @@ from brandgen.templates import AssetType, load_asset_types
 
 log = logging.getLogger(__name__)
 MAX_IMAGE_PIXELS = 8192 * 8192  # user images above this are refused unread: decoded they take ~200 MB or more
-
-_A1111_PARAM = re.compile(r'\s*(\w[\w \-/]+):\s*("(?:\\.|[^\\"])+"|[^,]*)(?:,|$)')
-_LORA_TAG = re.compile(r"<lora:([^:>]+)(?::([-+]?\d*\.?\d+))?[^>]*>")
+# Settings text longer than this is refused unread. A1111 writes a few hundred characters; BrandGen's own longest
+# (two 2,000-character prompts, the template and every field) stays under 6,000.
+MAX_SETTINGS_CHARS = 32_768
+MAX_SETTINGS_JSON_CHARS = 262_144  # BrandGen's JSON chunk: the same settings, plus metrics and palette
+_KEY_PUNCTUATION = frozenset(" -/")
+_LORA_WEIGHT = re.compile(r"[-+]?\d{0,32}\.?\d{1,32}")
 
 
 def _quote(value: Any) -> str:
@@ -67,12 +70,78 @@ def png_bytes(image: Image.Image, meta: dict[str, Any]) -> bytes:
     return buffer.getvalue()
 
 
+def _is_word(char: str) -> bool:
+    """What `\\w` matches in a str pattern (A1111's parser is a regex; this scanner keeps its meaning)."""
+    return char.isalnum() or char == "_"
+
+
+def _key_at(line: str, start: int) -> tuple[int, int, int]:
+    """(key start, key end, where to look next). The key is A1111's `\\s*(\\w[\\w \\-/]+):`; when none starts here,
+    key start == -1 and `next` skips the whole run of key characters, which is what keeps the scan linear."""
+    n, i = len(line), start
+    while i < n and line[i].isspace():
+        i += 1
+    if i >= n or not _is_word(line[i]):
+        return -1, -1, i + 1
+    end = i + 1
+    while end < n and (_is_word(line[end]) or line[end] in _KEY_PUNCTUATION):
+        end += 1
+    if end < n and line[end] == ":" and end - i >= 2:
+        return i, end, end + 1
+    return -1, -1, end
+
+
+def _quoted_end(line: str, start: int) -> int:
+    """End of a `"..."` value at `start` (escapes allowed, not empty) followed by ',' or the line's end; else -1."""
+    n, i, chars = len(line), start + 1, 0
+    while i < n and line[i] != '"':
+        if line[i] == "\\":
+            if i + 1 >= n:
+                return -1
+            i += 1
+        i, chars = i + 1, chars + 1
+    if i >= n or not chars or (i + 1 < n and line[i + 1] != ","):
+        return -1
+    return i + 1
+
+
+def _param_pairs(line: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs of A1111's last line, exactly as `re.findall` of A1111's pattern
+    `\\s*(\\w[\\w \\-/]+):\\s*("(?:\\\\.|[^\\\\"])+"|[^,]*)(?:,|$)` finds them, in one pass: the regex
+    retries every position of a long run without ':' and took 3.7 s for 16,000 characters."""
+    pairs, n, pos = [], len(line), 0
+    while pos < n:
+        key_start, key_end, pos = _key_at(line, pos)
+        if key_start < 0:
+            continue
+        value = pos
+        while value < n and line[value].isspace():
+            value += 1
+        end = _quoted_end(line, value) if value < n and line[value] == '"' else -1
+        if end < 0:
+            comma = line.find(",", value)
+            end = n if comma < 0 else comma
+        pairs.append((line[key_start:key_end], line[value:end]))
+        pos = end + 1
+    return pairs
+
+
+def _check_length(text: str, limit: int = MAX_SETTINGS_CHARS) -> str:
+    if len(text) > limit:
+        raise InvalidInput(f"The image's settings text has {len(text):,} characters; BrandGen reads settings up to "
+                           f"{limit:,} characters (A1111 and BrandGen write far fewer).")
+    return text
+
+
 def parse_a1111(text: str) -> dict[str, Any]:
-    """A1111 'parameters' text -> {'prompt', 'negative_prompt', key: value...}, as A1111 itself parses it."""
-    lines = text.strip().split("\n")
+    """A1111 'parameters' text -> {'prompt', 'negative_prompt', key: value...}, as A1111 itself parses it.
+    Linear time; text over MAX_SETTINGS_CHARS is refused (InvalidInput) before any parsing."""
+    lines = _check_length(text).strip().split("\n")
     params: dict[str, Any] = {}
-    if lines and len(_A1111_PARAM.findall(lines[-1])) >= 3:
-        for key, value in _A1111_PARAM.findall(lines.pop()):
+    pairs = _param_pairs(lines[-1]) if lines else []
+    if len(pairs) >= 3:
+        lines.pop()
+        for key, value in pairs:
             if value.startswith('"') and value.endswith('"'):
                 try:
                     value = json.loads(value)
@@ -87,17 +156,39 @@ def parse_a1111(text: str) -> dict[str, Any]:
     return {"prompt": "\n".join(prompt).strip(), "negative_prompt": "\n".join(negative).strip(), **params}
 
 
+def lora_tags(prompt: str) -> tuple[list[dict[str, Any]], str]:
+    """(LoRAs named by `<lora:name:weight>` tags, the prompt without them): what A1111's tag regex finds, in one
+    pass (each '>' is searched for once, however many tags share it)."""
+    loras, kept, pos, end = [], [], 0, -1
+    while (start := prompt.find("<lora:", pos)) >= 0:
+        if end < start:
+            end = prompt.find(">", start)
+            if end < 0:
+                break
+        name, _, rest = prompt[start + 6:end].partition(":")
+        if not name:  # `<lora::...>` is no tag; one may still start inside it
+            kept.append(prompt[pos:start + 6])
+            pos = start + 6
+            continue
+        weight = _LORA_WEIGHT.match(rest)
+        loras.append({"name": name, "weight": float(weight.group()) if weight else 1.0})
+        kept.append(prompt[pos:start] + " ")
+        pos = end + 1
+    kept.append(prompt[pos:])
+    return loras, "".join(kept)
+
+
 def _number(value: Any, kind: type) -> Any:
     try:
         return kind(float(value)) if kind is int else kind(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # "inf" or 400 digits as a seed
         return None
 
 
 def _settings_from_a1111(text: str) -> dict[str, Any]:
     params = parse_a1111(text)
-    loras = [{"name": n, "weight": float(w) if w else 1.0} for n, w in _LORA_TAG.findall(params["prompt"])]
-    prompt = re.sub(r"\s+,", ",", " ".join(_LORA_TAG.sub(" ", params["prompt"]).split())).strip(" ,")
+    loras, prompt = lora_tags(params["prompt"])
+    prompt = " ".join(prompt.split()).replace(" ,", ",").strip(" ,")
     size = re.match(r"^(\d+)x(\d+)$", str(params.get("Size", "")))
     return {
         "source": "a1111", "prompt": prompt, "negative_prompt": params["negative_prompt"],
@@ -174,12 +265,15 @@ def read_parameters(
     image = _open_image(source)
     try:
         info, comment = _embedded_text(image)
+    except (OSError, ValueError, SyntaxError) as exc:  # a cut-off file, a bad chunk: "image file is truncated"
+        name = "The upload" if isinstance(source, (bytes, Image.Image)) else Path(source).name
+        raise InvalidInput(f"{name} is damaged (cut off or corrupt), so its settings cannot be read: {exc}.") from exc
     finally:
         if image is not source:
             image.close()
     if info.get("brandgen"):
         try:
-            meta = json.loads(info["brandgen"])
+            meta = json.loads(_check_length(str(info["brandgen"]), MAX_SETTINGS_JSON_CHARS))
             if isinstance(meta, dict):
                 return _settings_from_brandgen(meta, asset_types)
         except json.JSONDecodeError:

@@ -216,7 +216,14 @@ def test_unreadable_index_file_is_set_aside_and_rebuilt(tmp_path: Path):
     store.index_path.write_bytes(b"this is not a database" * 100)
     reopened = GalleryStore(tmp_path / "outputs")
     assert {i.id for i in reopened.search().items} == {i.id for i in items}
-    assert reopened.problems and list(store.root.glob("gallery.sqlite.corrupt-*"))
+    # set aside outside outputs/ (which is served over HTTP): the damaged copy still holds every prompt
+    assert reopened.problems and list((tmp_path / "quarantine").glob("gallery.sqlite.corrupt-*"))
+    assert not list(store.root.rglob("*corrupt*"))
+    reopened.close()
+    (store.root / "gallery.sqlite.corrupt-20261101-120000").write_bytes(b"set aside by an older version")
+    GalleryStore(tmp_path / "outputs").close()  # such copies are moved out of outputs/ on the next start
+    assert (tmp_path / "quarantine" / "gallery.sqlite.corrupt-20261101-120000").is_file()
+    assert not list(store.root.rglob("*corrupt*"))
 
 
 def test_path_traversal_ids_are_refused(tmp_path: Path):
@@ -230,8 +237,8 @@ def test_path_traversal_ids_are_refused(tmp_path: Path):
         with pytest.raises(InvalidInput):
             store.delete(bad)
     with sqlite3.connect(store.index_path) as conn:  # a tampered index row pointing outside outputs/
-        conn.execute("INSERT INTO items VALUES ('20260101-000000-00000000', '2027', '../secret.png', "
-                     "'icons', 'm', '', 'x', '{}')")
+        conn.execute("INSERT INTO items (id, created_at, rel_path, asset_type, model, loras, search, metadata) "
+                     "VALUES ('20260101-000000-00000000', '2027', '../secret.png', 'icons', 'm', '', 'x', '{}')")
     assert [i.id for i in store.search().items] == [item.id]
     with pytest.raises(InvalidInput):
         store.delete("20260101-000000-00000000")

@@ -30,7 +30,7 @@ def test_get_reads_only_the_named_loras_header_and_agrees_with_scan(tmp_path: Pa
     library = LoraLibrary(root)
     listed = {info.name: info for info in library.scan()}
     assert sorted(listed) == ["acme", "other0", "other1", "other2", "other3", "other4"]
-    assert "broken" in library.problems
+    assert "broken.safetensors" in library.problems
 
     read: list[str] = []
     real = loras.inspect_lora

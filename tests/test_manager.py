@@ -137,8 +137,8 @@ def test_bad_lora_files_are_refused_and_model_keeps_working(manager: PipelineMan
     (loras / "garbage.safetensors").write_bytes(b"not a safetensors file at all")
     names = [i.name for i in manager.list_loras()]
     assert names == ["good"]
-    assert "pickle" in manager.lora_library.problems["evil"]
-    assert "truncated or corrupt" in manager.lora_library.problems["cut"]
+    assert "pickle" in manager.lora_library.problems["evil.ckpt"]
+    assert "truncated or corrupt" in manager.lora_library.problems["cut.safetensors"]
     for name, match in [("evil", "pickle"), ("cut", "corrupt"), ("missing", "No LoRA named"),
                         ("../etc/passwd", "Invalid LoRA name")]:
         with pytest.raises((LoraError, InvalidInput), match=match):

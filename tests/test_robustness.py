@@ -156,13 +156,14 @@ class _TouchOnUnpickle:
 def test_pickle_loras_are_refused_and_never_unpickled(manager: PipelineManager, tmp_path: Path):
     marker = tmp_path / "unpickled.txt"
     payload = pickle.dumps({"lora_A.weight": _TouchOnUnpickle(marker)})
-    for name in ("evil.ckpt", "evil2.bin", "evil3.pt"):
+    for name in ("evil.ckpt", "evil2.bin", "evil3.pt", "same.ckpt", "same.bin", "same.pt"):
         (manager.paths.loras / name).write_bytes(payload)
     (manager.paths.loras / "renamed.safetensors").write_bytes(payload)  # a pickle wearing the right suffix
     assert manager.list_loras() == []
     problems = manager.lora_library.problems
-    assert "pickle file" in problems["evil"] and "pickles can run code" in problems["evil2"]
-    assert "not a readable safetensors file" in problems["renamed"]
+    assert "pickle file" in problems["evil.ckpt"] and "pickles can run code" in problems["evil2.bin"]
+    assert "not a readable safetensors file" in problems["renamed.safetensors"]
+    assert [f for f in problems if f.startswith("same.")] == ["same.bin", "same.ckpt", "same.pt"]  # one each
     for name in ("evil", "renamed"):
         with pytest.raises(LoraError, match="cannot be used"):
             manager.generate(tiny_request(loras=((name, 0.8),)))
@@ -252,7 +253,8 @@ def test_gallery_ids_and_export_stay_inside_outputs(tmp_path: Path):
             export_items(store, [item.id, bad], ["png"], ["1x"])
     # an index row that points outside (a tampered or foreign gallery.sqlite) is skipped, never served
     with store._conn:
-        store._conn.execute("INSERT INTO items VALUES (?,?,?,?,?,?,?,?)",
+        store._conn.execute("INSERT INTO items (id, created_at, rel_path, asset_type, model, loras, search, metadata) "
+                            "VALUES (?,?,?,?,?,?,?,?)",
                             ("20260101-000000-deadbeef", "2026-01-01", "../secret.png", "icons", "m", "", "star", "{}"))
     page = store.search("")
     assert [i.id for i in page.items] == [item.id] and any("points outside" in p for p in store.problems)

@@ -5,6 +5,7 @@ files the server hands out, and that its queue runs requests in the order they c
 from __future__ import annotations
 
 import argparse
+import os
 import pickle
 import threading
 import time
@@ -67,7 +68,7 @@ def test_generate_handler_turns_hard_inputs_into_readable_errors(manager: Pipeli
         (dict(steps=-5), "Steps must be between 1 and 150"),
         (dict(steps=10**6), "Steps must be between 1 and 150"),
         (dict(count=50), "Count must be between 1 and 8"),
-        (dict(guidance=1e6), "Guidance must be between 0 and 30"),
+        (dict(guidance=1e6), "Guidance must be -1 .the model.s default. or between 0 and 30"),
         (dict(model="../../etc"), "Unknown model"),
         (dict(asset_type="nope"), "Unknown asset type"),
         (dict(loras=(("evil", 0.8),)), "pickle file"),
@@ -132,41 +133,61 @@ def test_gallery_and_brand_kit_handlers_refuse_paths_and_bad_uploads(manager: Pi
     assert _handler(demo, "gallery_item")(good_id)["id"] == good_id  # still serving
 
 
-def test_train_handlers_list_bad_images_and_refuse_bad_names(manager: PipelineManager, tmp_path: Path,
-                                                              monkeypatch: pytest.MonkeyPatch):
+def test_train_handlers_list_bad_images_and_refuse_bad_names(manager: PipelineManager, tmp_path: Path):
     demo = build_app(manager)
-    folder = make_dataset(tmp_path / "icons", count=2)
+    folder = make_dataset(manager.paths.training_data / "upload-1", count=2)  # where uploads land
     (folder / "notes.pdf").write_bytes(b"%PDF-1.4")
     (folder / "huge.png").write_bytes(huge_png(12000))
     brand_image(4).save(folder / "tiny.png")
-    brand_image(32, 7).save(folder / "logo_mark.png")  # no caption: 'Write template captions' would add one
     summary, table = _handler(demo, "validate_dataset")(str(folder), "icons", 32, True)
-    assert "Ready to train" in summary and "3 usable image(s) of 6 file(s)" in summary
+    assert "Ready to train" in summary and "2 usable image(s) of 5 file(s)" in summary
     assert "huge.png: too large" in summary and "tiny.png: too small" in summary
     assert "notes.pdf: not an image" in summary
     assert set(table.loc[table["status"] == "skipped", "file"]) == {"notes.pdf", "huge.png", "tiny.png"}
     settings = [str(folder), "icons", "tiny-sd15", "../evil", "acme", 4, 4, 1e-3, 1, 2, 32, 1, 1, 0, 0, True,
                 False, False]
     with pytest.raises(gr.Error, match="Invalid LoRA name"):
-        _handler(demo, "start_training")(*settings)
+        _handler(demo, "start_training")(None, *settings)
     for run in ["/etc", "../../etc", str(tmp_path)]:
         with pytest.raises(gr.Error, match="not in training_runs|Invalid run"):
             _handler(demo, "resume_training")(run)
-    monkeypatch.setenv("SPACE_ID", "acme/brandgen")  # a public Space: only uploads and the shipped examples
-    for outside in ["/etc", str(folder)]:
+    with pytest.raises(gr.Error, match="NUL byte"):
+        _handler(demo, "validate_dataset")("data\0/etc", "icons", 32, True)
+
+
+def test_the_dataset_box_reads_only_uploads_examples_and_listed_roots(manager: PipelineManager, tmp_path: Path,
+                                                                      monkeypatch: pytest.MonkeyPatch):
+    """By default, not only on a Space: `/validate_dataset` listed /etc and wrote captions anywhere."""
+    monkeypatch.delenv("BRANDGEN_DATA_ROOTS", raising=False)
+    monkeypatch.delenv("SPACE_ID", raising=False)
+    demo = build_app(manager)
+    elsewhere = make_dataset(tmp_path / "elsewhere", count=2)
+    brand_image(32, 7).save(elsewhere / "logo_mark.png")  # no caption: 'Write template captions' would add one
+    settings = [str(elsewhere), "icons", "tiny-sd15", "brand", "acme", 4, 4, 1e-3, 1, 2, 32, 1, 1, 0, 0, True,
+                False, False]
+    upload_parent = str(manager.paths.training_data / "..")  # a way out of uploads: resolved, then refused
+    for outside in ["/etc", str(elsewhere), upload_parent, "assets/../brandgen"]:
         with pytest.raises(gr.Error, match="outside the folders this server may read"):
             _handler(demo, "validate_dataset")(outside, "icons", 32, True)
-        with pytest.raises(gr.Error, match="outside the folders this server may read"):
+        with pytest.raises(gr.Error, match="outside the folders this server may write captions into"):
             _handler(demo, "write_template_captions")(outside, "icons", "acme", 32, True)
-        settings[0], settings[3] = outside, "brand"
+        settings[0] = outside
         with pytest.raises(gr.Error, match="outside the folders this server may read"):
-            _handler(demo, "start_training")(*settings)
-    assert not (folder / "logo_mark.txt").exists()  # nothing was written into the refused folder
+            _handler(demo, "start_training")(None, *settings)
+    assert not (elsewhere / "logo_mark.txt").exists()  # nothing was written into the refused folder
+    assert manager.training_jobs.status() is None  # and no job started
     summary, _ = _handler(demo, "validate_dataset")("assets/brand_example/icons", "icons", 128, False)
-    assert "Ready to train" in summary  # the shipped example stays usable on a Space
-    uploaded = manager.paths.training_data / "upload-1"
-    make_dataset(uploaded, count=2)
+    assert "Ready to train" in summary  # the shipped example (the README's API example) stays usable...
+    with pytest.raises(gr.Error, match="may write captions into"):  # ...but read-only
+        _handler(demo, "write_template_captions")("assets/brand_example/icons", "icons", "acme", 128, False)
+    uploaded = make_dataset(manager.paths.training_data / "upload-2", count=2, captions=False)
     assert "2 usable image(s)" in _handler(demo, "validate_dataset")(str(uploaded), "icons", 32, True)[0]
+    _handler(demo, "write_template_captions")(str(uploaded), "icons", "acme", 32, True)
+    assert len(list(uploaded.glob("*.txt"))) == 2  # uploads may be captioned
+    monkeypatch.setenv("BRANDGEN_DATA_ROOTS", f"/nonexistent{os.pathsep}{tmp_path / 'elsewhere'}")
+    assert "3 usable image(s)" in _handler(demo, "validate_dataset")(str(elsewhere), "icons", 32, True)[0]
+    _handler(demo, "write_template_captions")(str(elsewhere), "icons", "acme", 32, True)
+    assert (elsewhere / "logo_mark.txt").is_file()  # a listed root is the operator's choice: read and write
 
 
 # ----- the served app --------------------------------------------------------------------------------------
@@ -210,10 +231,13 @@ def test_only_outputs_and_benchmarks_are_served_as_files(served):
     (home / "brandkits" / "acme.json").write_text("{}")
     (home / "training_runs").mkdir(exist_ok=True)
     (home / "training_runs" / "config.json").write_text("{}")
+    manager.paths.quarantine.mkdir(exist_ok=True)  # where an unreadable index is set aside (every prompt in it)
+    (manager.paths.quarantine / "gallery.sqlite.corrupt-20261122-101500").write_text("prompts")
     base = f"{demo.local_url}gradio_api/file="
     assert _status(base + str(item.path)) == 200
     for secret in [manager.paths.loras / "private.safetensors", home / "brandkits" / "acme.json",
                    home / "training_runs" / "config.json", store.index_path, wal, Path("/etc/passwd"),
+                   manager.paths.quarantine / "gallery.sqlite.corrupt-20261122-101500",
                    Path(__file__).resolve().parent.parent / "pyproject.toml",
                    f"{manager.paths.outputs}/../loras/private.safetensors"]:
         assert _status(base + str(secret)) == 403, secret

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import gradio as gr
 import pytest
+import torch
 import yaml
 
 from brandgen import spaces_support
@@ -160,6 +161,7 @@ def _stub_launch(monkeypatch: pytest.MonkeyPatch, manager: PipelineManager) -> l
     launched: list[dict] = []
     monkeypatch.setattr(PipelineManager, "instance", classmethod(lambda cls: manager))
     monkeypatch.setattr(gr.Blocks, "launch", lambda self, **kwargs: launched.append(kwargs))  # no server, no tunnel
+    monkeypatch.setattr(torch, "set_num_threads", lambda n: None)  # serve's thread setting stays out of the tests
     return launched
 
 

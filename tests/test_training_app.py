@@ -45,12 +45,15 @@ def _status(client: Client) -> dict:
     return json.loads(state) if isinstance(state, str) else state
 
 
-def test_train_tab_end_to_end(client: Client, manager: PipelineManager, tmp_path: Path):
-    folder = make_dataset(tmp_path / "data", count=2)
+def test_train_tab_end_to_end(client: Client, manager: PipelineManager):
+    folder = make_dataset(manager.paths.training_data / "data", count=2)  # the web app reads uploads' folder
     text, table = client.predict(str(folder), "icons", 32, False, api_name="/validate_dataset")
     assert "Not ready" in text and "at least 25" in text
     assert [row[0] for row in table["data"]] == ["image_000.png", "image_001.png"]
     assert _status(client) == {"status": "none"}
+    with pytest.raises(Exception, match="(?s)Not ready to train.*at least 25"):  # what Validate said, not "running"
+        client.predict(*_settings(folder, allow_small=False).values(), api_name="/start_training")
+    assert _status(client) == {"status": "none"} and not manager.paths.training_runs.exists()
 
     state, text = client.predict(*_settings(folder).values(), api_name="/start_training")
     assert state["name"] == "ui-brand" and state["status"] in ("queued", "running")

@@ -18,13 +18,15 @@ from typing import Any
 
 from brandgen.device import free_memory
 from brandgen.errors import BrandGenError, InvalidInput
-from brandgen.paths import AppPaths, resolve_inside
+from brandgen.ownership import OPERATOR, Access
+from brandgen.paths import AppPaths, resolve_inside, writing
 from brandgen.registry import ModelRegistry
 from brandgen.training.checkpoints import latest_checkpoint
 from brandgen.training.config import TrainConfig
+from brandgen.training.dataset import validate_dataset
 from brandgen.training.export import ensure_lora_name_free
 from brandgen.training.history import LossHistory
-from brandgen.training.loading import new_run_dir
+from brandgen.training.loading import new_run_dir, resolve_data_dir
 from brandgen.training.progress import TrainHooks, TrainProgress, TrainResult
 from brandgen.training.trainer import LoraTrainer
 
@@ -58,9 +60,20 @@ class JobState:
         return asdict(self)
 
 
+OWNER_FILE = "owner"  # the run's brandgen.ownership.owner_key, so cancel and resume know whose run it is
+
+
+def run_owner(run_dir: Path) -> str | None:
+    """Who started a run folder's job from the web app (None: the CLI, or a run from before owners were kept)."""
+    try:
+        return (run_dir / OWNER_FILE).read_text(encoding="utf-8").strip() or None
+    except OSError:
+        return None
+
+
 class TrainingJob:
-    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool):
-        self.config, self.run_dir, self.resume = config, run_dir, resume
+    def __init__(self, config: TrainConfig, run_dir: Path, resume: bool, owner: str | None = None):
+        self.config, self.run_dir, self.resume, self.owner = config, run_dir, resume, owner
         self.state = JobState(id=run_dir.name, name=config.name, run_dir=str(run_dir))
         self.stop = threading.Event()
         self.lock = threading.Lock()
@@ -115,12 +128,18 @@ class TrainingJobs:
         with job.lock:
             return JobState(**job.state.to_dict())
 
-    def list_runs(self) -> list[dict[str, Any]]:
-        """Run folders, newest first, and whether each can be resumed (it has a checkpoint)."""
+    def owner(self, job_id: str | None = None) -> str | None:
+        """Who started a job (the latest when no id is given); None: the operator, or no job."""
+        job = self._jobs.get(job_id or self._latest or "")
+        return job.owner if job is not None else None
+
+    def list_runs(self, access: Access = OPERATOR) -> list[dict[str, Any]]:
+        """Run folders, newest first, and whether each can be resumed (it has a checkpoint); in private mode
+        only the caller's own runs."""
         root = self.paths.training_runs
         if not root.is_dir():
             return []
-        runs = [p for p in root.iterdir() if (p / "config.json").is_file()]
+        runs = [p for p in root.iterdir() if (p / "config.json").is_file() and access.sees(run_owner(p))]
         runs.sort(key=lambda p: p.stat().st_mtime, reverse=True)
         out = []
         for p in runs:
@@ -148,10 +167,15 @@ class TrainingJobs:
         return self.status(job_id)
 
     # ----- actions ---------------------------------------------------------------------------------
-    def start(self, config: TrainConfig, run_dir: Path | None = None, resume: bool = False) -> JobState:
-        """Queue a run in a background thread; refused while another job is active (one accelerator)."""
+    def start(self, config: TrainConfig, run_dir: Path | None = None, resume: bool = False,
+              owner: str | None = None) -> JobState:
+        """Queue a run in a background thread; refused while another job is active (one accelerator).
+        `owner` (an ownership.owner_key) is the only caller besides the operator that may cancel it."""
         config = config.validated()
-        job = TrainingJob(config, Path(run_dir) if run_dir else new_run_dir(self.paths, config.name), resume)
+        if not resume:
+            self._check_dataset(config)
+        run_dir = Path(run_dir) if run_dir else new_run_dir(self.paths, config.name)
+        job = TrainingJob(config, run_dir, resume, owner)
         if resume:  # the curve continues where the checkpoint left it
             rows = LossHistory.load(job.run_dir / "loss.csv").rows
             job.state.history = [{"step": r["step"], "loss": r["loss"]} for r in rows]
@@ -164,12 +188,28 @@ class TrainingJobs:
                 ensure_lora_name_free(self.paths.loras, config.name)
             self._jobs[job.state.id] = job
             self._latest = job.state.id
+        if owner:
+            with writing("the training run's owner", run_dir):
+                run_dir.mkdir(parents=True, exist_ok=True)
+                (run_dir / OWNER_FILE).write_text(owner, encoding="utf-8")
         job.thread = threading.Thread(target=self._run, args=(job,), name=f"train-{config.name}", daemon=True)
         job.thread.start()
         return self.status(job.state.id)  # type: ignore[return-value]
 
-    def resume(self, run: str | Path) -> JobState:
-        """Continue a cancelled or crashed run from its newest checkpoint (same run folder, same settings)."""
+    def _check_dataset(self, config: TrainConfig) -> None:
+        """The trainer's first check, made before the job is queued: a dataset the validator calls "Not ready"
+        is refused with the same report instead of starting a job that is "running" until it fails."""
+        resolution = config.resolution
+        if not resolution and self.registry is not None and config.base_model in self.registry.ids():
+            resolution = self.registry.get(config.base_model).native_resolution[0]
+        report = validate_dataset(resolve_data_dir(config.data_dir), config.asset_type, resolution or 512,
+                                  self.asset_types, allow_small=config.allow_small_dataset)
+        if not report.ok:
+            raise InvalidInput(report.summary())
+
+    def resume(self, run: str | Path, access: Access = OPERATOR) -> JobState:
+        """Continue a cancelled or crashed run from its newest checkpoint (same run folder, same settings);
+        only its owner may (see brandgen.ownership), who then owns the resumed job."""
         root = self.paths.training_runs.resolve()
         given = Path(run)
         if given.is_absolute():  # a full path is accepted only when it is one of this app's run folders
@@ -179,13 +219,22 @@ class TrainingJobs:
         run_dir = resolve_inside(root, str(given), "run")
         if not (run_dir / "config.json").is_file():
             raise InvalidInput(f"{run_dir.name} is not a training run folder.")
+        recorded = run_owner(run_dir)
+        if not access.may_change(recorded):
+            raise InvalidInput(f"Run {run_dir.name} was started in another browser session or by another user; "
+                               "only they can resume it.")
         if latest_checkpoint(run_dir / "checkpoints") is None:
             raise InvalidInput(f"Run {run_dir.name} has no checkpoint to resume from; start a new run.")
-        return self.start(TrainConfig.from_file(run_dir / "config.json"), run_dir=run_dir, resume=True)
+        return self.start(TrainConfig.from_file(run_dir / "config.json"), run_dir=run_dir, resume=True,
+                          owner=access.owner or recorded)
 
-    def cancel(self, job_id: str | None = None) -> JobState | None:
-        """Stop after the current step; the trainer saves a checkpoint so the run can be resumed."""
+    def cancel(self, job_id: str | None = None, access: Access = OPERATOR) -> JobState | None:
+        """Stop after the current step; the trainer saves a checkpoint so the run can be resumed. Only the job's
+        owner may cancel it: on a shared app one designer must not stop another's training."""
         job = self._jobs.get(job_id or self._latest or "")
+        if job is not None and job.state.status in ("queued", "running") and not access.may_change(job.owner):
+            raise InvalidInput(f"Training job {job.state.name!r} was started in another browser session or by "
+                               "another user; only they can cancel it.")
         if job is not None:
             with job.lock:  # checked under the lock: a job that just finished must not turn back to cancelling
                 if job.state.status in ("queued", "running"):

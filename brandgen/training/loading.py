@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from brandgen.errors import ModelUnavailable
+from brandgen.errors import InvalidInput, ModelUnavailable
 from brandgen.model_loading import LOAD_LOCK, load_component
 from brandgen.paths import REPO_ROOT, AppPaths
 from brandgen.registry import ModelEntry, ModelRegistry
@@ -155,6 +155,8 @@ def new_run_dir(paths: AppPaths, name: str) -> Path:
 
 def resolve_data_dir(data_dir: str) -> Path:
     """Relative folders are looked up from the working directory, then from the repository root."""
+    if "\0" in str(data_dir):  # os.stat would raise a bare "embedded null byte"
+        raise InvalidInput("The dataset folder name contains a NUL byte; give a plain folder path.")
     path = Path(data_dir).expanduser()
     return path if path.is_absolute() or path.exists() else REPO_ROOT / path
 

@@ -12,6 +12,7 @@ from brandgen.manager import PipelineManager
 from brandgen.training.jobs import TrainingJobs
 from brandgen.ui.benchmark_tab import build_benchmark_tab
 from brandgen.ui.brandkit_panel import build_brandkit_panel
+from brandgen.ui.common import readable_input_errors, session_of, sessions_for
 from brandgen.ui.gallery_tab import build_gallery_tab
 from brandgen.ui.generate_tab import build_generate_tab
 from brandgen.ui.train_tab import build_train_tab
@@ -51,7 +52,7 @@ def _api_endpoints(manager: PipelineManager) -> None:
 
 def build_app(manager: PipelineManager | None = None) -> gr.Blocks:
     manager = manager or PipelineManager.instance()
-    store = GalleryStore(manager.paths.outputs)
+    store = GalleryStore(manager.paths.outputs, manager.paths.quarantine)
     with gr.Blocks(title="BrandGen") as demo:
         gr.Markdown(
             f"# BrandGen\nOn-brand icons, logos and illustrations from diffusion models · v{__version__} · "
@@ -68,4 +69,11 @@ def build_app(manager: PipelineManager | None = None) -> gr.Blocks:
             with gr.Tab("Gallery", id="gallery"):
                 build_gallery_tab(manager, store, controls, tabs)
         _api_endpoints(manager)
+        sessions = sessions_for(manager)
+
+        def session_ended(request: gr.Request) -> None:  # a closed or reloaded tab: see brandgen.ownership
+            sessions.ended(session_of(request))
+
+        demo.unload(session_ended)
+    readable_input_errors(demo)
     return demo

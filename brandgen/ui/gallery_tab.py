@@ -11,7 +11,8 @@ from brandgen.export import export_items
 from brandgen.gallery import GalleryItem, GalleryPage, GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.png_settings import read_parameters
-from brandgen.ui.common import NO_LORA, user_errors
+from brandgen.ownership import private_gallery
+from brandgen.ui.common import NO_LORA, access_of, user_errors
 from brandgen.ui.generate_tab import GenerateControls
 
 PAGE_SIZE = 48
@@ -87,8 +88,12 @@ def _match_model(name: str | None, manager: PipelineManager) -> str | None:
 def build_gallery_tab(
     manager: PipelineManager, store: GalleryStore, controls: GenerateControls, tabs: gr.Tabs | None = None,
 ) -> None:
-    """Lay out the tab and wire its events and named API endpoints."""
-    facets = store.facets()
+    """Lay out the tab and wire its events and named API endpoints. Every handler, named or not (an unnamed one
+    can still be called by its fn_index), takes the caller's Access: own images only in private mode, and
+    deleting is for the image's owner."""
+    # private: the menus start empty and fill with the caller's own values when the tab opens
+    facets = store.facets() if not private_gallery(logged_in=False) else {k: [] for k in ("asset_types", "models",
+                                                                                          "loras")}
     with gr.Row():
         text = gr.Textbox(label="Search", placeholder="words from the prompt, a model, a LoRA or an id", scale=3)
         asset_type = gr.Dropdown([ALL, *facets["asset_types"]], value=ALL, label="Asset type", scale=1)
@@ -130,37 +135,39 @@ def build_gallery_tab(
     filters = [text, asset_type, model, lora]
 
     def find(text: str, asset_type: str | None, model: str | None, lora: str | None, page: Any,
-             page_size: int) -> GalleryPage:
+             page_size: int, access: Access) -> GalleryPage:
         """store.search with the menus' '(all)' meaning no filter."""
         asset_type, model, lora = (None if value == ALL else value for value in (asset_type, model, lora))
-        return store.search(text, asset_type, model, lora, int(page or 1), int(page_size))
+        return store.search(text, asset_type, model, lora, int(page or 1), int(page_size), access)
 
     def search(
         text: str = "", asset_type: str | None = None, model: str | None = None, lora: str | None = None,
-        page: int = 1, page_size: int = PAGE_SIZE,
+        page: int = 1, page_size: int = PAGE_SIZE, request: gr.Request | None = None,
     ) -> dict[str, Any]:
-        """Gallery items newest first, filtered by words, asset type, model and LoRA; one page at a time."""
-        result = find(text, asset_type, model, lora, page, page_size)
+        """Gallery items newest first, filtered by words, asset type, model and LoRA; one page at a time (on a
+        shared app with a private gallery: the caller's own)."""
+        result = find(text, asset_type, model, lora, page, page_size, access_of(request, manager))
         return {"items": [item_summary(store, i) for i in result.items], "total": result.total,
                 "page": result.page, "pages": result.pages}
 
     def settings_of(item: GalleryItem) -> dict[str, Any]:
         return {"id": item.id, **read_parameters(item.path, manager.asset_types)}
 
-    def item_settings(item_id: str) -> dict[str, Any]:
+    def item_settings(item_id: str, request: gr.Request | None = None) -> dict[str, Any]:
         """The settings of one gallery image, read back from its PNG (seed, prompt, model, LoRAs...)."""
-        return settings_of(store.get(item_id))
+        return settings_of(store.get(item_id, access_of(request, manager)))
 
-    def delete_item(item_id: str, confirm: bool = False) -> str:
-        """Delete a gallery image (file and index entry); `confirm` must be true."""
+    def delete_item(item_id: str, confirm: bool = False, request: gr.Request | None = None) -> str:
+        """Delete a gallery image (file and index entry); `confirm` must be true; only its owner may."""
         if not confirm:
             raise InvalidInput("Tick 'I'm sure' (confirm=true) to delete an image; this cannot be undone.")
-        store.delete(item_id)
+        store.delete(item_id, access_of(request, manager))
         return f"Deleted {item_id}."
 
     @user_errors
-    def show_page(text: str, asset_type: str, model: str, lora: str, page: float | None) -> tuple:
-        result = find(text, asset_type, model, lora, page, PAGE_SIZE)
+    def show_page(text: str, asset_type: str, model: str, lora: str, page: float | None,
+                  request: gr.Request | None = None) -> tuple:
+        result = find(text, asset_type, model, lora, page, PAGE_SIZE, access_of(request, manager))
         shown = [i for i in result.items if i.path.exists()]
         note = "".join(f"\n\n⚠️ {p}" for p in store.problems[-3:])
         info = f"Page {result.page} of {result.pages} · {result.total} image(s){note}"
@@ -168,22 +175,26 @@ def build_gallery_tab(
 
     page_outputs = [grid, page, page_info, page_ids]
 
-    def refresh_all(*values: Any) -> tuple:
-        found = store.facets()
+    def refresh_all(text: str, asset_type: str, model: str, lora: str, page: float | None,
+                    request: gr.Request | None = None) -> tuple:
+        found = store.facets(access_of(request, manager))
         menus = [gr.Dropdown(choices=[ALL, *found[key]]) for key in ("asset_types", "models", "loras")]
-        return (*menus, *show_page(*values))
+        return (*menus, *show_page(text, asset_type, model, lora, page, request))
+
+    def first_page(text: str, asset_type: str, model: str, lora: str, request: gr.Request | None = None) -> tuple:
+        return show_page(text, asset_type, model, lora, 1, request)
 
     def step(delta: int) -> Any:
-        def go(*values: Any) -> tuple:
-            *filter_values, current = values
-            return show_page(*filter_values, max(1, int(current or 1) + delta))
+        def go(text: str, asset_type: str, model: str, lora: str, current: float | None,
+               request: gr.Request | None = None) -> tuple:
+            return show_page(text, asset_type, model, lora, max(1, int(current or 1) + delta), request)
         return go
 
     @user_errors
-    def select(ids: list[str], evt: gr.SelectData) -> tuple:
+    def select(ids: list[str], evt: gr.SelectData, request: gr.Request | None = None) -> tuple:
         if evt.index is None or evt.index >= len(ids):
             return gr.skip(), gr.skip(), gr.skip()
-        item = store.get(ids[evt.index])
+        item = store.get(ids[evt.index], access_of(request, manager))
         return str(item.path), item.id, settings_of(item)
 
     @user_errors
@@ -200,7 +211,11 @@ def build_gallery_tab(
     def use_settings(current: dict[str, Any] | None) -> list:
         if not current:
             raise InvalidInput("Select an image or upload a PNG first.")
-        values, warnings = controls_from_settings(current, manager)
+        try:
+            values, warnings = controls_from_settings(current, manager)
+        except (TypeError, ValueError, KeyError, OverflowError, AttributeError) as exc:  # a hand-made PNG's JSON
+            raise InvalidInput(f"These settings hold values BrandGen cannot use ({type(exc).__name__}: "
+                               f"{str(exc)[:200]}).") from exc
         for message in warnings:
             gr.Warning(message)
         keep = gr.update()
@@ -215,14 +230,16 @@ def build_gallery_tab(
         return out + ([gr.Tabs(selected="generate")] if tabs is not None else [])
 
     @user_errors
-    def on_delete(item_id: str, confirm: bool, *values: Any) -> tuple:
-        message = delete_item(item_id, confirm)
+    def on_delete(item_id: str, confirm: bool, text: str, asset_type: str, model: str, lora: str,
+                  page: float | None, request: gr.Request | None = None) -> tuple:
+        message = delete_item(item_id, confirm, request)
         gr.Info(message)
-        return (None, "", None, False, *show_page(*values))
+        return (None, "", None, False, *show_page(text, asset_type, model, lora, page, request))
 
     @user_errors
-    def on_export(ids: list[str], chosen_formats: list[str], chosen_sizes: list[str]) -> str:
-        result = export_items(store, ids, chosen_formats, chosen_sizes, manager.upscaler)
+    def on_export(ids: list[str], chosen_formats: list[str], chosen_sizes: list[str],
+                  request: gr.Request | None = None) -> str:
+        result = export_items(store, ids, chosen_formats, chosen_sizes, manager.upscaler, access_of(request, manager))
         return str(result.zip_path)
 
     def add_ids(current: list[str] | None, new: list[str]) -> Any:
@@ -233,7 +250,7 @@ def build_gallery_tab(
     # opening the tab could finish after a search typed right away and overwrite its results.
     view = {"concurrency_id": "gallery_view", "concurrency_limit": 1}
     for trigger in (text.submit, asset_type.change, model.change, lora.change):
-        trigger(lambda *v: show_page(*v, 1), filters, page_outputs, api_name=False, **view)
+        trigger(first_page, filters, page_outputs, api_name=False, **view)
     refresh.click(refresh_all, [*filters, page], [asset_type, model, lora, *page_outputs], api_name=False, **view)
     page.submit(show_page, [*filters, page], page_outputs, api_name=False, **view)
     prev_page.click(step(-1), [*filters, page], page_outputs, api_name=False, **view)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,7 @@ from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.performance_mode import describe
 from brandgen.spaces_support import on_gpu
-from brandgen.ui.common import NO_LORA, session_of, user_errors
+from brandgen.ui.common import NO_LORA, access_of, session_of, user_errors
 
 LORA_SLOTS = 3
 
@@ -60,12 +61,34 @@ def request_from_ui(
         loras = tuple((str(name), float(weight or 0.0)) for name, weight in pairs if name and name != NO_LORA)
         return GenerationRequest(
             prompt=prompt or "", asset_type=asset_type, model_id=model_id or None, preset=preset,
-            seed=-1 if seed is None else int(seed), count=int(count or 1), negative_prompt=negative or "",
-            steps=int(steps) if steps else None,
-            guidance_scale=None if guidance in (None, "") or float(guidance) < 0 else float(guidance), loras=loras,
+            seed=-1 if seed is None else _whole("Seed", seed), count=_whole("Count", count or 1),
+            negative_prompt=negative or "", steps=_whole("Steps", steps) if steps else None,
+            guidance_scale=_guidance(guidance), loras=loras,
         )
+    except InvalidInput:
+        raise
     except (TypeError, ValueError, OverflowError) as exc:  # NaN, infinity or text where a number belongs
         raise InvalidInput(f"Seed, count, steps, guidance and LoRA weights must be plain numbers ({exc}).") from exc
+
+
+def _whole(label: str, value: Any) -> int:
+    """A whole number from a widget value: 2.5 images or seed 1.5 is a mistake to report, not to round."""
+    number = float(value)
+    if math.isfinite(number) and not number.is_integer():
+        raise InvalidInput(f"{label} must be a whole number, got {value:g}.")
+    return int(number)  # NaN and infinity raise here, reported as "plain numbers"
+
+
+def _guidance(value: Any) -> float | None:
+    """-1 (or blank) means the model's default; any other negative number is a typo, not a default."""
+    if value in (None, ""):
+        return None
+    number = float(value)
+    if number == -1:
+        return None
+    if not 0 <= number <= 30:  # also NaN and -inf, which would otherwise have meant "default"
+        raise InvalidInput(f"Guidance must be -1 (the model's default) or between 0 and 30, got {value}.")
+    return number
 
 
 def caption_for(meta: dict[str, Any]) -> str:
@@ -135,17 +158,18 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
     def generate(session: gr.Request, *values: Any, progress: gr.Progress = gr.Progress()) -> tuple:
         *values, kit = values
         request = request_from_ui(*values)
+        caller = access_of(session, manager)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
             on_step = (lambda i, n: progress((i, n), desc="Denoising")) if live_progress else None
-            result = run_generation(request, progress=on_step, owner=session_of(session))
+            result = run_generation(request, progress=on_step, owner=caller.owner)
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None
         result.images = apply_brand_kit(result.images, result.metadata, kit)
         if gallery_store is not None:
             for image, meta in zip(result.images, result.metadata):
-                meta["gallery_id"] = gallery_store.add(image, meta).id
+                meta["gallery_id"] = gallery_store.add(image, meta, owner=caller.owner).id
         items = [(image, caption_for(meta)) for image, meta in zip(result.images, result.metadata)]
         first = result.metadata[0]
         note = "" if first["commercial_use"] else " · ⚠️ model not cleared for commercial use"
@@ -170,7 +194,10 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         return [gr.Dropdown(choices=choices) for _ in slots] + [text]
 
     @user_errors
-    def on_memory(mode: str, tiling: bool) -> None:
+    def on_memory(mode: str, tiling: bool, request: gr.Request | None = None) -> None:
+        if access_of(request, manager).private:  # one setting for every user of the accelerator
+            raise InvalidInput("On a shared app the memory mode is the same for everyone; it stays as the server "
+                               "set it.")
         manager.set_memory_mode(mode, tiling)
         gr.Info(f"Memory mode {mode}{' + VAE tiling' if tiling else ''}: applies from the next generation.")
 

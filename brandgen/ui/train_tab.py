@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from brandgen.manager import PipelineManager
+from brandgen.ownership import Access, private_gallery
 from brandgen.registry import ModelEntry
 from brandgen.training.config import TrainConfig
 from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
@@ -19,7 +20,7 @@ from brandgen.training.export import push_to_hub
 from brandgen.training.families import UNET_CONV_TARGETS, get_family
 from brandgen.training.jobs import ACTIVE, JobState, TrainingJobs
 from brandgen.training.loading import resolve_data_dir
-from brandgen.ui.common import user_errors
+from brandgen.ui.common import access_of, user_errors
 
 DEFAULT_DATA = "assets/brand_example/icons"
 ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "✋", "cancelled": "⏹️", "failed": "❌", "done": "✅"}
@@ -148,6 +149,18 @@ def poll_view(state: JobState | None, shown_samples: list[str], shown_curve: lis
     )
 
 
+def visible_state(state: JobState | None, job_owner: str | None, access: Access) -> JobState | None:
+    """A job as this caller may see it: in private mode another user's job shows only that the accelerator is busy
+    (no name, samples, loss curve or folder); once it is over, not at all."""
+    if state is None or access.sees(job_owner):
+        return state
+    if state.status not in ACTIVE:
+        return None
+    return JobState(id="", name="another user's LoRA", run_dir="", status=state.status, step=state.step,
+                    total=state.total, eta_seconds=state.eta_seconds,
+                    message="The accelerator is training another user's LoRA; yours can start when it is done.")
+
+
 def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     """Lay out the tab and wire its events; the job itself lives in `jobs`, owned by the app."""
     entries = manager.registry.entries()
@@ -220,9 +233,10 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                 refresh_runs = gr.Button("↻", scale=0, min_width=40)
                 resume = gr.Button("Resume", scale=1)
         with gr.Column(scale=3):
-            status = gr.Markdown(status_text(jobs.status()), elem_id="train-status")
+            shown = None if private_gallery(logged_in=False) else jobs.status()  # private: the poll fills it
+            status = gr.Markdown(status_text(shown), elem_id="train-status")
             refresh = gr.Button("Refresh status", size="sm")
-            plot = gr.LinePlot(loss_frame(jobs.status()), x="step", y="loss", title="Training loss", height=260)
+            plot = gr.LinePlot(loss_frame(shown), x="step", y="loss", title="Training loss", height=260)
             samples = gr.Gallery(label="Latest samples", columns=4, height=220, interactive=False)
             report_text = gr.Markdown()
             report_table = gr.Dataframe(label="Files", interactive=False, wrap=True)
@@ -255,9 +269,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         fp8_base,
     ]
 
-    def dataset_dir(folder_value: str) -> Path:
-        """The folder the user named, if this server may read it (see AppPaths.dataset_roots)."""
-        return manager.paths.dataset_folder(resolve_data_dir(folder_value or DEFAULT_DATA))
+    def dataset_dir(folder_value: str, write: bool = False) -> Path:
+        """The folder the user named, if this server may read (or write captions into) it: AppPaths.dataset_roots."""
+        return manager.paths.dataset_folder(resolve_data_dir(folder_value or DEFAULT_DATA), write)
 
     @user_errors
     def validate(folder_value: str, kind: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
@@ -273,7 +287,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     @user_errors
     def write_captions(folder_value: str, kind: str, word: str, size: float, small: bool) -> tuple[str, pd.DataFrame]:
         written = write_template_captions(
-            dataset_dir(folder_value), kind, (word or "").strip(), manager.asset_types
+            dataset_dir(folder_value, write=True), kind, (word or "").strip(), manager.asset_types
         )
         gr.Info(f"Wrote {len(written)} template caption file(s); edit them to describe each image.")
         return validate(folder_value, kind, size, small)
@@ -289,21 +303,23 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         return [values["resolution"], values["rank"], values["alpha"], values["lr"], values["epochs"], values["convs"]]
 
     @user_errors
-    def start_training(*values: Any) -> tuple[dict, str]:
+    def start_training(request: gr.Request | None, *values: Any) -> tuple[dict, str]:
         config = config_from_ui(*values, family=manager.registry.get(values[2]).family)
         manager.paths.dataset_folder(config.data_dir)
-        state = jobs.start(config)
+        state = jobs.start(config, owner=access_of(request, manager).owner)
         return state.to_dict(), status_text(state)
 
     @user_errors
-    def resume_training(run: str) -> tuple[dict, str]:
+    def resume_training(run: str, request: gr.Request | None = None) -> tuple[dict, str]:
         if not run:
             raise gr.Error("Pick a run to resume (press ↻ to list them).")
-        state = jobs.resume(run)
+        state = jobs.resume(run, access_of(request, manager))
         return state.to_dict(), status_text(state)
 
-    def cancel_training() -> tuple[dict, str]:
-        state = jobs.cancel()
+    @user_errors
+    def cancel_training(request: gr.Request | None = None) -> tuple[dict, str]:
+        access = access_of(request, manager)
+        state = visible_state(jobs.cancel(access=access), jobs.owner(), access)
         return (state.to_dict() if state else {}), status_text(state)
 
     @user_errors
@@ -316,16 +332,20 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         result = push_to_hub(info.path.parent, repo.strip(), private=bool(private))
         return f"**{result['status']}**: {result['message']}"
 
-    def list_runs() -> gr.Dropdown:
-        choices = [(f"{r['run']} ({r['status']})", r["run"]) for r in jobs.list_runs() if r["resumable"]]
+    def list_runs(request: gr.Request | None = None) -> gr.Dropdown:
+        runs = jobs.list_runs(access_of(request, manager))
+        choices = [(f"{r['run']} ({r['status']})", r["run"]) for r in runs if r["resumable"]]
         return gr.Dropdown(choices=choices, value=choices[0][1] if choices else None)
 
-    def poll(previous: list[str], shown_curve: list | None) -> tuple:
-        return poll_view(jobs.status(), previous, shown_curve)
+    def caller_view(request: gr.Request | None) -> JobState | None:
+        return visible_state(jobs.status(), jobs.owner(), access_of(request, manager))
 
-    def training_status() -> dict[str, Any]:
+    def poll(previous: list[str], shown_curve: list | None, request: gr.Request | None = None) -> tuple:
+        return poll_view(caller_view(request), previous, shown_curve)
+
+    def training_status(request: gr.Request | None = None) -> dict[str, Any]:
         """The newest job's live state (status, step, total, loss, ETA, samples, loss history, error)."""
-        state = jobs.status()
+        state = caller_view(request)
         return state.to_dict() if state else {"status": "none"}
 
     poll_outputs = [status, plot, samples, shown_samples, plotted, timer]
