@@ -320,7 +320,10 @@ def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = 
     if unknown:
         raise LoraError(f"LoRA {name!r} does not fit {model_label}: {len(unknown)} of its weights are not LoRA "
                         f"factors of its layers (e.g. {unknown[0]!r}); it was made for another model or method.")
+    if not parts:
+        raise LoraError(f"LoRA {name!r} holds no LoRA weights.")
     factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    zero: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
     for (component, module), got in sorted(parts.items()):
         if "A" not in got or "B" not in got:
             raise LoraError(f"LoRA {name!r}: layer {component}.{module} has only half of its factors.")
@@ -331,10 +334,10 @@ def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = 
             raise LoraError(f"LoRA {name!r} does not fit {component}.{module}: factors {tuple(down.shape)} / "
                             f"{tuple(up.shape)}; it was made for another model.")
         scale = _scale(component, module, down.shape[0], alpha, metadata)
-        factors.setdefault(component, {})[module] = (down.float(), up.float() * scale)
-    if not factors:
-        raise LoraError(f"LoRA {name!r} holds no LoRA weights.")
-    return LoraFactors(name=name, factors=factors)
+        target = factors if down.any() and up.any() else zero  # kohya's fused qkv files carry zero blocks
+        target.setdefault(component, {})[module] = (down.float(), up.float() * scale)
+    # layers with all-zero factors change nothing and would only widen a hotswap slot; an all-zero LoRA stays whole
+    return LoraFactors(name=name, factors=factors or zero)
 
 
 def _layer(pipe: Any, component: str, module: str, name: str) -> torch.nn.Module:

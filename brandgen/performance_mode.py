@@ -78,8 +78,15 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
         return "**Performance mode:** on; applied when the next model loads."
     applied = ", ".join(report.get("applied", [])) or "nothing"
     skipped = "; ".join(f"{k}: {v}" for k, v in report.get("skipped", {}).items())
+    extra = ""
+    if "lora_slot" in report:
+        extra += f" LoRA slot: {report['lora_slot']['layers']} layers at rank {report['lora_slot']['rank']}."
+    if "warmup" in report:
+        warm = report["warmup"]
+        extra += (f" Compiled at load: {len(warm['calls'])} warm-up calls, {warm['seconds']:.1f} s, "
+                  f"{warm['graphs_compiled']} graphs.")
     return f"**Performance mode:** on ({report.get('device', '?')}). Applied: {applied}." + (
-        f" Not applied: {skipped}." if skipped else "")
+        f" Not applied: {skipped}." if skipped else "") + extra
 
 
 def prepare_performance(pipe: Any, entry: ModelEntry, options: FastPathOptions | None, report: dict[str, Any],

@@ -13,6 +13,7 @@ from brandgen.errors import InvalidInput
 from brandgen.generation import GenerationRequest
 from brandgen.lora_hotswap import HOTSWAP_ADAPTER
 from brandgen.manager import PipelineManager
+from brandgen.performance_mode import describe
 from conftest import make_sd15_lora
 
 
@@ -180,7 +181,7 @@ def test_performance_mode_compiles_at_load_then_switches_formats_without_recompi
     report = fast.fast_path_report
     assert report["lora_slot"]["layers"] > 10 and report["warmup"]["graphs_compiled"] > 0
     assert seen[-1][:2] == (3, 3) and all("Compiling Tiny SD1.5" in stage for *_, stage in seen)
-    assert fast.stage == ""
+    assert fast.stage == "" and "Compiled at load: 3 warm-up calls" in describe(fast.fast_path, report)
     graphs = compiled_graphs()
     with torch._dynamo.config.patch(error_on_recompile=True):
         for loras_wanted, count in (((("a_diffusers", 1.0),), 1), ((("b_kohya", 0.7),), 4), ((("a_peft", 1.0),), 1),
