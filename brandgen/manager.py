@@ -85,7 +85,6 @@ class PipelineManager:
         self._cancel = threading.Event()
         self._owner: str | None = None  # the browser session whose generation is running, if known
         self.stage = ""  # what a long load is doing now ("Compiling ..."), for progress text in the UI
-        self._notes: list[str] = []  # things the next GenerationResult tells the user (e.g. a LoRA slot rebuild)
 
     @classmethod
     def instance(cls) -> "PipelineManager":
@@ -201,29 +200,29 @@ class PipelineManager:
     def list_loras(self) -> list[LoraInfo]:
         return self.lora_library.scan()
 
-    def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> None:
-        """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed."""
+    def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> list[str]:
+        """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed.
+
+        Returns notes for the user (a hotswap slot that had to be rebuilt, so the next image recompiles)."""
         wanted = tuple((name, float(weight)) for name, weight in wanted if name and float(weight) != 0.0)
         if len({name for name, _ in wanted}) != len(wanted):
             raise InvalidInput("The same LoRA is selected twice; pick it once with one weight.")
         with self.lock:
             loaded = self._require_loaded()
             if wanted == loaded.active:
-                return
+                return []
             pipe = loaded.pipe
             if loaded.hotswap is not None:  # one slot, swapped in place, never fused: no recompiles
                 if len(wanted) > 1:
                     raise InvalidInput("With LoRA hotswap (performance mode) use one LoRA at a time.")
-                loaded.active = ()
+                loaded.active, note = (), ""
                 if wanted:
                     info = self._ensure_adapter(loaded, wanted[0][0])
                     note = loaded.hotswap.activate(info.path, wanted[0][1], info.name)
-                    if note:
-                        self._notes.append(note)
                 else:
                     loaded.hotswap.activate(None)
                 loaded.active = wanted
-                return
+                return [note] if note else []
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
             infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
             try:
@@ -243,6 +242,7 @@ class PipelineManager:
                 self._fall_back_to_base(loaded)
                 raise
             loaded.active = wanted
+            return []
 
     @staticmethod
     def _fall_back_to_base(loaded: _Loaded) -> None:
@@ -354,9 +354,8 @@ class PipelineManager:
         seed = request.resolved_seed()
         seeds = [seed + i for i in range(request.count)]
         with self.lock, self._running(owner):
-            self._notes = []
             self.load_model(entry.id, progress)
-            self.set_loras(request.loras)
+            notes = self.set_loras(request.loras)
             pipe = self.pipeline
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
                                  self._cancel)
@@ -378,7 +377,6 @@ class PipelineManager:
                 raise Cancelled("Generation cancelled.")
             seconds = time.perf_counter() - start
             peak = peak_memory_gb()
-            notes, self._notes = self._notes, []
         images = [self.upscaler(image, preset.upscale) for image in images]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         common = {

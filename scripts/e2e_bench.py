@@ -1,0 +1,407 @@
+#!/usr/bin/env python
+"""End-to-end image generation, four ways, in one process: real pipeline calls, not step arithmetic.
+
+For SDXL- and FLUX.1-dev-size pipelines (random full-size weights from the published configs, saved once as local
+diffusers folders under --work-dir; scripts/e2e_bench_models.py) it times, with a brand LoRA active:
+  a  seed-000 recipe: AutoPipelineForText2Image + enable_model_cpu_offload + load_lora_weights + fuse_lora
+  b  expert resident recipe as diffusers' docs teach it: bf16, LoRA fused then unloaded, fuse_qkv_projections,
+     channels_last (UNet, VAE), torch.compile of the whole denoiser with fullgraph=True (--expert-mode)
+  c  PipelineManager, plain (resident, single LoRA fused)
+  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: regional compile, LoRA hotswap slot, warm-up
+     at load)
+Per recipe: load time (for d it includes the compile warm-up), 1 image and 4 images: first call and median of
+--warm warm calls (28 steps, 1024², CFG 7.5 for SDXL, guidance 3.5 for FLUX); LoRA switches A->B->A for LoRAs in
+diffusers, peft, kohya and the project's trainer formats (c, d; a reloads); dynamo graphs compiled and graph
+breaks per phase (torch._dynamo.utils.counters); peak GPU memory. Writes --out (JSON, rewritten after every
+phase) and the same path with .md (tables).
+
+  python scripts/e2e_bench.py --out e2e.json --work-dir /tmp/bg-e2e --cache-dir /tmp/bg-inductor --models sdxl
+  python scripts/e2e_bench.py --tiny --out /tmp/tiny.json      # CPU smoke test of every code path (seconds)
+Run twice with the same --cache-dir for the warm-compile-cache figures (meta.cache_warm_at_start says which).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import os
+import platform
+import shutil
+import statistics
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from e2e_bench_models import LORA_FORMATS, build_pipeline_folder, lora_files  # noqa: E402
+from e2e_bench_report import write_markdown  # noqa: E402
+
+PROMPT = "a minimal teal fintech app icon, flat vector, white background"
+GUIDANCE = {"sdxl": 7.5, "flux": 3.5}
+RECIPES = {"a": "seed recipe (offload, fused LoRA)", "b": "expert resident recipe (compiled, fused LoRA)",
+           "c": "PipelineManager plain", "d": "PipelineManager performance mode"}
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def dynamo_counts() -> tuple[int, int]:
+    from torch._dynamo.utils import counters
+
+    return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.device = "cpu" if args.tiny else "cuda"
+        self.end = time.monotonic() + args.budget_s
+        self.results: dict[str, Any] = {"meta": self._meta(), "models": {}}
+
+    def _meta(self) -> dict[str, Any]:
+        import diffusers
+        import peft
+        import transformers
+
+        cache = Path(self.args.cache_dir) if self.args.cache_dir else None
+        meta = {"args": vars(self.args), "torch": torch.__version__, "diffusers": diffusers.__version__,
+                "peft": peft.__version__, "transformers": transformers.__version__,
+                "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+                "cache_warm_at_start": bool(cache and cache.is_dir() and any(cache.iterdir()))}
+        if torch.cuda.is_available():
+            meta.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
+        return meta
+
+    def left(self) -> float:
+        return self.end - time.monotonic()
+
+    def save(self) -> None:
+        out = Path(self.args.out)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.with_suffix(".tmp").write_text(json.dumps(self.results, indent=2, default=str))
+        out.with_suffix(".tmp").replace(out)
+        write_markdown(self.results, out.with_suffix(".md"))
+
+    def sync(self) -> None:
+        if self.device == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
+        self.sync()
+        start = time.perf_counter()
+        value = fn()
+        self.sync()
+        return value, time.perf_counter() - start
+
+    def phase(self, res: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]], estimate_s: float = 0.0) -> None:
+        """Run one measured phase; record its result, dynamo graphs/breaks, peak memory, or its error."""
+        if self.left() < estimate_s:
+            res.setdefault("skipped", {})[key] = f"time budget: ~{estimate_s:.0f} s needed, {self.left():.0f} s left"
+            log(f"  skip {key}: {res['skipped'][key]}")
+            return
+        graphs, breaks = dynamo_counts()
+        if self.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            value = fn()
+        except Exception as exc:  # noqa: BLE001 - recorded; the run goes on
+            res.setdefault("errors", {})[key] = f"{type(exc).__name__}: {exc}"[:2000]
+            log(f"  {key} FAILED {type(exc).__name__}: {str(exc)[:400]}")
+            traceback.print_exc()
+            self.save()
+            return
+        now_graphs, now_breaks = dynamo_counts()
+        value.update(graphs_compiled=now_graphs - graphs, graph_breaks=now_breaks - breaks,
+                     peak_gb=round(torch.cuda.max_memory_allocated() / 2**30, 2) if self.device == "cuda" else None)
+        res[key] = value
+        log(f"  {key}: {json.dumps(value, default=str)[:300]}")
+        self.save()
+
+    def calls(self, generate: Callable[[int], Any], count: int, warm: int) -> dict[str, Any]:
+        """First call, then `warm` calls: their median, all times, and a pixel statistic of the last image."""
+        image, first = self.timed(lambda: generate(count))
+        times = []
+        for _ in range(warm):
+            image, seconds = self.timed(lambda: generate(count))
+            times.append(seconds)
+        return {"images": count, "first_s": round(first, 3), "median_s": round(statistics.median(times), 3)
+                if times else None, "warm_s": [round(t, 3) for t in times], "n_warm": len(times),
+                "pixel_mean": image_mean(image)}
+
+    def free(self) -> None:
+        gc.collect()
+        if self.device == "cuda":
+            torch.cuda.empty_cache()
+        torch._dynamo.reset()
+
+
+def image_mean(images: Any) -> float | None:
+    import numpy as np
+
+    try:
+        return round(float(np.asarray(images[0], dtype=np.float32).mean()), 3)
+    except Exception:  # noqa: BLE001 - only a sanity statistic
+        return None
+
+
+# ----- the four recipes ----------------------------------------------------------------------------------------
+class DiffusersRecipe:
+    """Recipes a and b: a diffusers pipeline driven the way its docs show."""
+
+    def __init__(self, bench: Bench, model: str, folder: Path, loras: dict[str, dict[str, Path]], kind: str):
+        self.bench, self.model, self.folder, self.loras, self.kind = bench, model, folder, loras, kind
+        self.pipe: Any = None
+        self.notes: list[str] = []
+
+    def load(self) -> dict[str, Any]:
+        from diffusers import AutoPipelineForText2Image
+
+        args, tiny = self.bench.args, self.bench.args.tiny
+        dtype = torch.float32 if tiny else torch.bfloat16
+        pipe = AutoPipelineForText2Image.from_pretrained(self.folder, torch_dtype=dtype)
+        pipe.set_progress_bar_config(disable=True)
+        if self.kind == "a":
+            if self.bench.device == "cuda":
+                pipe.enable_model_cpu_offload()
+            else:
+                self.notes.append("CPU: enable_model_cpu_offload needs an accelerator; ran resident")
+            pipe.load_lora_weights(str(self.loras["a"]["diffusers"]))
+            pipe.fuse_lora()
+        else:
+            pipe.to(self.bench.device)
+            pipe.load_lora_weights(str(self.loras["a"]["peft"]))
+            pipe.fuse_lora()
+            pipe.unload_lora_weights()  # keeps the fused weights; no LoRA layers left in the compiled graph
+            denoiser = pipe.unet if hasattr(pipe, "unet") else pipe.transformer
+            for module in (denoiser, pipe.vae):
+                if hasattr(module, "fuse_qkv_projections"):
+                    module.fuse_qkv_projections()
+            if hasattr(pipe, "unet"):
+                pipe.unet.to(memory_format=torch.channels_last)
+                pipe.vae.to(memory_format=torch.channels_last)
+            import torch._inductor.config as inductor
+
+            inductor.conv_1x1_as_mm = True
+            inductor.epilogue_fusion = False
+            mode = None if args.expert_mode == "default" else args.expert_mode
+            if mode == "max-autotune":
+                inductor.coordinate_descent_tuning = True
+                inductor.coordinate_descent_check_all_directions = True
+            denoiser.compile(fullgraph=True, backend="eager" if tiny else "inductor",
+                             **({"mode": mode} if mode else {}))
+            self.notes.append(f"torch.compile(mode={mode or 'default'}, fullgraph=True) of the whole denoiser")
+        self.pipe = pipe
+        return {"notes": self.notes}
+
+    def generate(self, count: int, steps: int | None = None) -> Any:
+        args = self.bench.args
+        side = 32 if args.tiny else 1024
+        with torch.inference_mode():
+            return self.pipe(prompt=PROMPT, num_inference_steps=steps or args.steps, width=side, height=side,
+                             guidance_scale=GUIDANCE[self.model], num_images_per_prompt=count,
+                             generator=[torch.Generator("cpu").manual_seed(i) for i in range(count)]).images
+
+    def switch(self, name: str, fmt: str) -> None:
+        if self.kind != "a":
+            raise NotImplementedError("the expert recipe fused and unloaded its LoRA: a switch reloads the model")
+        self.pipe.unfuse_lora()
+        self.pipe.unload_lora_weights()
+        self.pipe.load_lora_weights(str(self.loras[name][fmt]))
+        self.pipe.fuse_lora()
+
+    def close(self) -> None:
+        self.pipe = None
+
+
+class ManagerRecipe:
+    """Recipes c and d: the app's PipelineManager, as the Generate tab calls it."""
+
+    def __init__(self, bench: Bench, model: str, folder: Path, loras: dict[str, dict[str, Path]], kind: str):
+        self.bench, self.model, self.folder, self.kind = bench, model, folder, kind
+        self.home = Path(bench.args.work_dir) / f"home-{model}"
+        self.active = "a_peft"
+        self.notes: list[str] = []
+        shutil.rmtree(self.home, ignore_errors=True)
+        (self.home / "loras").mkdir(parents=True)
+        for name, files in loras.items():
+            for fmt, path in files.items():
+                shutil.copyfile(path, self.home / "loras" / f"{name}_{fmt}.safetensors")
+        self.manager: Any = None
+
+    def load(self) -> dict[str, Any]:
+        from dataclasses import replace
+
+        from brandgen.device import DeviceInfo, detect_device
+        from brandgen.manager import PipelineManager
+        from brandgen.paths import AppPaths
+        from brandgen.performance_mode import options_from_env
+        from brandgen.registry import ModelRegistry
+
+        args, tiny = self.bench.args, self.bench.args.tiny
+        base = ModelRegistry.from_file().get("sdxl-base" if self.model == "sdxl" else "flux1-dev")
+        side = 32 if tiny else 1024
+        entry = replace(base, id=f"bench-{self.model}", source_type="local", source=str(self.folder),
+                        native_resolution=(side, side), default_guidance=GUIDANCE[self.model], vram_gb=1.0)
+        fast = None
+        if self.kind == "d":  # exactly what BRANDGEN_PERFORMANCE=1 starts the app with
+            env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization}
+            fast = options_from_env(env, cache_default=Path(args.cache_dir) if args.cache_dir else None)
+            if tiny:  # the same code path on the CPU, with dynamo's eager backend
+                fast = replace(fast, allow_cpu=True, bf16=False, compile_backend="eager")
+        device = DeviceInfo("cpu", torch.float32, "CPU") if tiny else detect_device()
+        self.manager = PipelineManager(registry=ModelRegistry({entry.id: entry}), paths=AppPaths(self.home),
+                                       device=device, memory_mode="resident", fast_path=fast)
+        stages: list[str] = []
+        self.manager.load_model(entry.id, progress=lambda done, total: stages.append(
+            f"{self.manager.stage} {done}/{total}"))
+        self.manager.set_loras(((self.active, 1.0),))
+        return {"fast_path_report": self.manager.fast_path_report, "progress": stages,
+                "dtype": str(device.dtype)}
+
+    def request(self, count: int, steps: int | None, lora: str) -> Any:
+        from brandgen.generation import GenerationRequest
+
+        return GenerationRequest(prompt=PROMPT, model_id=f"bench-{self.model}", steps=steps or self.bench.args.steps,
+                                 guidance_scale=GUIDANCE[self.model], seed=0, count=count, loras=((lora, 1.0),),
+                                 use_template=False)
+
+    def generate(self, count: int, steps: int | None = None) -> Any:
+        result = self.manager.generate(self.request(count, steps, self.active))
+        self.notes = result.notes
+        return result.images
+
+    def switch(self, name: str, fmt: str) -> None:
+        self.active = f"{name}_{fmt}"
+        self.notes = self.manager.set_loras(((self.active, 1.0),))
+
+    def close(self) -> None:
+        if self.manager is not None:
+            self.manager.unload()
+        self.manager = None
+
+
+def run_recipe(bench: Bench, model: str, kind: str, folder: Path, loras: dict[str, dict[str, Path]],
+               res: dict[str, Any]) -> None:
+    args = bench.args
+    recipe = (DiffusersRecipe if kind in "ab" else ManagerRecipe)(bench, model, folder, loras, kind)
+    res["label"] = RECIPES[kind]
+
+    def load() -> dict[str, Any]:
+        report, seconds = bench.timed(recipe.load)
+        return {"load_s": round(seconds, 2), **report}
+
+    bench.phase(res, "load", load, estimate_s=30)
+    if "load" not in res:
+        recipe.close()
+        bench.free()
+        return
+    bench.phase(res, "one_image", lambda: bench.calls(recipe.generate, 1, args.warm), estimate_s=20)
+    if kind in args.four_images:
+        bench.phase(res, "four_images", lambda: bench.calls(recipe.generate, 4, args.warm4), estimate_s=40)
+    if kind in args.switch_recipes:
+        for fmt in args.formats:
+            bench.phase(res, f"switch_{fmt}", lambda fmt=fmt: switches(bench, recipe, fmt), estimate_s=15)
+    recipe.close()
+    del recipe
+    bench.free()
+
+
+def switches(bench: Bench, recipe: Any, fmt: str) -> dict[str, Any]:
+    """A -> B -> A in one format: each switch timed alone, then one short call that must not compile."""
+    out: dict[str, Any] = {"switch_ms": [], "call_s": [], "pixel_means": [], "graphs_per_switch": [], "notes": []}
+    for name in ("a", "b", "a"):
+        graphs, _ = dynamo_counts()
+        _, seconds = bench.timed(lambda: recipe.switch(name, fmt))
+        images, call = bench.timed(lambda: recipe.generate(1, bench.args.switch_steps))
+        out["switch_ms"].append(round(seconds * 1e3, 1))
+        out["call_s"].append(round(call, 3))
+        out["pixel_means"].append(image_mean(images))
+        out["graphs_per_switch"].append(dynamo_counts()[0] - graphs)
+        out["notes"] += recipe.notes if isinstance(recipe, ManagerRecipe) else []
+    out["switch_ms_median"] = statistics.median(out["switch_ms"])
+    return out
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="JSON results (a .md table is written beside it)")
+    parser.add_argument("--work-dir", default="/tmp/brandgen-e2e", help="pipeline folders and LoRA files (reused)")
+    parser.add_argument("--cache-dir", default=None, help="persistent inductor cache for recipes b and d")
+    parser.add_argument("--models", default="sdxl,flux", help="comma list of sdxl,flux")
+    parser.add_argument("--recipes", default="a,b,c,d", help="comma list of a,b,c,d (see above)")
+    parser.add_argument("--quick", action="store_true",
+                        help="3 warm calls, 4 images only for c and d, LoRA switches in two formats")
+    parser.add_argument("--tiny", action="store_true", help="CPU smoke test: tiny pipelines, same code paths")
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps per image (default 28)")
+    parser.add_argument("--warm", type=int, default=None, help="warm 1-image calls after the first (default 5)")
+    parser.add_argument("--warm4", type=int, default=None, help="warm 4-image calls after the first (default 5)")
+    parser.add_argument("--switch-steps", type=int, default=None, help="steps of the call after a switch (4)")
+    parser.add_argument("--formats", default=None, help=f"LoRA formats to switch in (default {','.join(LORA_FORMATS)})")
+    parser.add_argument("--expert-mode", default="default", choices=("default", "max-autotune",
+                                                                     "max-autotune-no-cudagraphs"),
+                        help="torch.compile mode of recipe b (the docs' max-autotune compiles for minutes)")
+    parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8wo"),
+                        help="performance mode's weights (recipe d)")
+    parser.add_argument("--budget-s", type=float, default=3600.0, help="skip phases that would not fit")
+    args = parser.parse_args(argv)
+    args.models = [m.strip() for m in args.models.split(",") if m.strip()]
+    args.recipes = [r.strip() for r in args.recipes.split(",") if r.strip()]
+    bad = (set(args.models) - {"sdxl", "flux"}) | (set(args.recipes) - set(RECIPES))
+    if bad:
+        parser.error(f"unknown models or recipes: {sorted(bad)}")
+    quick, tiny = args.quick, args.tiny
+    args.steps = args.steps or (2 if tiny else 28)
+    args.warm = args.warm if args.warm is not None else (2 if tiny else 3 if quick else 5)
+    args.warm4 = args.warm4 if args.warm4 is not None else (1 if tiny else 2 if quick else 5)
+    args.switch_steps = args.switch_steps or (1 if tiny else 4)
+    args.four_images = "cd" if quick else "abcd"
+    args.switch_recipes = "acd"
+    args.formats = (tuple(f.strip() for f in args.formats.split(",")) if args.formats
+                    else ("diffusers", "kohya") if quick else LORA_FORMATS)
+    if set(args.formats) - set(LORA_FORMATS):
+        parser.error(f"unknown LoRA formats {args.formats}; choose from {LORA_FORMATS}")
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    if not args.tiny and not torch.cuda.is_available():
+        print("No CUDA GPU: run on the GPU machine, or use --tiny for the CPU smoke test.", file=sys.stderr)
+        return 2
+    if args.tiny:
+        torch.set_num_threads(min(2, os.cpu_count() or 1))
+    if args.cache_dir:
+        from brandgen.acceleration import configure_compile_cache
+
+        configure_compile_cache(args.cache_dir)
+    bench = Bench(args)
+    work = Path(args.work_dir)
+    log(f"e2e_bench models={args.models} recipes={args.recipes} steps={args.steps} warm={args.warm}/{args.warm4} "
+        f"device={bench.results['meta'].get('gpu', 'cpu')}")
+    for model in args.models:
+        res: dict[str, Any] = {"recipes": {}}
+        bench.results["models"][model] = res
+        log(f"{model}: pipeline folder and LoRA files ...")
+        res["build"] = build_pipeline_folder(model, work / model, args.tiny, bench.device)
+        loras = lora_files(model, work / model, work / f"loras-{model}", args.tiny)
+        for kind in args.recipes:
+            log(f"{model} / {kind}: {RECIPES[kind]}")
+            res["recipes"][kind] = {}
+            run_recipe(bench, model, kind, work / model, loras, res["recipes"][kind])
+            bench.save()
+    bench.results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    bench.results["meta"]["total_s"] = round(args.budget_s - bench.left(), 1)
+    bench.save()
+    log(f"wrote {args.out} and {Path(args.out).with_suffix('.md')} in {bench.results['meta']['total_s']} s")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
