@@ -194,9 +194,12 @@ class DiffusersRecipe:
             if mode == "max-autotune":
                 inductor.coordinate_descent_tuning = True
                 inductor.coordinate_descent_check_all_directions = True
-            denoiser.compile(fullgraph=True, backend="eager" if tiny else "inductor",
-                             **({"mode": mode} if mode else {}))
-            self.notes.append(f"torch.compile(mode={mode or 'default'}, fullgraph=True) of the whole denoiser")
+            kwargs = {"fullgraph": True, "backend": "eager" if tiny else "inductor", **({"mode": mode} if mode else {})}
+            if args.expert_compile == "regional":  # diffusers' compile_repeated_blocks (its torch.compile docs)
+                denoiser.compile_repeated_blocks(**kwargs)
+            else:
+                denoiser.compile(**kwargs)
+            self.notes.append(f"torch.compile(mode={mode or 'default'}, fullgraph=True), {args.expert_compile}")
         self.pipe = pipe
         return {"notes": self.notes}
 
@@ -308,8 +311,7 @@ def run_recipe(bench: Bench, model: str, kind: str, folder: Path, loras: dict[st
     if kind in args.switch_recipes:
         for fmt in args.formats:
             bench.phase(res, f"switch_{fmt}", lambda fmt=fmt: switches(bench, recipe, fmt), estimate_s=15)
-    recipe.close()
-    del recipe
+    recipe.close()  # drops the pipeline before the next recipe loads its own
     bench.free()
 
 
@@ -347,6 +349,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--expert-mode", default="default", choices=("default", "max-autotune",
                                                                      "max-autotune-no-cudagraphs"),
                         help="torch.compile mode of recipe b (the docs' max-autotune compiles for minutes)")
+    parser.add_argument("--expert-compile", default="full", choices=("full", "regional"),
+                        help="recipe b: the whole denoiser (default) or compile_repeated_blocks")
     parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8wo"),
                         help="performance mode's weights (recipe d)")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip phases that would not fit")
