@@ -335,7 +335,7 @@ def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = 
                             f"{tuple(up.shape)}; it was made for another model.")
         scale = _scale(component, module, down.shape[0], alpha, metadata)
         target = factors if down.any() and up.any() else zero  # kohya's fused qkv files carry zero blocks
-        target.setdefault(component, {})[module] = (down.float(), up.float() * scale)
+        target.setdefault(component, {})[module] = (down, up if scale == 1.0 else (up.float() * scale).to(up.dtype))
     # layers with all-zero factors change nothing and would only widen a hotswap slot; an all-zero LoRA stays whole
     return LoraFactors(name=name, factors=factors or zero)
 

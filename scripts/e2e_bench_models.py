@@ -50,7 +50,18 @@ def _t5_xxl() -> Any:
         layer_norm_epsilon=1e-6, tie_word_embeddings=False)).eval()
 
 
-def _full_size(model: str) -> Any:
+def scheduler(model: str) -> Any:
+    """Built outside the GPU/bf16 init context: its tables stay float32 on the host, as from_pretrained makes them."""
+    import diffusers
+
+    if model == "sdxl":
+        return diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                                steps_offset=1, timestep_spacing="leading")
+    return diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
+                                                     max_shift=1.15, base_image_seq_len=256, max_image_seq_len=4096)
+
+
+def _full_size(model: str, schedule: Any) -> Any:
     import diffusers
 
     clip_tok = _tokenizer(77)
@@ -60,17 +71,12 @@ def _full_size(model: str) -> Any:
             vae=vae, unet=diffusers.UNet2DConditionModel(**sdxl_config(False)),
             text_encoder=_clip(clip_tok, 768, 12, 12, "quick_gelu", False),
             text_encoder_2=_clip(clip_tok, 1280, 32, 20, "gelu", True), tokenizer=clip_tok, tokenizer_2=clip_tok,
-            scheduler=diffusers.EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012,
-                                                       beta_schedule="scaled_linear", steps_offset=1,
-                                                       timestep_spacing="leading"))
+            scheduler=schedule)
     return diffusers.FluxPipeline(
         vae=diffusers.AutoencoderKL(**vae_config(16, False)),
         transformer=diffusers.FluxTransformer2DModel(guidance_embeds=True),  # defaults = FLUX.1-dev
         text_encoder=_clip(clip_tok, 768, 12, 12, "quick_gelu", False), tokenizer=clip_tok,
-        text_encoder_2=_t5_xxl(), tokenizer_2=_tokenizer(512),
-        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True, base_shift=0.5,
-                                                            max_shift=1.15, base_image_seq_len=256,
-                                                            max_image_seq_len=4096))
+        text_encoder_2=_t5_xxl(), tokenizer_2=_tokenizer(512), scheduler=schedule)
 
 
 def build_pipeline_folder(model: str, folder: Path, tiny: bool, device: str) -> dict[str, Any]:
@@ -86,12 +92,13 @@ def build_pipeline_folder(model: str, folder: Path, tiny: bool, device: str) -> 
 
         (tiny_pipelines.build_sdxl if model == "sdxl" else tiny_pipelines.build_flux)(folder)
     else:
+        schedule = scheduler(model)
         previous = torch.get_default_dtype()
         torch.set_default_dtype(torch.bfloat16)  # random init in bf16 on the GPU: seconds, not minutes
         try:
             with torch.device(device):
                 torch.manual_seed(0)
-                pipe = _full_size(model)
+                pipe = _full_size(model, schedule)
         finally:
             torch.set_default_dtype(previous)
         pipe.save_pretrained(folder, safe_serialization=True)
