@@ -2,9 +2,9 @@
 
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
 quantization, and regional torch.compile (only the repeated transformer blocks, so compiling takes seconds, not
-minutes) with a persistent inductor cache. With LoRA hotswap on, the pipeline is prepared for the one adapter
-slot of brandgen.lora_hotswap, so switching brand LoRAs does not recompile. On CPU the GPU-only steps are skipped
-and the report says why.
+minutes) with a persistent inductor cache. With LoRA hotswap on, QKV stays unfused so the adapter slot of
+brandgen.lora_hotswap (built by performance_mode.prepare_performance) reaches to_q/to_k/to_v. On CPU the GPU-only
+steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
 """
 
@@ -335,12 +335,8 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = No
             applied.append("fuse_qkv_vae")
         except ValueError as exc:
             skipped["fuse_qkv_vae"] = str(exc)
-    if options.lora_hotswap:
-        if hasattr(pipe, "enable_lora_hotswap"):
-            pipe.enable_lora_hotswap(target_rank=options.hotswap_rank, check_compiled="warn")
-            applied.append("lora_hotswap")
-        else:
-            skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
+    if options.lora_hotswap and not hasattr(pipe, "load_lora_weights"):
+        skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
     accelerate_model(denoiser, options, gpu_ok, report)
     if options.compile_vae and vae is not None and gpu_ok and hasattr(vae, "decoder"):
         vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))

@@ -101,6 +101,7 @@ class GenerationResult:
     images: list[Image.Image]
     metadata: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    notes: list[str] = field(default_factory=list)  # what the user should know about this run (a LoRA slot rebuild)
 
     def to_dict(self) -> dict[str, Any]:
         return {"seconds": self.seconds, "images": self.metadata}

@@ -1,18 +1,27 @@
-"""LoRA hotswap: one adapter slot whose weights are replaced in place, so a compiled denoiser never recompiles.
+"""LoRA hotswap: one adapter slot per pipeline component whose weights are replaced in place, so a compiled
+denoiser never recompiles when the designer switches brand LoRAs or changes a LoRA's weight.
 
-Performance mode (acceleration.FastPathOptions.lora_hotswap) prepares the pipeline with `enable_lora_hotswap`;
-PipelineManager owns the slot and switches brand LoRAs through it.
+Performance mode (acceleration.FastPathOptions.lora_hotswap) builds the denoiser's slot at model load, on the
+layers the family's trainer targets (brandgen.training.families) at `hotswap_rank`, before the compile warm-up,
+so the compiled graphs already contain the (zeroed) LoRA layers. Any LoRA file the app reads (diffusers, peft or
+kohya keys: brandgen.loras.read_lora_factors) is normalised to (A, B) factors with its alpha folded into B,
+padded with zeros to the slot's rank and copied in; its strength is a tensor peft multiplies by, so changing it
+is a fill, not a recompile. A LoRA on layers outside the slot, or of a higher rank, rebuilds the slot to hold it
+(one recompile, said in the Generate tab's status); text-encoder parts go into uncompiled slots of their own.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+from collections import OrderedDict
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
 from brandgen.errors import LoraError
+from brandgen.loras import LoraFactors, read_lora_factors
 
 if TYPE_CHECKING:
     from brandgen.acceleration import FastPathOptions
@@ -20,76 +29,180 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 HOTSWAP_ADAPTER = "brandgen_hotswap"
+CACHED_LORAS = 4  # normalised LoRAs kept on the host, so switching back to a recent one skips the file read
+
+
+def slot_modules(model: torch.nn.Module, targets: tuple[str, ...]) -> set[str]:
+    """Names of the Linear layers of `model` that peft's `target_modules=targets` would wrap."""
+    return {name for name, module in model.named_modules() if isinstance(module, torch.nn.Linear)
+            and any(name == t or name.endswith("." + t) for t in targets)}
+
+
+class AdapterSlot:
+    """peft LoRA layers on a fixed set of layers of one model at a fixed rank, with tensor strengths."""
+
+    def __init__(self, model: torch.nn.Module, modules: set[str], rank: int):
+        self.model, self.modules, self.rank = model, set(modules), rank
+        self.layers: dict[str, Any] = {}
+        if modules:
+            self._build()
+
+    def _build(self) -> None:
+        from diffusers.models.modeling_utils import ModelMixin
+        from peft import LoraConfig, inject_adapter_in_model
+
+        config = LoraConfig(r=self.rank, lora_alpha=self.rank, target_modules=sorted(self.modules),
+                            init_lora_weights=False)
+        if isinstance(self.model, ModelMixin):  # diffusers' bookkeeping, so get_list_adapters() shows the slot
+            self.model.add_adapter(config, adapter_name=HOTSWAP_ADAPTER)
+        else:  # text encoders: peft directly (transformers' add_adapter wants a newer peft than diffusers does)
+            inject_adapter_in_model(config, self.model, adapter_name=HOTSWAP_ADAPTER)
+        self.layers = {name: self.model.get_submodule(name) for name in self.modules}
+        for layer in self.layers.values():  # peft multiplies by the tensor: a new strength is a fill, not a guard
+            device = layer.lora_A[HOTSWAP_ADAPTER].weight.device
+            layer.scaling[HOTSWAP_ADAPTER] = torch.zeros((), device=device)
+        self.clear()
+
+    def remove(self) -> None:
+        """Take the LoRA layers out again (the base layers return unchanged)."""
+        from diffusers.utils import recurse_remove_peft_layers
+
+        if self.layers:
+            recurse_remove_peft_layers(self.model)
+            if hasattr(self.model, "peft_config"):
+                del self.model.peft_config
+            self.model._hf_peft_config_loaded = False
+        self.layers, self.modules = {}, set()
+
+    def misfit(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> str:
+        """Why `factors` cannot be copied into this slot ('' when they can)."""
+        outside = sorted(set(factors) - self.modules)
+        if outside:
+            return (f"trains {len(outside)} layer(s) outside the LoRA slot (e.g. {outside[0]})")
+        rank = max(a.shape[0] for a, _ in factors.values()) if factors else 0
+        if rank > self.rank:
+            return f"has rank {rank}, above the slot's rank {self.rank}"
+        return ""
+
+    @torch.no_grad()
+    def clear(self) -> None:
+        for layer in self.layers.values():
+            layer.lora_A[HOTSWAP_ADAPTER].weight.zero_()
+            layer.lora_B[HOTSWAP_ADAPTER].weight.zero_()
+
+    @torch.no_grad()
+    def load(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Copy the factors in, zero-padded to the slot's rank; layers the LoRA does not train get zeros."""
+        for name, layer in self.layers.items():
+            a_param, b_param = layer.lora_A[HOTSWAP_ADAPTER].weight, layer.lora_B[HOTSWAP_ADAPTER].weight
+            if name not in factors:
+                a_param.zero_()
+                b_param.zero_()
+                continue
+            down, up = factors[name]
+            rank = down.shape[0]
+            if rank < self.rank:
+                a_param[rank:].zero_()
+                b_param[:, rank:].zero_()
+            a_param[:rank].copy_(down.reshape(a_param[:rank].shape), non_blocking=True)
+            b_param[:, :rank].copy_(up.reshape(b_param[:, :rank].shape), non_blocking=True)
+
+    def set_strength(self, weight: float) -> None:
+        for layer in self.layers.values():
+            layer.scaling[HOTSWAP_ADAPTER].fill_(weight)
 
 
 class LoraHotswapper:
-    """One LoRA slot whose weights are replaced in place, so a compiled denoiser never recompiles.
+    """The pipeline's LoRA slots: one LoRA at a time, switched by copying weights, never by new modules."""
 
-    The user's LoRA strength is written into peft's scaling tensors; `set_adapters` would replace them with
-    Python floats, which torch.compile guards on (one recompile per new weight). One LoRA at a time.
-    """
-
-    def __init__(self, pipe: Any, target_rank: int):
-        self.pipe = pipe
-        self.target_rank = target_rank
+    def __init__(self, pipe: Any, target_rank: int, targets: tuple[str, ...] = ()):
+        self.pipe, self.target_rank, self.targets = pipe, target_rank, tuple(targets)
+        self.denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
+        self.slots: dict[str, AdapterSlot] = {}
         self.path: Path | None = None
-        self._base: dict[torch.nn.Module, float] = {}
+        self._cache: OrderedDict[tuple[str, float, int], LoraFactors] = OrderedDict()
 
-    def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> None:
-        """Make the LoRA at `path` the one in the slot at `weight`; None turns the slot off (scale 0)."""
+    def prepare(self) -> int:
+        """Build the denoiser's slot on the family's default LoRA layers; returns how many layers it holds.
+
+        Called at model load, before the compile warm-up, so the first LoRA does not change the graph."""
+        model = getattr(self.pipe, self.denoiser)
+        self.slots[self.denoiser] = AdapterSlot(model, slot_modules(model, self.targets), self.target_rank)
+        return len(self.slots[self.denoiser].modules)
+
+    def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> str:
+        """Make the LoRA at `path` the one in the slots at `weight`; None turns them off (strength 0).
+
+        Returns a note for the user when the LoRA could not be swapped in place (the slot was rebuilt)."""
+        note = ""
         if path is None:
-            self._scale(0.0)
-            return
+            self._strength(0.0)
+            return note
         if self.path != Path(path):
-            self._load(Path(path), name or Path(path).stem)
-        self._scale(weight)
+            try:
+                note = self._load(self._factors(Path(path), name or Path(path).stem))
+            except Exception:
+                self.reset()  # no half-copied LoRA left in the slots
+                raise
+            self.path = Path(path)
+        self._strength(weight)
+        return note
 
     def reset(self) -> None:
-        """Empty the slot and get ready for a fresh first load."""
-        try:
-            loaded = any(names for names in self.pipe.get_list_adapters().values())
-        except Exception:  # no peft layers at all
-            loaded = False
-        if loaded:
-            self.pipe.unload_lora_weights()
-        self.path, self._base = None, {}
-        self.pipe.enable_lora_hotswap(target_rank=self.target_rank, check_compiled="ignore")
+        """Empty the slots (zeros, strength 0); the layers stay, so nothing recompiles."""
+        for slot in self.slots.values():
+            slot.clear()
+        self._strength(0.0)
+        self.path = None
 
-    def _load(self, path: Path, name: str) -> None:
-        try:
-            self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER, hotswap=self.path is not None)
-        except Exception as exc:
-            if self.path is None:
-                self.reset()
-                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc)[:300]}") from exc
-            # other layers or a higher rank than the slot holds: reload fresh, at the cost of one recompile
-            log.warning("LoRA %s cannot be hotswapped (%s); reloading it (one recompile).", name, exc)
-            self.reset()
-            try:
-                self.pipe.load_lora_weights(str(path), adapter_name=HOTSWAP_ADAPTER)
-            except Exception as exc2:
-                self.reset()
-                raise LoraError(f"LoRA {name!r} does not fit this model: {str(exc2)[:300]}") from exc2
-        from peft.tuners.lora import LoraLayer
+    def _factors(self, path: Path, name: str) -> LoraFactors:
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime, stat.st_size)
+        if key not in self._cache:
+            factors = read_lora_factors(self.pipe, path, name)
+            dtype = getattr(getattr(self.pipe, self.denoiser), "dtype", torch.float32)
+            factors.factors = {c: {m: (a.to(dtype), b.to(dtype)) for m, (a, b) in layers.items()}
+                               for c, layers in factors.factors.items()}
+            self._cache[key] = factors
+            while len(self._cache) > CACHED_LORAS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key]
 
-        modules = [m for c in self.pipe.components.values() if isinstance(c, torch.nn.Module)
-                   for m in c.modules() if isinstance(m, LoraLayer) and HOTSWAP_ADAPTER in m.scaling]
-        self.path = path
-        self._base = {m: float(m.scaling[HOTSWAP_ADAPTER]) for m in modules}
-        if not self._base:
-            self.reset()
-            raise LoraError(f"LoRA {name!r} matched no layer of this model: it was made for another model.")
+    def _load(self, lora: LoraFactors) -> str:
+        note = ""
+        for component in {self.denoiser, *self.slots, *lora.factors}:
+            factors = lora.factors.get(component, {})
+            slot = self.slots.get(component)
+            model = getattr(self.pipe, component, None)
+            if model is None:
+                raise LoraError(f"LoRA {lora.name!r} targets {component}, which this pipeline does not have.")
+            if slot is None or slot.misfit(factors):
+                reason = slot.misfit(factors) if slot is not None else ""
+                modules = (slot.modules if slot is not None else set()) | set(factors)
+                rank = max([self.target_rank if component == self.denoiser else 1, lora.rank,
+                            slot.rank if slot is not None else 0])
+                if slot is not None:
+                    slot.remove()
+                if not modules:
+                    self.slots.pop(component, None)
+                    continue
+                self.slots[component] = slot = AdapterSlot(model, modules, rank)
+                if component == self.denoiser and reason:
+                    note = (f"LoRA {lora.name!r} {reason}, so the LoRA slot was rebuilt to hold it (now {rank} rank "
+                            f"on {len(modules)} layers): this image recompiles the model once; switching between "
+                            "LoRAs that fit the slot stays instant.")
+                    log.warning(note)
+            slot.load(factors)
+        return note
 
-    def _scale(self, weight: float) -> None:
-        for module, base in self._base.items():
-            scaling = module.scaling[HOTSWAP_ADAPTER]
-            if torch.is_tensor(scaling):
-                scaling.fill_(base * weight)
-            else:
-                module.scaling[HOTSWAP_ADAPTER] = base * weight
+    def _strength(self, weight: float) -> None:
+        for slot in self.slots.values():
+            slot.set_strength(weight)
 
 
-def hotswapper_for(pipe: Any, options: FastPathOptions | None) -> LoraHotswapper | None:
+def hotswapper_for(pipe: Any, options: FastPathOptions | None, targets: tuple[str, ...] = ()
+                   ) -> LoraHotswapper | None:
     if options is None or not options.lora_hotswap or not hasattr(pipe, "load_lora_weights"):
         return None
-    return LoraHotswapper(pipe, options.hotswap_rank)
+    return LoraHotswapper(pipe, options.hotswap_rank, targets)

@@ -1,16 +1,25 @@
-"""The LoRA library: discovery in loras/, format detection, and refusing unsafe or broken files."""
+"""The LoRA library: discovery in loras/, format detection, refusing unsafe or broken files, and reading any
+supported key layout into one (peft factors with the scale folded in), so that loading and hotswapping never
+depend on which tool wrote the file."""
 
 from __future__ import annotations
 
+import inspect
 import json
+import logging
 import re
+from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+import torch
 from safetensors import safe_open
 
 from brandgen.errors import LoraError
 from brandgen.paths import safe_name
+
+log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
@@ -150,3 +159,200 @@ def read_metadata_json(info: LoraInfo) -> dict:
         return json.loads(raw) if raw else {}
     except json.JSONDecodeError:
         return {}
+
+
+# ----- one layout for every key format ---------------------------------------------------------------------
+# diffusers' own loader converts a file only when its *first* key is not in peft layout, so a file from
+# `save_lora_weights(convert_state_dict_to_diffusers(...))` that mixes `to_k.lora.down` (attention) with
+# `proj_in.lora_A` (other layers) loses its attention weights, and hotswap then fails on "unexpected keys".
+# Reading every key on its own avoids both.
+_PART_SUFFIXES = (
+    (re.compile(r"\.lora_A(?:\.default)?\.weight$"), "A"), (re.compile(r"\.lora_B(?:\.default)?\.weight$"), "B"),
+    (re.compile(r"\.lora\.down\.weight$"), "A"), (re.compile(r"\.lora\.up\.weight$"), "B"),
+    (re.compile(r"\.lora_linear_layer\.down\.weight$"), "A"), (re.compile(r"\.lora_linear_layer\.up\.weight$"), "B"),
+    (re.compile(r"\.lora_down\.weight$"), "A"), (re.compile(r"\.lora_up\.weight$"), "B"),
+)
+_ATTN_PROC = re.compile(r"\.(to_q|to_k|to_v|to_out)_lora\.(down|up)\.weight$")  # old attention-processor files
+_KOHYA_COMPONENTS = {"lora_unet_": None, "lora_transformer_": None, "lora_te_": "text_encoder",
+                     "lora_te1_": "text_encoder", "lora_te2_": "text_encoder_2", "lora_te3_": "text_encoder_3"}
+LORA_COMPONENTS = ("unet", "transformer", "text_encoder", "text_encoder_2", "text_encoder_3")
+
+
+def _split_part(key: str) -> tuple[str, str] | None:
+    """'x.attn1.to_k.lora.down.weight' -> ('x.attn1.to_k', 'A'); alphas -> (module, 'alpha'); else None."""
+    key = key.replace(".processor.", ".")
+    if key.endswith(".alpha"):
+        base = key[: -len(".alpha")]
+        found = _split_part(base)
+        return (found[0] if found else base, "alpha")
+    match = _ATTN_PROC.search(key)
+    if match:
+        name = "to_out.0" if match.group(1) == "to_out" else match.group(1)
+        return key[: match.start()] + "." + name, "A" if match.group(2) == "down" else "B"
+    for pattern, part in _PART_SUFFIXES:
+        match = pattern.search(key)
+        if match:
+            return key[: match.start()], part
+    return None
+
+
+@dataclass
+class LoraFactors:
+    """A LoRA as (A, B) factors per layer of each pipeline component, its strength folded into B, so that
+    W' = W + weight * B @ A for every layer whatever format the file was in."""
+
+    name: str
+    factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]]  # component -> module path -> (A, B)
+
+    @property
+    def rank(self) -> int:
+        return max((a.shape[0] for layers in self.factors.values() for a, _ in layers.values()), default=0)
+
+    def modules(self, component: str) -> set[str]:
+        return set(self.factors.get(component, {}))
+
+    def peft_state_dict(self) -> dict[str, torch.Tensor]:
+        """`component.module.lora_A.weight` keys without alphas: diffusers then uses scale 1 per layer."""
+        return {f"{c}.{m}.lora_{part}.weight": t for c, layers in self.factors.items() for m, (a, b) in layers.items()
+                for part, t in (("A", a), ("B", b))}
+
+
+def _converted_state_dict(pipe: Any, path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
+    """The file through the pipeline's own `lora_state_dict`, for layouts only diffusers knows (SDXL's sgm block
+    names, FLUX's BFL names with fused qkv, xlabs, ...)."""
+    loader = getattr(type(pipe), "lora_state_dict", None)
+    if loader is None:
+        return _raw_state_dict(path)
+    params = inspect.signature(loader).parameters
+    kwargs: dict[str, Any] = {"return_lora_metadata": True}
+    if "return_alphas" in params:
+        kwargs["return_alphas"] = True
+    if getattr(pipe, "unet", None) is not None:
+        kwargs["unet_config"] = pipe.unet.config  # SDXL's sgm block names depend on it
+    out = loader(str(path), **kwargs)
+    state, alphas, metadata = (out[0], out[1], out[2]) if len(out) == 3 else (out[0], None, out[1])
+    return dict(state), {k: float(v) for k, v in (alphas or {}).items()}, dict(metadata or {})
+
+
+def _raw_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, float], dict[str, Any]]:
+    from safetensors.torch import load_file
+
+    with safe_open(str(path), framework="pt") as handle:
+        header = dict(handle.metadata() or {})
+    try:
+        metadata = json.loads(header.get("lora_adapter_metadata", "{}"))
+    except json.JSONDecodeError:
+        metadata = {}
+    return load_file(str(path)), {}, metadata if isinstance(metadata, dict) else {}
+
+
+def _resolve(pipe: Any, key: str, kohya: dict[str, dict[str, str]]) -> tuple[str, str] | None:
+    """(component, module path inside it) for a key's module part, or None when nothing matches."""
+    for prefix, component in _KOHYA_COMPONENTS.items():
+        if key.startswith(prefix):
+            component = component or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
+            if component not in kohya:
+                module = getattr(pipe, component, None)
+                names = [n for n, _ in module.named_modules()] if module is not None else []
+                counts = Counter(n.replace(".", "_") for n in names)
+                kohya[component] = {n.replace(".", "_"): n for n in names if counts[n.replace(".", "_")] == 1}
+            flat = key[len(prefix):]
+            # A1111 names CLIP layers text_model_encoder_...; transformers 5's CLIPTextModel has no text_model
+            name = kohya[component].get(flat) or kohya[component].get(flat.removeprefix("text_model_"))
+            return (component, name) if name else None
+    first, _, rest = key.partition(".")
+    if first in LORA_COMPONENTS and getattr(pipe, first, None) is not None:
+        return (first, rest) if _has_module(getattr(pipe, first), rest) else None
+    for component in ("unet", "transformer"):  # unprefixed keys: the denoiser's
+        if getattr(pipe, component, None) is not None:
+            return (component, key) if _has_module(getattr(pipe, component), key) else None
+    return None
+
+
+def _has_module(model: torch.nn.Module, path: str) -> bool:
+    try:
+        model.get_submodule(path)
+        return True
+    except AttributeError:
+        return False
+
+
+def _group_parts(pipe: Any, tensors: dict[str, Any], kohya: dict[str, dict[str, str]]
+                 ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
+    """Factors and alphas by (component, module); the keys that name no layer of `pipe`."""
+    parts: dict[tuple[str, str], dict[str, Any]] = {}
+    unknown = []
+    for key, value in tensors.items():
+        split = _split_part(key)
+        where = _resolve(pipe, split[0], kohya) if split else None
+        if where is None:
+            unknown.append(key)
+        else:
+            parts.setdefault(where, {})[split[1]] = value
+    return parts, unknown
+
+
+def _scale(component: str, module: str, rank: int, alpha: float | None, metadata: dict[str, Any]) -> float:
+    """peft's alpha / r (or / sqrt(r) for rsLoRA), from the file's alphas or its saved adapter config."""
+    if alpha is None and f"{component}.lora_alpha" in metadata:
+        from peft.utils.other import get_pattern_key
+
+        pattern = metadata.get(f"{component}.alpha_pattern") or {}
+        alpha = float(pattern.get(get_pattern_key(pattern.keys(), module), metadata[f"{component}.lora_alpha"]))
+    if alpha is None:
+        return 1.0
+    return alpha / (rank ** 0.5 if metadata.get(f"{component}.use_rslora") else rank)
+
+
+def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = "this model") -> LoraFactors:
+    """Read a diffusers, peft or kohya LoRA file into LoraFactors for `pipe`; LoraError names what does not fit."""
+    name = name or Path(path).stem
+    kohya: dict[str, dict[str, str]] = {}
+    state, alphas, metadata = _raw_state_dict(Path(path))
+    parts, unknown = _group_parts(pipe, {**state, **alphas}, kohya)
+    if unknown:  # names only diffusers' converters know; they assume published model sizes, so they may fail
+        try:
+            state, alphas, metadata = _converted_state_dict(pipe, Path(path))
+            parts, unknown = _group_parts(pipe, {**state, **alphas}, kohya)
+        except Exception as exc:  # noqa: BLE001 - reported with the key that could not be placed
+            log.info("diffusers could not convert %s: %s", name, exc)
+    if unknown and not parts:
+        raise LoraError(f"LoRA {name!r} matched no layer of {model_label}: it was made for another model.")
+    if unknown:
+        raise LoraError(f"LoRA {name!r} does not fit {model_label}: {len(unknown)} of its weights are not LoRA "
+                        f"factors of its layers (e.g. {unknown[0]!r}); it was made for another model or method.")
+    if not parts:
+        raise LoraError(f"LoRA {name!r} holds no LoRA weights.")
+    factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    zero: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+    for (component, module), got in sorted(parts.items()):
+        if "A" not in got or "B" not in got:
+            raise LoraError(f"LoRA {name!r}: layer {component}.{module} has only half of its factors.")
+        layer = _layer(pipe, component, module, name)
+        down, up = got["A"], got["B"]
+        alpha = float(got["alpha"]) if "alpha" in got else None
+        if down.ndim < 2 or up.ndim < 2 or up.shape[1] != down.shape[0] or not _fits(layer, down, up):
+            raise LoraError(f"LoRA {name!r} does not fit {component}.{module}: factors {tuple(down.shape)} / "
+                            f"{tuple(up.shape)}; it was made for another model.")
+        scale = _scale(component, module, down.shape[0], alpha, metadata)
+        target = factors if down.any() and up.any() else zero  # kohya's fused qkv files carry zero blocks
+        target.setdefault(component, {})[module] = (down, up if scale == 1.0 else (up.float() * scale).to(up.dtype))
+    # layers with all-zero factors change nothing and would only widen a hotswap slot; an all-zero LoRA stays whole
+    return LoraFactors(name=name, factors=factors or zero)
+
+
+def _layer(pipe: Any, component: str, module: str, name: str) -> torch.nn.Module:
+    try:
+        return getattr(pipe, component).get_submodule(module)
+    except AttributeError:
+        raise LoraError(f"LoRA {name!r} targets {component}.{module}, which this model does not have: it was "
+                        "made for another model.") from None
+
+
+def _fits(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:
+    base = getattr(layer, "base_layer", layer)  # a layer that already carries a peft adapter
+    if isinstance(base, torch.nn.Linear):
+        return down.ndim == 2 and down.shape[1] == base.in_features and up.shape[0] == base.out_features
+    if isinstance(base, torch.nn.Conv2d):
+        return down.ndim == 4 and down.shape[1] == base.in_channels and up.shape[0] == base.out_channels
+    return False

@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, ClassVar
@@ -22,16 +21,15 @@ from brandgen.device import (
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
-from brandgen.lora_hotswap import LoraHotswapper, hotswapper_for
-from brandgen.loras import LoraInfo, LoraLibrary
+from brandgen.lora_hotswap import LoraHotswapper
+from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
-from brandgen.performance_mode import options_from_env
+from brandgen.performance_mode import StageFn, options_from_env, prepare_performance
+from brandgen.pipeline_call import ProgressFn, call_kwargs
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
-
-ProgressFn = Callable[[int, int], None]
 
 log = logging.getLogger(__name__)
 
@@ -86,6 +84,7 @@ class PipelineManager:
         self._loaded: _Loaded | None = None
         self._cancel = threading.Event()
         self._owner: str | None = None  # the browser session whose generation is running, if known
+        self.stage = ""  # what a long load is doing now ("Compiling ..."), for progress text in the UI
 
     @classmethod
     def instance(cls) -> "PipelineManager":
@@ -133,8 +132,11 @@ class PipelineManager:
         if changed and getattr(self, "_loaded", None) is not None:
             self.unload()
 
-    def load_model(self, model_id: str | None = None) -> ModelEntry:
-        """Make `model_id` the loaded model, freeing the previous one first so two never share memory."""
+    def load_model(self, model_id: str | None = None, progress: ProgressFn | None = None) -> ModelEntry:
+        """Make `model_id` the loaded model, freeing the previous one first so two never share memory.
+
+        In performance mode this is also where compilation happens (`_warm_up`), with `progress` per warm-up
+        call, so that no click after the load recompiles."""
         entry = self.registry.get(model_id or self.registry.default_id)
         with self.lock:
             if self._loaded and self._loaded.entry.id == entry.id:
@@ -144,6 +146,9 @@ class PipelineManager:
             try:
                 pipe = load_pipeline(entry, self.device.dtype)
                 self._place(pipe, entry)
+                pipe.set_progress_bar_config(disable=True)
+                hotswap = prepare_performance(pipe, entry, self.fast_path, self.fast_path_report,
+                                              self._stage_reporter(progress))
             except Exception as exc:
                 free_memory_after(exc)
                 if is_out_of_memory(exc):
@@ -152,12 +157,21 @@ class PipelineManager:
                         "Choose memory mode 'model_offload' or 'sequential_offload', or a smaller model."
                     ) from exc
                 raise
-            pipe.set_progress_bar_config(disable=True)
+            finally:
+                self.stage = ""
             self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start,
-                                   hotswap=hotswapper_for(pipe, self.fast_path))
+                                   hotswap=hotswap)
             return entry
 
     swap_model = load_model
+
+    def _stage_reporter(self, progress: ProgressFn | None) -> StageFn:
+        def report(text: str, done: int, total: int) -> None:
+            self.stage = text
+            log.info("%s (%d/%d)", text, done, total)
+            if progress is not None:
+                progress(done, total)
+        return report
 
     def unload(self) -> None:
         with self.lock:
@@ -186,26 +200,29 @@ class PipelineManager:
     def list_loras(self) -> list[LoraInfo]:
         return self.lora_library.scan()
 
-    def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> None:
-        """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed."""
+    def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> list[str]:
+        """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed.
+
+        Returns notes for the user (a hotswap slot that had to be rebuilt, so the next image recompiles)."""
         wanted = tuple((name, float(weight)) for name, weight in wanted if name and float(weight) != 0.0)
         if len({name for name, _ in wanted}) != len(wanted):
             raise InvalidInput("The same LoRA is selected twice; pick it once with one weight.")
         with self.lock:
             loaded = self._require_loaded()
             if wanted == loaded.active:
-                return
+                return []
             pipe = loaded.pipe
             if loaded.hotswap is not None:  # one slot, swapped in place, never fused: no recompiles
                 if len(wanted) > 1:
                     raise InvalidInput("With LoRA hotswap (performance mode) use one LoRA at a time.")
+                loaded.active, note = (), ""
                 if wanted:
                     info = self._ensure_adapter(loaded, wanted[0][0])
-                    loaded.hotswap.activate(info.path, wanted[0][1], info.name)
+                    note = loaded.hotswap.activate(info.path, wanted[0][1], info.name)
                 else:
                     loaded.hotswap.activate(None)
                 loaded.active = wanted
-                return
+                return [note] if note else []
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
             infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
             try:
@@ -225,6 +242,7 @@ class PipelineManager:
                 self._fall_back_to_base(loaded)
                 raise
             loaded.active = wanted
+            return []
 
     @staticmethod
     def _fall_back_to_base(loaded: _Loaded) -> None:
@@ -261,8 +279,9 @@ class PipelineManager:
             return info  # set_loras loads it into the hotswap slot
         pipe = loaded.pipe
         prepare_for_lora(pipe)
+        factors = read_lora_factors(pipe, info.path, name, loaded.entry.label)  # any key format, one layout
         try:
-            pipe.load_lora_weights(str(info.path), adapter_name=info.adapter_name)
+            pipe.load_lora_weights(factors.peft_state_dict(), adapter_name=info.adapter_name)
         except Exception as exc:
             self._drop_adapter(pipe, info.adapter_name)
             if is_out_of_memory(exc):  # not the file's fault: say so, and free what the failed load held
@@ -335,10 +354,11 @@ class PipelineManager:
         seed = request.resolved_seed()
         seeds = [seed + i for i in range(request.count)]
         with self.lock, self._running(owner):
-            self.load_model(entry.id)
-            self.set_loras(request.loras)
+            self.load_model(entry.id, progress)
+            notes = self.set_loras(request.loras)
             pipe = self.pipeline
-            kwargs = self._call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress)
+            kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
+                                 self._cancel)
             reset_peak_memory()
             start = time.perf_counter()
             try:
@@ -371,7 +391,7 @@ class PipelineManager:
         }
         metadata = [{**common, "seed": s, "output_width": im.width, "output_height": im.height}
                     for s, im in zip(seeds, images)]
-        return GenerationResult(images=images, metadata=metadata, seconds=seconds)
+        return GenerationResult(images=images, metadata=metadata, seconds=seconds, notes=notes)
 
     def _lora_triggers(self, loras: tuple[tuple[str, float], ...]) -> tuple[str, ...]:
         triggers = []
@@ -386,27 +406,3 @@ class PipelineManager:
         """Distilled models run their own step count; elsewhere the preset sets steps."""
         steps = request.steps or (entry.default_steps if entry.distilled else preset.steps)
         return int(steps), model_guidance(request.guidance_scale, entry.default_guidance, entry.label)
-
-    def _call_kwargs(
-        self, pipe: Any, prompt: str, negative: str, steps: int, guidance: float,
-        width: int, height: int, seeds: list[int], progress: ProgressFn | None,
-    ) -> dict[str, Any]:
-        accepted = inspect.signature(pipe.__call__).parameters
-        cancel = self._cancel
-
-        def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
-            if progress is not None:
-                progress(step + 1, steps)
-            if cancel.is_set():
-                pipeline._interrupt = True
-            return callback_kwargs
-
-        kwargs: dict[str, Any] = {
-            "prompt": prompt, "num_inference_steps": steps, "guidance_scale": guidance,
-            "width": width, "height": height, "num_images_per_prompt": len(seeds),
-            "generator": [torch.Generator("cpu").manual_seed(s) for s in seeds],
-            "callback_on_step_end": on_step_end, "output_type": "pil",
-        }
-        if negative and "negative_prompt" in accepted:
-            kwargs["negative_prompt"] = negative
-        return {key: value for key, value in kwargs.items() if key in accepted}

@@ -1,20 +1,28 @@
-"""Performance mode: how the app is told to use the GPU fast path, and how it tells the user what it did.
+"""Performance mode: how the app is told to use the GPU fast path, what it does at model load beyond it, and
+how it tells the user what it did.
 
 The fast path itself lives in acceleration.py; this module turns start-up settings (environment variables, which
-is also how a Hugging Face Space is configured, or the CLI's --performance flags) into FastPathOptions, and the
+is also how a Hugging Face Space is configured, or the CLI's --performance flags) into FastPathOptions, builds
+the LoRA hotswap slot and runs the compile warm-up when a model loads (`prepare_performance`), and turns the
 manager's report into one line for the Generate tab.
 """
 
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from brandgen.acceleration import COMPILE_MODES, QUANTIZATIONS, FastPathOptions
 from brandgen.errors import InvalidInput
 from brandgen.paths import TRUTHY
+
+if TYPE_CHECKING:
+    from brandgen.lora_hotswap import LoraHotswapper
+    from brandgen.registry import ModelEntry
+
+StageFn = Callable[[str, int, int], None]  # (what is happening, done, total)
 
 FALSY = ("0", "false", "no", "off", "")
 ENV_ON = "BRANDGEN_PERFORMANCE"
@@ -70,5 +78,33 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
         return "**Performance mode:** on; applied when the next model loads."
     applied = ", ".join(report.get("applied", [])) or "nothing"
     skipped = "; ".join(f"{k}: {v}" for k, v in report.get("skipped", {}).items())
+    extra = ""
+    if "lora_slot" in report:
+        extra += f" LoRA slot: {report['lora_slot']['layers']} layers at rank {report['lora_slot']['rank']}."
+    if "warmup" in report:
+        warm = report["warmup"]
+        extra += (f" Compiled at load: {len(warm['calls'])} warm-up calls, {warm['seconds']:.1f} s, "
+                  f"{warm['graphs_compiled']} graphs.")
     return f"**Performance mode:** on ({report.get('device', '?')}). Applied: {applied}." + (
-        f" Not applied: {skipped}." if skipped else "")
+        f" Not applied: {skipped}." if skipped else "") + extra
+
+
+def prepare_performance(pipe: Any, entry: ModelEntry, options: FastPathOptions | None, report: dict[str, Any],
+                        on_stage: StageFn | None = None) -> LoraHotswapper | None:
+    """After apply_fast_path: build the LoRA slot (so the compiled graphs already hold it), then run the compile
+    warm-up with progress, so neither the first LoRA nor the first click compiles. Returns the hotswapper."""
+    from brandgen.generation import MAX_COUNT
+    from brandgen.lora_hotswap import hotswapper_for
+    from brandgen.training.families import FAMILIES
+    from brandgen.warmup import warm_up
+
+    family = FAMILIES.get(entry.family)
+    hotswap = hotswapper_for(pipe, options, family.default_targets if family else ())
+    if hotswap is not None:
+        report["lora_slot"] = {"layers": hotswap.prepare(), "rank": hotswap.target_rank}
+        report.setdefault("applied", []).append("lora_hotswap")
+    if any(step.startswith("compile:") for step in report.get("applied", [])):
+        text = f"Compiling {entry.label} for 1-{MAX_COUNT} images at {entry.native_resolution[0]}px (warm-up)"
+        report["warmup"] = warm_up(pipe, *entry.native_resolution, entry.default_guidance,
+                                   (lambda done, total: on_stage(text, done, total)) if on_stage else None)
+    return hotswap

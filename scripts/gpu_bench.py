@@ -1,16 +1,16 @@
 #!/usr/bin/env python
-"""BrandGen fast path vs the diffusers offload recipe, on full-size random-weight backbones (no downloads).
+"""Step micro-benchmark of the denoiser alone: eager vs the fast path, on full-size random-weight backbones.
+
+Not an end-to-end figure: it times one denoiser forward (no text encoders, scheduler, VAE or host work), so its
+speed-ups are per step. Image times and the recipes a user runs are measured by scripts/e2e_bench.py.
 
 Per model (SDXL UNet, FLUX.1-dev transformer, HiDream-I1 Full transformer):
-  baseline = AutoPipelineForText2Image + enable_model_cpu_offload: bf16, eager, LoRA fused (same per-step cost as
-             no LoRA), and every image moves text encoders, denoiser and VAE host->GPU->host. Transfers are timed
-             with the real denoiser and buffers the size of the published text encoders.
-  fast     = brandgen.acceleration (the app's own code): resident bf16, SDPA, fused QKV, channels_last UNet,
-             regional torch.compile with a persistent inductor cache.
-It reports per-step ms (median after warm-up), image ms at the default steps (SDXL 28 CFG, FLUX-dev 28, HiDream
-50 CFG; text-encoder compute excluded from both), speedup, TFLOP/s from FlopCounterMode, compile time (run twice:
---phase cold, then --phase warm with the same --cache-dir), LoRA hotswap switch time with a no-recompile check,
-peak memory, and HiDream weights in fp8 (torchao). Sections that cannot run are skipped with the reason.
+  eager = bf16, resident, diffusers' default attention
+  fast  = brandgen.acceleration (the app's own code): SDPA, fused QKV, channels_last UNet, regional torch.compile
+          with a persistent inductor cache, optional torchao fp8/int8 weights.
+It reports per-step ms (median after warm-up), TFLOP/s from FlopCounterMode, compile time (run twice: --phase
+cold, then --phase warm with the same --cache-dir), a denoiser-level LoRA hotswap (peft keys) with a no-recompile
+check, peak memory, and HiDream weights in fp8 (torchao). Sections that cannot run are skipped with the reason.
 
   python scripts/gpu_bench.py --out results.json --cache-dir /tmp/brandgen-inductor --phase cold
   python scripts/gpu_bench.py --tiny --out /tmp/tiny.json     # CPU smoke test of the same code paths
@@ -38,7 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 from brandgen import acceleration as acc  # noqa: E402  (the app's fast path, measured as the app runs it)
 from brandgen.attention import cudnn_attention_first  # noqa: E402
 from gpu_bench_models import (  # noqa: E402
-    CASES, CORE_ESTIMATE_S, TEXT_ENCODER_PARAMS_B, VAE_PARAMS_B, random_lora, vae_config,
+    CASES, CORE_ESTIMATE_S, TEXT_ENCODER_PARAMS_B, random_lora,
 )
 
 
@@ -131,7 +131,6 @@ class Bench:
         res: dict[str, Any] = {"label": case["label"], "steps": case["steps"], "batch": case["batch"],
                                "resolution": 32 if tiny else 1024, "skipped": {}, "errors": {}}
         self.results["models"][name] = res
-        steps = 2 if tiny else case["steps"]
         state: dict[str, Any] = {}
 
         def section(key: str, fn: Callable[[], Any], estimate_s: float = 0.0, optional: bool = False) -> None:
@@ -182,15 +181,9 @@ class Bench:
         if not warm:
             section("flops", lambda: self.count_flops(forward, state))
             section("eager", lambda: self.with_tflops(self.steps(forward), state))
-            section("transfers", lambda: self.transfers(name, state))
-            section("vae", lambda: self.vae(case["latent"], tiny))
-            self.baseline(res, steps)
         section("fast", lambda: self.fast(forward, state), estimate_s=0 if tiny else 45, optional=True)
-        if "fast" in res and "baseline" in res:
-            res["fast"]["e2e_image_ms"] = round(steps * res["fast"]["step_ms_median"] + res["vae"]["decode_ms"], 1)
-            res["speedup"] = {
-                "per_step": round(res["eager"]["step_ms_median"] / res["fast"]["step_ms_median"], 2),
-                "e2e_image": round(res["baseline"]["e2e_image_ms"] / res["fast"]["e2e_image_ms"], 2)}
+        if "fast" in res and "eager" in res:
+            res["speedup"] = {"per_step": round(res["eager"]["step_ms_median"] / res["fast"]["step_ms_median"], 2)}
         if "fast" in res and warm and self.args.cold_json and Path(self.args.cold_json).is_file():
             cold = json.loads(Path(self.args.cold_json).read_text())["models"].get(name, {}).get("fast", {})
             res["fast"]["compile_s_cold"] = cold.get("compile_s")
@@ -215,58 +208,6 @@ class Bench:
         if state.get("flops"):
             timing["tflops_achieved"] = round(state["flops"] / (timing["step_ms_median"] / 1e3) / 1e12, 1)
         return timing
-
-    def transfers(self, name: str, state: dict[str, Any]) -> dict[str, Any]:
-        """What enable_model_cpu_offload moves per image: text encoders, the denoiser and the VAE, both ways."""
-        model = state["model"]
-        scale = 1e-3 if self.args.tiny else 1.0  # tiny: a token buffer, same code path
-        other_bytes = int((TEXT_ENCODER_PARAMS_B[name] + VAE_PARAMS_B) * 1e9 * 2 * scale)
-        _, d2h = self.timed(lambda: model.to("cpu"))
-        self.free()
-        host = torch.empty(other_bytes, dtype=torch.uint8)
-        device_copy, te_h2d = self.timed(lambda: host.to(self.device))
-        _, te_d2h = self.timed(lambda: host.copy_(device_copy))
-        del device_copy, host
-        self.free()
-        _, h2d = self.timed(lambda: model.to(self.device))
-        return {"denoiser_h2d_ms": round(h2d * 1e3, 1), "denoiser_d2h_ms": round(d2h * 1e3, 1),
-                "text_encoders_vae_gb": round(other_bytes / 2**30, 2),
-                "text_encoders_vae_h2d_ms": round(te_h2d * 1e3, 1),
-                "text_encoders_vae_d2h_ms": round(te_d2h * 1e3, 1)}
-
-    def vae(self, latent_channels: int, tiny: bool) -> dict[str, Any]:
-        from diffusers import AutoencoderKL
-
-        previous = torch.get_default_dtype()
-        torch.set_default_dtype(self.dtype)
-        try:
-            with torch.device(self.device):
-                vae = AutoencoderKL(**vae_config(latent_channels, tiny)).eval()
-        finally:
-            torch.set_default_dtype(previous)
-        side = 4 if tiny else 128
-        latents = torch.randn(1, latent_channels, side, side, device=self.device, dtype=self.dtype)
-
-        def decode() -> Any:
-            with torch.inference_mode():
-                return vae.decode(latents).sample
-
-        timing = self.steps(decode, warmup=1)
-        del vae
-        self.free()
-        return {"decode_ms": timing["step_ms_median"], "peak_gb": timing["peak_gb"]}
-
-    def baseline(self, res: dict[str, Any], steps: int) -> None:
-        if not all(k in res for k in ("eager", "transfers", "vae")):
-            res["skipped"]["baseline"] = "needs eager, transfers and vae"
-            return
-        t = res["transfers"]
-        moves = (t["denoiser_h2d_ms"] + t["denoiser_d2h_ms"] + t["text_encoders_vae_h2d_ms"]
-                 + t["text_encoders_vae_d2h_ms"])
-        res["baseline"] = {
-            "recipe": "enable_model_cpu_offload: bf16 eager, LoRA fused, weights moved host<->GPU every image",
-            "e2e_image_ms": round(moves + steps * res["eager"]["step_ms_median"] + res["vae"]["decode_ms"], 1),
-            "transfer_ms": round(moves, 1), "steps": steps}
 
     def fast(self, forward: Callable[[], Any], state: dict[str, Any]) -> dict[str, Any]:
         options = acc.FastPathOptions(compile="off" if self.args.no_compile else "regional",

@@ -13,6 +13,7 @@ from brandgen.errors import InvalidInput
 from brandgen.generation import GenerationRequest
 from brandgen.lora_hotswap import HOTSWAP_ADAPTER
 from brandgen.manager import PipelineManager
+from brandgen.performance_mode import describe
 from conftest import make_sd15_lora
 
 
@@ -140,3 +141,62 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
         quantize_weights(model, "int8wo")
     # torchao must not switch on inductor's coordinate-descent tuning (minutes of autotuning at the next compile)
     assert configs == [{"set_inductor_config": False}]
+
+
+def _with_text_encoder_part(pipe, path, seed: int = 5) -> None:
+    """Add kohya `lora_te_` layers (A1111 LoRAs often train CLIP too) to a kohya file."""
+    from safetensors.torch import load_file, save_file
+
+    tensors = load_file(str(path))
+    generator = torch.Generator().manual_seed(seed)
+    for name in ("encoder.layers.0.self_attn.q_proj", "encoder.layers.1.mlp.fc1"):
+        layer = pipe.text_encoder.get_submodule(name)
+        key = "lora_te_text_model_" + name.replace(".", "_")  # A1111's CLIP names
+        tensors[f"{key}.lora_down.weight"] = torch.randn(4, layer.in_features, generator=generator) * 0.3
+        tensors[f"{key}.lora_up.weight"] = torch.randn(layer.out_features, 4, generator=generator) * 0.3
+        tensors[f"{key}.alpha"] = torch.tensor(4.0)
+    save_file(tensors, str(path))
+
+
+def test_performance_mode_compiles_at_load_then_switches_formats_without_recompiling(manager: PipelineManager):
+    """The manager in performance mode on CPU (dynamo with its eager backend): the LoRA slot and the warm-up run in
+    load_model with progress; afterwards LoRAs in every key format, a weight change and batch 1 -> 4 -> 1 compile
+    nothing, and images match the plain (unfused, eager) manager, which reads every format too."""
+    from brandgen.warmup import compiled_graphs
+    from lora_formats import write_formats
+
+    manager.load_model("tiny-sd15")
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2")
+    loras = manager.paths.loras
+    write_formats(manager.pipeline, "sd15", loras, "a", targets, rank=4, seed=1)
+    files = write_formats(manager.pipeline, "sd15", loras, "b", targets, rank=8, seed=2)
+    _with_text_encoder_part(manager.pipeline, files["kohya"])
+    write_formats(manager.pipeline, "sd15", loras, "wide", ("to_q", "time_emb_proj"), rank=16, seed=3)
+    plain = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                            fuse_single_lora=False)
+    fast = _fast_manager(manager, allow_cpu=True, bf16=False, compile_backend="eager", lora_hotswap=True,
+                         hotswap_rank=8)
+    seen: list[tuple[int, int, str]] = []
+    fast.load_model("tiny-sd15", progress=lambda done, total: seen.append((done, total, fast.stage)))
+    report = fast.fast_path_report
+    assert report["lora_slot"]["layers"] > 10 and report["warmup"]["graphs_compiled"] > 0
+    assert seen[-1][:2] == (3, 3) and all("Compiling Tiny SD1.5" in stage for *_, stage in seen)
+    assert fast.stage == "" and "Compiled at load: 3 warm-up calls" in describe(fast.fast_path, report)
+    graphs = compiled_graphs()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for loras_wanted, count in (((("a_diffusers", 1.0),), 1), ((("b_kohya", 0.7),), 4), ((("a_peft", 1.0),), 1),
+                                    ((("a_peft", 0.5),), 2), ((), 1)):
+            got = fast.generate(_req(loras=loras_wanted, count=count))
+            want = plain.generate(_req(loras=loras_wanted, count=count))
+            assert np.abs(_pixels(got) - _pixels(want)).max() <= 2.0, loras_wanted
+            assert got.notes == []
+    assert compiled_graphs() == graphs
+    a_diffusers = _pixels(plain.generate(_req(loras=(("a_diffusers", 1.0),))))
+    assert np.abs(a_diffusers - _pixels(plain.generate(_req(loras=(("a_peft", 1.0),))))).max() <= 2.0, \
+        "a diffusers-format file must load every layer, as its peft twin does"
+    assert np.abs(a_diffusers - _pixels(plain.generate(_req()))).mean() > 1.0
+    b_kohya = _pixels(fast.generate(_req(loras=(("b_kohya", 1.0),))))  # its CLIP layers count too
+    assert np.abs(b_kohya - _pixels(fast.generate(_req(loras=(("b_peft", 1.0),))))).mean() > 1.0
+    wide = fast.generate(_req(loras=(("wide_peft", 1.0),)))  # time_emb_proj and rank 16: outside the slot
+    assert len(wide.notes) == 1 and "outside the LoRA slot" in wide.notes[0] and "recompiles" in wide.notes[0]
+    assert np.abs(_pixels(wide) - _pixels(plain.generate(_req(loras=(("wide_peft", 1.0),))))).max() <= 2.0

@@ -1,4 +1,5 @@
-"""scripts/gpu_bench.py --tiny on CPU: every section's code path runs and the JSON says what it measured."""
+"""scripts/gpu_bench.py --tiny on CPU (the step micro-benchmark): every section's code path runs and the JSON says
+what it measured, with no synthetic end-to-end figures left in it."""
 
 from __future__ import annotations
 
@@ -22,11 +23,11 @@ def test_gpu_bench_tiny_runs_every_section(tmp_path: Path):
     assert set(results["models"]) == {"sdxl", "flux", "hidream"} and results["meta"]["finished"]
     for name, res in results["models"].items():
         assert not res["errors"], (name, res["errors"])
-        for section in ("build", "flops", "eager", "transfers", "vae", "baseline", "fast", "speedup"):
+        for section in ("build", "flops", "eager", "fast", "speedup"):
             assert section in res, (name, section)
+        assert not {"baseline", "transfers", "vae"} & set(res) and set(res["speedup"]) == {"per_step"}
         assert res["flops"]["flops_per_step"] > 0 and res["fast"]["step_ms_median"] > 0
         assert "compile:regional" in res["fast"]["report"]["applied"]
-        assert res["baseline"]["e2e_image_ms"] > 0 and res["fast"]["e2e_image_ms"] > 0
     assert "fuse_qkv" in results["models"]["flux"]["fast"]["report"]["applied"]
     for name in ("sdxl", "flux"):
         swap = results["models"][name]["hotswap"]

@@ -161,7 +161,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         caller = access_of(session, manager)
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
-            on_step = (lambda i, n: progress((i, n), desc="Denoising")) if live_progress else None
+            on_step = (lambda i, n: progress((i, n), desc=manager.stage or "Denoising")) if live_progress else None
             result = run_generation(request, progress=on_step, owner=caller.owner)
         except Cancelled:
             gr.Info("Generation cancelled.")
@@ -174,7 +174,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         first = result.metadata[0]
         note = "" if first["commercial_use"] else " · ⚠️ model not cleared for commercial use"
         text = (f"{len(items)} image(s) in {result.seconds:.2f} s on {first['device']} · "
-                f"{first['steps']} steps · seed {first['seed']}{note}")
+                f"{first['steps']} steps · seed {first['seed']}{note}") + "".join(f"\n\n⚠️ {n}" for n in result.notes)
         return items, result.metadata, text, first
 
     def show_settings(metadata: list[dict], evt: gr.SelectData) -> dict | None:
