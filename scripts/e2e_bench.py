@@ -38,6 +38,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_common import BenchClock, log  # noqa: E402
 from e2e_bench_models import LORA_FORMATS, build_pipeline_folder, lora_files  # noqa: E402
 from e2e_bench_recipes import DiffusersRecipe, ManagerRecipe  # noqa: E402
 from e2e_bench_report import write_markdown  # noqa: E402
@@ -46,22 +47,16 @@ RECIPES = {"a": "seed recipe (offload, fused LoRA)", "b": "expert resident recip
            "c": "PipelineManager plain", "d": "PipelineManager performance mode"}
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 def dynamo_counts() -> tuple[int, int]:
     from torch._dynamo.utils import counters
 
     return int(counters["stats"]["unique_graphs"]), int(sum(counters["graph_break"].values()))
 
 
-class Bench:
+class Bench(BenchClock):
     def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.device = "cpu" if args.tiny else "cuda"
-        self.end = time.monotonic() + args.budget_s
-        self.results: dict[str, Any] = {"meta": self._meta(), "models": {}}
+        super().__init__(args)
+        self.results = {"meta": self._meta(), "models": {}}
 
     def _meta(self) -> dict[str, Any]:
         import diffusers
@@ -77,26 +72,8 @@ class Bench:
             meta.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda)
         return meta
 
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
     def save(self) -> None:
-        out = Path(self.args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.with_suffix(".tmp").write_text(json.dumps(self.results, indent=2, default=str))
-        out.with_suffix(".tmp").replace(out)
-        write_markdown(self.results, out.with_suffix(".md"))
-
-    def sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
-        self.sync()
-        start = time.perf_counter()
-        value = fn()
-        self.sync()
-        return value, time.perf_counter() - start
+        write_markdown(self.results, self.write_json().with_suffix(".md"))
 
     def phase(self, res: dict[str, Any], key: str, fn: Callable[[], dict[str, Any]], estimate_s: float = 0.0) -> None:
         """Run one measured phase; record its result, dynamo graphs/breaks, peak memory, or its error."""

@@ -35,11 +35,16 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+from bench_common import BenchClock, log  # noqa: E402
+from gpu_bench_models import (  # noqa: E402
+    CASES,
+    CORE_ESTIMATE_S,
+    TEXT_ENCODER_PARAMS_B,
+    random_lora,
+)
+
 from brandgen import acceleration as acc  # noqa: E402  (the app's fast path, measured as the app runs it)
 from brandgen.attention import cudnn_attention_first  # noqa: E402
-from gpu_bench_models import (  # noqa: E402
-    CASES, CORE_ESTIMATE_S, TEXT_ENCODER_PARAMS_B, random_lora,
-)
 
 
 def first_output(out: Any) -> torch.Tensor:
@@ -53,18 +58,12 @@ def relative_error(out: Any, reference: Any) -> float:
     return round(float((a - b).norm() / b.norm().clamp_min(1e-12)), 5)
 
 
-def log(message: str) -> None:
-    print(f"[{time.strftime('%H:%M:%S')}] {message}", flush=True)
-
-
 # ----- measuring -----------------------------------------------------------------------------------------
-class Bench:
+class Bench(BenchClock):
     def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.device = "cpu" if args.tiny else "cuda"
+        super().__init__(args)
         self.dtype = torch.float32 if args.tiny else torch.bfloat16
-        self.end = time.monotonic() + args.budget_s
-        self.results: dict[str, Any] = {"meta": self.meta(), "models": {}}
+        self.results = {"meta": self.meta(), "models": {}}
 
     def meta(self) -> dict[str, Any]:
         import diffusers
@@ -77,26 +76,8 @@ class Bench:
                         cuda=torch.version.cuda)
         return meta
 
-    def left(self) -> float:
-        return self.end - time.monotonic()
-
     def save(self) -> None:
-        out = Path(self.args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self.results, indent=2, default=str))
-        tmp.replace(out)
-
-    def sync(self) -> None:
-        if self.device == "cuda":
-            torch.cuda.synchronize()
-
-    def timed(self, fn: Callable[[], Any]) -> tuple[Any, float]:
-        self.sync()
-        start = time.perf_counter()
-        value = fn()
-        self.sync()
-        return value, time.perf_counter() - start
+        self.write_json()
 
     def reset_peak(self) -> None:
         if self.device == "cuda":
