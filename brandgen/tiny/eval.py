@@ -239,6 +239,25 @@ def save_grid(images: list[Image.Image], path: str | Path, cols: int = 10) -> Pa
     return Path(path)
 
 
+def load_pipeline(model: str, device: str | None = None):
+    """The model as both evaluators run it: float32 (CPU kernels), on cuda when present, no progress bars."""
+    import torch
+    from diffusers import DiffusionPipeline
+
+    device = device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipe = DiffusionPipeline.from_pretrained(model, torch_dtype=torch.float32).to(device)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def report(summary: dict, out: str | None) -> dict:
+    """Print the scores (without the per-prompt rows) and write everything to out, if given."""
+    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
+    if out:
+        Path(out).write_text(json.dumps(summary, indent=1))
+    return summary
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description="Score brandgen-tiny on held-out 'a <color> <shape> icon' prompts")
     parser.add_argument("--model", default="assets/brandgen-tiny")
@@ -250,21 +269,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-
-    import torch
-    from diffusers import DiffusionPipeline
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args.model, args.device)
     summary = evaluate_pipeline(pipe, data.heldout_pairs(args.n), args.steps, args.guidance, args.batch,
                                 keep_images=bool(args.grid))
     if args.grid:
         save_grid(summary.pop("images"), args.grid)
-    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1))
-    return summary
+    return report(summary, args.out)
 
 
 if __name__ == "__main__":

@@ -161,7 +161,7 @@ class Composer:
 
 def tokenizer_corpus(meta: list[dict], n: int = 60000, seed: int = 99) -> list[str]:
     """Text the tokenizer's BPE merges are learned from: training captions, negatives, the generic words."""
-    from brandgen.tiny.tokenizer import GENERIC_WORDS
+    from brandgen.tiny.tokenizer import generic_lines
 
     rng = random.Random(seed)
     train = [m for m in meta if not m.get("heldout")]
@@ -170,10 +170,7 @@ def tokenizer_corpus(meta: list[dict], n: int = 60000, seed: int = 99) -> list[s
         m = rng.choice(train)
         _, _, colour, background = _colour_and_background(rng)
         lines.append(caption(m, colour, background, rng))
-    lines += NEGATIVES * 50
-    words = GENERIC_WORDS.split()
-    lines += [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)] * 20
-    return lines
+    return lines + NEGATIVES * 50 + generic_lines(20)
 
 
 def synthetic_pack(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[dict]]:

@@ -24,7 +24,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from brandgen.metrics import border_pixels
 from brandgen.tiny import data
-from brandgen.tiny.eval import color_family, save_grid
+from brandgen.tiny.eval import color_family, load_pipeline, report, save_grid
 
 REFS_PATH = Path(__file__).with_name("eval_refs.npz")
 CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
@@ -193,21 +193,12 @@ def main(argv: list[str] | None = None) -> dict:
     if args.make_refs:
         print(make_refs(args.make_refs))
         return {}
-
-    import torch
-    from diffusers import DiffusionPipeline
-
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32).to(device)
-    pipe.set_progress_bar_config(disable=True)
+    pipe = load_pipeline(args.model, args.device)
     summary = evaluate_pipeline(pipe, heldout_prompts(args.per_concept), args.steps, args.guidance, args.batch,
                                 keep_images=bool(args.sheet))
     if args.sheet:
         contact_sheet(summary.pop("images"), summary["results"], args.sheet)
-    print(json.dumps({k: v for k, v in summary.items() if k != "results"}))
-    if args.out:
-        Path(args.out).write_text(json.dumps(summary, indent=1))
-    return summary
+    return report(summary, args.out)
 
 
 if __name__ == "__main__":

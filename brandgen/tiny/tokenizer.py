@@ -58,13 +58,16 @@ one two three four five big small large tiny little single pair group set collec
 """
 
 
+def generic_lines(repeat: int) -> list[str]:
+    """The generic word list as 12-word lines, repeated, so its words get merges of their own."""
+    words = GENERIC_WORDS.split()
+    return [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)] * repeat
+
+
 def corpus(n_captions: int = 6000, seed: int = 1234) -> list[str]:
     """Training text: procedural captions, the preset negatives and the generic word list."""
     lines = [data.caption_at(seed, i, v) for i in range(n_captions // 2) for v in range(2)]
-    lines += data.NEGATIVES * 20
-    words = GENERIC_WORDS.split()
-    lines += [" ".join(words[i:i + 12]) for i in range(0, len(words), 12)] * 8
-    return lines
+    return lines + data.NEGATIVES * 20 + generic_lines(8)
 
 
 def _clip_backend() -> Tokenizer:
