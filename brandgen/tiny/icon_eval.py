@@ -58,14 +58,15 @@ def foreground(image: Image.Image) -> dict:
 
 def load_refs(path: Path = REFS_PATH) -> tuple[np.ndarray, list[str], list[dict]]:
     """Reference silhouettes [M, RES*RES], their concept names, and which icon each one is."""
+    from brandgen.tiny.icons import from_json_array
+
     with np.load(path) as z:
-        return z["vectors"], json.loads(z["concepts"].tobytes()), json.loads(z["icons"].tobytes())
+        return z["vectors"], from_json_array(z["concepts"]), from_json_array(z["icons"])
 
 
 def make_refs(pack_path: str | Path, out: Path = REFS_PATH) -> Path:
     """Reference silhouettes of every evaluated concept's icons (all sets and styles) from the icon pack,
     placed as training places them on average."""
-
     from brandgen.tiny import icon_data, icons
 
     masks, meta, _ = icons.load_pack(pack_path)
@@ -75,9 +76,8 @@ def make_refs(pack_path: str | Path, out: Path = REFS_PATH) -> Path:
     alpha = comp.alpha(list(range(n)), [icon_data.CANON_SCALE] * n, [0.0] * n, [0.0] * n)[:, 0].numpy()
     vectors = np.stack([silhouette(a) for a in alpha]).astype(np.float16)
     info = [{k: meta[i][k] for k in ("set", "style", "name", "heldout")} for i in picked]
-    np.savez_compressed(out, vectors=vectors,
-                        concepts=np.frombuffer(json.dumps([meta[i]["concept"] for i in picked]).encode(), np.uint8),
-                        icons=np.frombuffer(json.dumps(info).encode(), np.uint8))
+    np.savez_compressed(out, vectors=vectors, concepts=icons.json_array([meta[i]["concept"] for i in picked]),
+                        icons=icons.json_array(info))
     return out
 
 

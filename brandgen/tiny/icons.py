@@ -11,7 +11,6 @@ small enough to carry to a GPU machine that has no network. For each of the 50 e
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import re
 import time
@@ -117,22 +116,29 @@ def build(out: Path, cache: Path, size: int = 256, sets: tuple[str, ...] = SET_O
         "build_seconds": round(time.time() - t0, 1),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
-    buf = io.BytesIO()
-    np.savez_compressed(buf, masks=np.stack([m for _, m in kept]),
-                        meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
-                        summary=np.frombuffer(json.dumps(summary).encode(), np.uint8))
     tmp = out.with_suffix(".tmp")
-    tmp.write_bytes(buf.getvalue())
+    with tmp.open("wb") as handle:
+        np.savez_compressed(handle, masks=np.stack([m for _, m in kept]), meta=json_array(meta),
+                            summary=json_array(summary))
     tmp.replace(out)
     (out.parent / "THIRD_PARTY_NOTICES.txt").write_text(icon_sets.notices(roots), encoding="utf-8")
     summary["pack_bytes"] = out.stat().st_size
     return summary
 
 
+def json_array(value) -> np.ndarray:
+    """JSON as a uint8 array, so metadata rides in an .npz without pickling (np.load stays allow_pickle=False)."""
+    return np.frombuffer(json.dumps(value).encode(), np.uint8)
+
+
+def from_json_array(array: np.ndarray):
+    return json.loads(array.tobytes())
+
+
 def load_pack(path: str | Path) -> tuple[np.ndarray, list[dict], dict]:
     """Masks [N, size, size] uint8, per-icon metadata and the build summary."""
     with np.load(path) as z:
-        return z["masks"], json.loads(z["meta"].tobytes()), json.loads(z["summary"].tobytes())
+        return z["masks"], from_json_array(z["meta"]), from_json_array(z["summary"])
 
 
 def main(argv: list[str] | None = None) -> None:
