@@ -26,10 +26,11 @@ COMPILE_MODES = ("off", "regional", "full")
 TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUANTIZATIONS = ("none", "fp8", "int8wo")
 DENOISER_NAMES = ("transformer", "unet")
-# Classes without `_repeated_blocks`, or whose repeated block holds data-dependent code (HiDream's MoE routing
-# reads expert counts on the host), are compiled at these smaller, graph-safe regions instead.
+# Classes without `_repeated_blocks` (SD3's transformer), or whose repeated block holds data-dependent code
+# (HiDream's MoE routing reads expert counts on the host), are compiled at these graph-safe regions instead.
 REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
     "HiDreamImageTransformer2DModel": ("HiDreamAttention", "HiDreamImageFeedForwardSwiGLU"),
+    "SD3Transformer2DModel": ("JointTransformerBlock",),
 }
 
 

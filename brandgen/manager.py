@@ -29,6 +29,7 @@ from brandgen.performance_mode import StageFn, options_from_env, prepare_perform
 from brandgen.pipeline_call import ProgressFn, call_kwargs
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
+from brandgen.step_cache import for_preset
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
 
 log = logging.getLogger(__name__)
@@ -362,7 +363,7 @@ class PipelineManager:
             reset_peak_memory()
             start = time.perf_counter()
             try:
-                with torch.inference_mode():
+                with torch.inference_mode(), for_preset(pipe, preset.step_cache, notes) as cached:
                     images = pipe(**kwargs).images
             except Exception as exc:
                 if is_out_of_memory(exc):
@@ -385,6 +386,7 @@ class PipelineManager:
             "loras": [{"name": n, "weight": w} for n, w in request.active_loras],
             "preset": preset.id, "steps": steps, "guidance_scale": guidance, "width": width,
             "height": height, "upscale": preset.upscale, "upscaler": self.upscaler.name,
+            "step_cache": cached.to_dict() if cached else None,
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / request.count, 3),
             "peak_memory_gb": None if peak is None else round(peak, 3), "device": self.device.describe(),
             "commercial_use": entry.commercial_use, "app_version": __version__, "created_at": created,

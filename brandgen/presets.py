@@ -1,4 +1,4 @@
-"""Quality presets (steps and upscale factor; guidance belongs to each model) and the upscaler."""
+"""Quality presets (steps, upscale factor and step caching; guidance belongs to each model) and the upscaler."""
 
 from __future__ import annotations
 
@@ -21,14 +21,23 @@ class QualityPreset:
     label: str
     steps: int
     upscale: int
+    step_cache: int = 1  # > 1: the Fast preset's step cache, one full step in this many (brandgen.step_cache)
+
+    @property
+    def choice_label(self) -> str:
+        """How the Generate and Benchmark tabs name it: what it costs in steps, upscale and caching."""
+        text = f"{self.label} · {self.steps} steps"
+        if self.step_cache > 1:
+            text += f", 1 in {self.step_cache} computed in full"
+        return text + (f" + {self.upscale}x" if self.upscale > 1 else "")
 
 
 def load_quality_presets(path: Path | None = None) -> dict[str, QualityPreset]:
     raw = json.loads(Path(path or PRESETS_DIR / "quality.json").read_text(encoding="utf-8"))
     presets = {}
     for preset_id, spec in raw.items():
-        if spec["upscale"] not in UPSCALE_FACTORS or spec["steps"] < 1:
-            raise ValueError(f"quality preset {preset_id!r}: bad steps or upscale factor")
+        if spec["upscale"] not in UPSCALE_FACTORS or spec["steps"] < 1 or spec.get("step_cache", 1) < 1:
+            raise ValueError(f"quality preset {preset_id!r}: bad steps, upscale factor or step_cache")
         presets[preset_id] = QualityPreset(id=preset_id, **spec)
     return presets
 

@@ -44,5 +44,6 @@ def test_listing_endpoints(client: Client):
     assert any(m["id"] == "flux1-dev" and m["commercial_use"] is False for m in models)
     presets = client.predict(api_name="/list_presets")
     presets = json.loads(presets) if isinstance(presets, str) else presets
-    assert presets["quality"]["ultra"] == {"label": "Ultra", "steps": 50, "upscale": 4}
+    assert presets["quality"]["ultra"] == {"label": "Ultra", "steps": 50, "upscale": 4, "step_cache": 1}
+    assert presets["quality"]["fast"]["step_cache"] == 2
     assert client.predict(api_name="/list_loras") in ([], "[]")

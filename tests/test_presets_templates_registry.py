@@ -17,8 +17,10 @@ from brandgen.templates import MAX_PROMPT_CHARS, build_prompt, load_asset_types
 
 def test_quality_presets_match_the_product_definition():
     presets = load_quality_presets()
-    assert [(p.id, p.steps, p.upscale) for p in presets.values()] == [
-        ("draft", 15, 1), ("standard", 28, 1), ("high", 40, 2), ("ultra", 50, 4)]
+    assert [(p.id, p.steps, p.upscale, p.step_cache) for p in presets.values()] == [
+        ("draft", 15, 1, 1), ("standard", 28, 1, 1), ("fast", 28, 1, 2), ("high", 40, 2, 1), ("ultra", 50, 4, 1)]
+    assert presets["fast"].choice_label == "Fast · 28 steps, 1 in 2 computed in full"
+    assert presets["ultra"].choice_label == "Ultra · 50 steps + 4x"
     with pytest.raises(InvalidInput, match="Unknown quality preset"):
         get_preset("insane")
 

@@ -40,7 +40,7 @@ def _api_endpoints(manager: PipelineManager) -> None:
 
     def list_presets() -> dict[str, Any]:
         return {
-            "quality": {p.id: {"label": p.label, "steps": p.steps, "upscale": p.upscale}
+            "quality": {p.id: {"label": p.label, "steps": p.steps, "upscale": p.upscale, "step_cache": p.step_cache}
                         for p in manager.presets.values()},
             "asset_types": {t.id: {"label": t.label, "trigger": t.trigger} for t in manager.asset_types.values()},
         }

@@ -52,7 +52,7 @@ def build_benchmark_tab(manager: PipelineManager) -> None:
             models = gr.Dropdown([(e.label, e.id) for e in registry.entries()], value=[registry.default_id],
                                  multiselect=True, label="Models")
             prompts = gr.Textbox("\n".join(DEFAULT_PROMPTS), lines=6, max_lines=20, label="Prompts (one per line)")
-            presets = gr.CheckboxGroup([(f"{p.label} · {p.steps} steps", p.id) for p in manager.presets.values()],
+            presets = gr.CheckboxGroup([(p.choice_label, p.id) for p in manager.presets.values()],
                                        value=["draft"], label="Quality presets")
             asset_type = gr.Radio([(t.label, t.id) for t in manager.asset_types.values()], value="icons",
                                   label="Asset type")

@@ -110,8 +110,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
                 [(t.label, t.id) for t in manager.asset_types.values()], value="icons", label="Asset type",
             )
             preset = gr.Radio(
-                [(f"{p.label} · {p.steps} steps" + (f" + {p.upscale}x" if p.upscale > 1 else ""), p.id)
-                 for p in manager.presets.values()],
+                [(p.choice_label, p.id) for p in manager.presets.values()],
                 value="standard", label="Quality",
             )
             with gr.Row():

@@ -1,0 +1,166 @@
+"""The Fast preset's step cache (brandgen.step_cache) on tiny random-weight UNets and DiTs of the real diffusers
+classes, and on the embedded model's trained weights through the manager."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline, UNet2DConditionModel
+
+import tiny_pipelines
+from brandgen.acceleration import compile_regions, find_denoiser
+from brandgen.generation import GenerationRequest
+from brandgen.manager import PipelineManager
+from brandgen.paths import AppPaths
+from brandgen.step_cache import StepCacheUnsupported, for_preset, step_cache
+
+BUILDERS = {"sd15": tiny_pipelines.build_sd15, "sdxl": tiny_pipelines.build_sdxl,
+            "flux": tiny_pipelines.build_flux, "sd3": tiny_pipelines.build_sd3}
+
+
+def deep_modules(denoiser: torch.nn.Module) -> list[torch.nn.Module]:
+    """Blocks a cached step must not run."""
+    name = type(denoiser).__name__
+    if name == "UNet2DConditionModel":
+        return [denoiser.mid_block, denoiser.up_blocks[0], denoiser.down_blocks[-1]]
+    if name == "FluxTransformer2DModel":
+        return [denoiser.single_transformer_blocks[0]]
+    return list(denoiser.transformer_blocks[1:])
+
+
+@pytest.fixture(scope="module", params=sorted(BUILDERS))
+def pipe(request, tmp_path_factory: pytest.TempPathFactory):
+    folder = BUILDERS[request.param](tmp_path_factory.mktemp(request.param) / "pipe")
+    pipe = DiffusionPipeline.from_pretrained(folder)
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def run(pipe, steps: int = 5, seed: int = 0) -> np.ndarray:
+    with torch.inference_mode():
+        return pipe(prompt="a red star icon", num_inference_steps=steps, guidance_scale=4.0, width=32, height=32,
+                    generator=torch.Generator().manual_seed(seed), output_type="np").images[0]
+
+
+def denoiser_inputs(pipe) -> tuple[tuple, dict]:
+    """The arguments of the denoiser's first call in a real pipeline run."""
+    seen: list[tuple[tuple, dict]] = []
+    denoiser = find_denoiser(pipe)[1]
+    handle = denoiser.register_forward_pre_hook(lambda m, a, k: seen.append((a, dict(k))) if not seen else None,
+                                                with_kwargs=True)
+    try:
+        run(pipe, steps=1)
+    finally:
+        handle.remove()
+    return seen[0]
+
+
+def first_tensor(out) -> torch.Tensor:
+    return out[0] if isinstance(out, tuple) else out.sample
+
+
+def calls_to(modules: list[torch.nn.Module]) -> tuple[list[int], list]:
+    count = [0]
+    handles = [m.register_forward_hook(lambda *_: count.__setitem__(0, count[0] + 1)) for m in modules]
+    return count, handles
+
+
+def test_a_cached_step_skips_the_deep_blocks_and_reproduces_a_full_step_on_the_same_input(pipe):
+    denoiser = find_denoiser(pipe)[1]
+    args, kwargs = denoiser_inputs(pipe)
+    if args:  # UNet pipelines pass the latents positionally
+        moved_args, moved = (args[0] + 0.5 * torch.randn_like(args[0]), *args[1:]), kwargs
+    else:
+        moved_args, moved = args, {**kwargs, "hidden_states": kwargs["hidden_states"] + 0.5 * torch.randn_like(
+            kwargs["hidden_states"])}
+    count, handles = calls_to(deep_modules(denoiser))
+    try:
+        with torch.inference_mode(), step_cache(denoiser, interval=10) as stats:
+            full = first_tensor(denoiser(*args, **kwargs))
+            deep_after_full = count[0]
+            cached = first_tensor(denoiser(*args, **kwargs))
+            cached_moved = first_tensor(denoiser(*moved_args, **moved))
+        with torch.inference_mode():
+            exact_moved = first_tensor(denoiser(*moved_args, **moved))
+    finally:
+        for handle in handles:
+            handle.remove()
+    assert deep_after_full > 0 and count[0] == deep_after_full + len(deep_modules(denoiser))  # the uncached call
+    assert stats.to_dict() == {"interval": 10, "full_steps": 1, "cached_steps": 2}
+    torch.testing.assert_close(cached, full, rtol=1e-4, atol=1e-5)
+    # the shallow part is recomputed: a new input changes the output, towards the exact one
+    assert not torch.allclose(cached_moved, cached, atol=1e-4)
+    assert (cached_moved - exact_moved).abs().mean() < (cached - exact_moved).abs().mean()
+
+
+def test_the_schedule_and_a_clean_model_afterwards(pipe):
+    denoiser = find_denoiser(pipe)[1]
+    before_keys = list(denoiser.state_dict())
+    lists = {name: module for name, module in denoiser.named_children() if isinstance(module, torch.nn.ModuleList)}
+    reference = run(pipe)
+    with step_cache(denoiser, interval=2) as stats:
+        cached = run(pipe)
+    assert stats.to_dict() == {"interval": 2, "full_steps": 3, "cached_steps": 2}  # steps 0, 2, 4 in full
+    assert np.isfinite(cached).all() and not np.array_equal(cached, reference)
+    assert list(denoiser.state_dict()) == before_keys
+    assert all(getattr(denoiser, name) is module and type(module) is torch.nn.ModuleList
+               for name, module in lists.items())
+    assert getattr(denoiser, "mid_block", 1) is not None
+    np.testing.assert_array_equal(run(pipe), reference)  # nothing left behind
+
+
+def test_regionally_compiled_blocks_do_not_recompile_for_cached_steps(pipe):
+    denoiser = find_denoiser(pipe)[1]
+    eager = None
+    with step_cache(denoiser, interval=2):
+        eager = run(pipe, steps=4)
+    torch._dynamo.reset()
+    compile_regions(denoiser, backend="eager")
+    try:
+        run(pipe, steps=2)  # the warm-up the app runs at load: Standard steps only
+        with torch._dynamo.config.patch(error_on_recompile=True), step_cache(denoiser, interval=2):
+            compiled = run(pipe, steps=4)
+    finally:
+        for module in denoiser.modules():
+            module._compiled_call_impl = None
+        torch._dynamo.reset()
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+def test_what_cannot_be_cached_says_why():
+    class Other(torch.nn.Module):
+        pass
+
+    class Pipe:
+        transformer = Other()
+
+    notes: list[str] = []
+    with for_preset(Pipe(), 2, notes) as stats:
+        assert stats is None
+    assert notes and "Other has no step cache yet" in notes[0]
+    with pytest.raises(StepCacheUnsupported, match="every step"):
+        unet = UNet2DConditionModel(block_out_channels=(32, 64), down_block_types=("DownBlock2D",) * 2,
+                                    up_block_types=("UpBlock2D",) * 2, norm_num_groups=8, cross_attention_dim=32)
+        with step_cache(unet, 1):
+            pass
+    with for_preset(Pipe(), 1, notes) as stats:  # Standard: no caching, no note
+        assert stats is None and len(notes) == 1
+
+
+def psnr(a, b) -> float:
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    return float(10 * np.log10(255.0**2 / max(((a - b) ** 2).mean(), 1e-12)))
+
+
+def test_fast_preset_on_the_embedded_model_halves_the_full_steps_and_stays_close(tmp_path: Path):
+    manager = PipelineManager(paths=AppPaths(tmp_path))
+    request = GenerationRequest(prompt="a red heart icon", seed=7)
+    standard = manager.generate(request)
+    fast = manager.generate(GenerationRequest(prompt="a red heart icon", seed=7, preset="fast"))
+    assert standard.metadata[0]["step_cache"] is None
+    assert fast.metadata[0]["step_cache"] == {"interval": 2, "full_steps": 14, "cached_steps": 14}
+    assert fast.metadata[0]["steps"] == standard.metadata[0]["steps"] == 28 and not fast.notes
+    assert 25.0 < psnr(fast.images[0], standard.images[0]) < 80.0  # near the Standard image, yet not it
