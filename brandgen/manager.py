@@ -27,6 +27,7 @@ from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
 from brandgen.performance_mode import StageFn, options_from_env, prepare_performance
 from brandgen.pipeline_call import ProgressFn, call_kwargs
+from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.step_cache import for_preset
@@ -46,6 +47,7 @@ class _Loaded:
     active: tuple[tuple[str, float], ...] = ()
     fused: bool = False
     hotswap: LoraHotswapper | None = None  # performance mode with LoRA hotswap
+    prompts: PromptCache = field(default_factory=PromptCache)  # text embeddings of recent prompts
 
 
 class PipelineManager:
@@ -357,14 +359,15 @@ class PipelineManager:
         with self.lock, self._running(owner):
             self.load_model(entry.id, progress)
             notes = self.set_loras(request.loras)
-            pipe = self.pipeline
+            loaded = self._require_loaded()
+            pipe = loaded.pipe
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
                                  self._cancel)
             reset_peak_memory()
             start = time.perf_counter()
             try:
                 with torch.inference_mode(), for_preset(pipe, preset.step_cache, notes) as cached:
-                    images = pipe(**kwargs).images
+                    images = pipe(**loaded.prompts.apply(pipe, kwargs, loaded.active)).images
             except Exception as exc:
                 if is_out_of_memory(exc):
                     free_memory_after(exc)
