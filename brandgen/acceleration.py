@@ -195,8 +195,11 @@ def torchao_missing_reason() -> str | None:
     return None
 
 
-def quantize_weights(model: torch.nn.Module, kind: str) -> str:
-    """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot."""
+def quantize_weights(model: torch.nn.Module, kind: str, keep: tuple[str, ...] = ()) -> str:
+    """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot.
+
+    Layers named by `keep` (the family's LoRA targets) stay bf16: a LoRA's low-rank update then adds to an exact
+    base layer, and peft wraps them as plain Linear layers (its torchao support covers int8 only)."""
     if kind == "none":
         return "none"
     reason = torchao_missing_reason()
@@ -219,13 +222,16 @@ def quantize_weights(model: torch.nn.Module, kind: str) -> str:
         config = Int8WeightOnlyConfig(set_inductor_config=False)
     else:
         raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
-    quantize_(model, config)
-    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    from brandgen.lora_hotswap import slot_modules
+
+    kept = slot_modules(model, keep)
+    quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn not in kept)
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name not in kept]
     if linears and all(type(m.weight.data) is torch.Tensor for m in linears):
         # seen with torchao 0.18 on torch 2.11: its tensor subclasses failed to import and quantize_ did nothing
         raise InvalidInput(f"torchao {_torchao_version()} left every Linear layer unquantized (it does not match "
                            f"torch {torch.__version__}); install the torchao build made for this torch.")
-    return kind
+    return f"{kind}: {len(linears)} Linear layers" + (f", {len(kept)} LoRA layers kept in bf16" if kept else "")
 
 
 def _torchao_version() -> str:
@@ -238,7 +244,7 @@ def _torchao_version() -> str:
 
 
 def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,
-                     report: dict[str, Any]) -> dict[str, Any]:
+                     report: dict[str, Any], lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The denoiser half of the fast path, in the order that keeps each step valid for the next."""
     applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
     if options.sdpa:
@@ -274,7 +280,7 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
         skipped["quantization"] = reason
         log.warning(reason)
     else:
-        report["quantization"] = quantize_weights(model, options.quantization)
+        report["quantization"] = quantize_weights(model, options.quantization, lora_targets)
         applied.append(f"quantization:{options.quantization}")
     if options.compile == "off":
         skipped["compile"] = "off"
@@ -297,8 +303,10 @@ def _has_offload_hooks(pipe: Any) -> bool:
                for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module))
 
 
-def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None) -> dict[str, Any]:
-    """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not."""
+def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None,
+                    lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not.
+    `lora_targets`: the layers LoRAs of this model family train (kept out of fp8/int8 quantization)."""
     options = options.validated()
     device = str(device or getattr(pipe, "device", "cpu"))
     on_cuda = device.startswith("cuda")
@@ -338,7 +346,7 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = No
             skipped["fuse_qkv_vae"] = str(exc)
     if options.lora_hotswap and not hasattr(pipe, "load_lora_weights"):
         skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
-    accelerate_model(denoiser, options, gpu_ok, report)
+    accelerate_model(denoiser, options, gpu_ok, report, lora_targets)
     if options.compile_vae and vae is not None and gpu_ok and hasattr(vae, "decoder"):
         vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))
         applied.append("compile_vae")

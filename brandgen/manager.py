@@ -31,6 +31,7 @@ from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.step_cache import for_preset
+from brandgen.training.families import FAMILIES
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
 
 log = logging.getLogger(__name__)
@@ -197,7 +198,9 @@ class PipelineManager:
         if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         if self.fast_path is not None:
-            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device)
+            family = FAMILIES.get(entry.family)
+            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device,
+                                                    family.default_targets if family else ())
 
     # ----- LoRAs --------------------------------------------------------------------------------
     def list_loras(self) -> list[LoraInfo]:

@@ -14,7 +14,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from brandgen.acceleration import COMPILE_MODES, QUANTIZATIONS, FastPathOptions
+from brandgen.acceleration import COMPILE_MODES, QUANTIZATIONS, TORCH_COMPILE_MODES, FastPathOptions
 from brandgen.errors import InvalidInput
 from brandgen.paths import TRUTHY
 
@@ -28,6 +28,7 @@ FALSY = ("0", "false", "no", "off", "")
 ENV_ON = "BRANDGEN_PERFORMANCE"
 ENV_QUANTIZATION = "BRANDGEN_QUANTIZATION"
 ENV_COMPILE = "BRANDGEN_COMPILE"
+ENV_COMPILE_MODE = "BRANDGEN_COMPILE_MODE"  # torch.compile mode, e.g. reduce-overhead (CUDA graphs)
 ENV_HOTSWAP = "BRANDGEN_LORA_HOTSWAP"
 ENV_CACHE = "BRANDGEN_COMPILE_CACHE"
 
@@ -49,6 +50,12 @@ def _choice(env: Mapping[str, str], name: str, choices: tuple[str, ...], default
     return value
 
 
+def _compile_mode(env: Mapping[str, str]) -> str | None:
+    modes = tuple(m for m in TORCH_COMPILE_MODES if m)
+    mode = _choice(env, ENV_COMPILE_MODE, modes, "default")
+    return None if mode == "default" else mode
+
+
 def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path | None = None
                      ) -> FastPathOptions | None:
     """FastPathOptions when BRANDGEN_PERFORMANCE is on, else None (the plain path). Bad values raise InvalidInput
@@ -63,6 +70,7 @@ def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path |
     cache = env.get(ENV_CACHE, "").strip() or (str(cache_default) if cache_default else None)
     return FastPathOptions(
         compile=_choice(env, ENV_COMPILE, COMPILE_MODES, "regional"),
+        compile_mode=_compile_mode(env),
         quantization=_choice(env, ENV_QUANTIZATION, QUANTIZATIONS, "none"),
         lora_hotswap=_flag(env, ENV_HOTSWAP, True),
         cache_dir=cache,

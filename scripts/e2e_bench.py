@@ -8,11 +8,12 @@ diffusers folders under --work-dir; scripts/e2e_bench_models.py) it times, with 
      channels_last (UNet, VAE), torch.compile of the whole denoiser with fullgraph=True (--expert-mode)
   c  PipelineManager, plain (resident, single LoRA fused)
   d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: regional compile, LoRA hotswap slot, warm-up
-     at load)
+     at load, --quantization fp8), at the Standard preset and at the Fast preset (step cache)
 Per recipe: load time (for d it includes the compile warm-up), 1 image and 4 images: first call and median of
 --warm warm calls (28 steps, 1024², CFG 7.5 for SDXL, guidance 3.5 for FLUX); LoRA switches A->B->A for LoRAs in
 diffusers, peft, kohya and the project's trainer formats (c, d; a reloads); dynamo graphs compiled and graph
-breaks per phase (torch._dynamo.utils.counters); peak GPU memory. Writes --out (JSON, rewritten after every
+breaks per phase (torch._dynamo.utils.counters); peak GPU memory; PSNR between the recipes' images (same
+prompt, seed, LoRA). Writes --out (JSON, rewritten after every
 phase) and the same path with .md (tables).
 
   python scripts/e2e_bench.py --out e2e.json --work-dir /tmp/bg-e2e --cache-dir /tmp/bg-inductor --models sdxl
@@ -57,6 +58,7 @@ class Bench(BenchClock):
     def __init__(self, args: argparse.Namespace):
         super().__init__(args)
         self.results = {"meta": self._meta(), "models": {}}
+        self.kept: dict[str, Any] = {}  # "<recipe>/<phase>" -> first image of its last call, per model
 
     def _meta(self) -> dict[str, Any]:
         import diffusers
@@ -99,13 +101,17 @@ class Bench(BenchClock):
         log(f"  {key}: {json.dumps(value, default=str)[:300]}")
         self.save()
 
-    def calls(self, generate: Callable[[int], Any], count: int, warm: int) -> dict[str, Any]:
-        """First call, then `warm` calls: their median, all times, and a pixel statistic of the last image."""
+    def calls(self, generate: Callable[[int], Any], count: int, warm: int, keep: str | None = None
+              ) -> dict[str, Any]:
+        """First call, then `warm` calls: their median, all times, and a pixel statistic of the last image
+        (kept under `keep` for the image differences between recipes)."""
         image, first = self.timed(lambda: generate(count))
         times = []
         for _ in range(warm):
             image, seconds = self.timed(lambda: generate(count))
             times.append(seconds)
+        if keep:
+            self.kept[keep] = image[0]
         return {"images": count, "first_s": round(first, 3), "median_s": round(statistics.median(times), 3)
                 if times else None, "warm_s": [round(t, 3) for t in times], "n_warm": len(times),
                 "pixel_mean": image_mean(image)}
@@ -115,6 +121,29 @@ class Bench(BenchClock):
         if self.device == "cuda":
             torch.cuda.empty_cache()
         torch._dynamo.reset()
+
+
+def psnr(a: Any, b: Any) -> float | None:
+    """Peak signal-to-noise ratio of two 8-bit images in dB (identical: None would hide it, so 99)."""
+    import numpy as np
+
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape:
+        return None
+    mse = float(((a - b) ** 2).mean())
+    return 99.0 if mse == 0 else round(10 * float(np.log10(255.0**2 / mse)), 2)
+
+
+IMAGE_PAIRS = {  # what each difference measures (same prompt, seed, LoRA and steps)
+    "b_vs_c": ("b/one_image", "c/one_image"),  # expert compile + fused QKV vs plain bf16
+    "d_vs_c": ("d/one_image", "c/one_image"),  # performance mode (fp8 if asked, compile, LoRA slot) vs plain bf16
+    "d_fast_vs_d": ("d/one_image_fast", "d/one_image"),  # the Fast preset's step cache
+    "d_fast_vs_c": ("d/one_image_fast", "c/one_image"),
+}
+
+
+def image_differences(kept: dict[str, Any]) -> dict[str, float | None]:
+    return {name: psnr(kept[x], kept[y]) for name, (x, y) in IMAGE_PAIRS.items() if x in kept and y in kept}
 
 
 def image_mean(images: Any) -> float | None:
@@ -141,11 +170,19 @@ def run_recipe(bench: Bench, model: str, kind: str, folder: Path, loras: dict[st
         recipe.close()
         bench.free()
         return
-    bench.phase(res, "one_image", lambda: bench.calls(recipe.generate, 1, args.warm), estimate_s=20)
+    bench.phase(res, "one_image", lambda: bench.calls(recipe.generate, 1, args.warm, f"{kind}/one_image"),
+                estimate_s=20)
     image_s = res.get("one_image", {}).get("median_s") or 5.0  # what the later phases' estimates scale with
+    fast = (lambda count: recipe.generate(count, preset="fast")) if kind == "d" else None
+    if fast:
+        bench.phase(res, "one_image_fast", lambda: bench.calls(fast, 1, args.warm, "d/one_image_fast"),
+                    estimate_s=image_s * (1 + args.warm))
     if kind in args.four_images:
         bench.phase(res, "four_images", lambda: bench.calls(recipe.generate, 4, args.warm4),
                     estimate_s=4 * image_s * (1 + args.warm4))
+        if fast:
+            bench.phase(res, "four_images_fast", lambda: bench.calls(fast, 4, args.warm4),
+                        estimate_s=3 * image_s * (1 + args.warm4))
     if kind in args.switch_recipes:
         for fmt in args.formats:
             bench.phase(res, f"switch_{fmt}", lambda fmt=fmt: switches(bench, recipe, fmt),
@@ -192,6 +229,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="recipe b: the whole denoiser (default) or compile_repeated_blocks")
     parser.add_argument("--quantization", default="none", choices=("none", "fp8", "int8wo"),
                         help="performance mode's weights (recipe d)")
+    parser.add_argument("--perf-compile-mode", default="default",
+                        choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+                        help="recipe d's torch.compile mode (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--four-recipes", default=None, help="recipes that also time 4 images (default abcd)")
+    parser.add_argument("--switch-recipes", default="acd", help="recipes that time LoRA switches")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip phases that would not fit")
     args = parser.parse_args(argv)
     args.models = [m.strip() for m in args.models.split(",") if m.strip()]
@@ -204,8 +246,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.warm = args.warm if args.warm is not None else (2 if tiny else 3 if quick else 5)
     args.warm4 = args.warm4 if args.warm4 is not None else (1 if tiny else 2 if quick else 5)
     args.switch_steps = args.switch_steps or (1 if tiny else 4)
-    args.four_images = "cd" if quick else "abcd"
-    args.switch_recipes = "acd"
+    args.four_images = args.four_recipes.replace(",", "") if args.four_recipes else "cd" if quick else "abcd"
+    args.switch_recipes = args.switch_recipes.replace(",", "")
     args.formats = (tuple(f.strip() for f in args.formats.split(",")) if args.formats
                     else ("diffusers", "kohya") if quick else LORA_FORMATS)
     if set(args.formats) - set(LORA_FORMATS):
@@ -238,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             log(f"{model} / {kind}: {RECIPES[kind]}")
             res["recipes"][kind] = {}
             run_recipe(bench, model, kind, work / model, loras, res["recipes"][kind])
+            res["image_psnr_db"] = image_differences(bench.kept)
             bench.save()
+        bench.kept.clear()
     bench.results["meta"]["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     bench.results["meta"]["total_s"] = round(args.budget_s - bench.left(), 1)
     bench.save()

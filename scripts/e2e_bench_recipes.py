@@ -121,7 +121,8 @@ class ManagerRecipe:
                         native_resolution=(side, side), default_guidance=GUIDANCE[self.model], vram_gb=1.0)
         fast = None
         if self.kind == "d":  # exactly what BRANDGEN_PERFORMANCE=1 starts the app with
-            env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization}
+            env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization,
+                   "BRANDGEN_COMPILE_MODE": args.perf_compile_mode}
             fast = options_from_env(env, cache_default=Path(args.cache_dir) if args.cache_dir else None)
             if tiny:  # the same code path on the CPU, with dynamo's eager backend
                 fast = replace(fast, allow_cpu=True, bf16=False, compile_backend="eager")
@@ -135,15 +136,16 @@ class ManagerRecipe:
         return {"fast_path_report": self.manager.fast_path_report, "progress": stages,
                 "dtype": str(device.dtype)}
 
-    def request(self, count: int, steps: int | None, lora: str) -> Any:
+    def request(self, count: int, steps: int | None, lora: str, preset: str) -> Any:
         from brandgen.generation import GenerationRequest
 
         return GenerationRequest(prompt=PROMPT, model_id=f"bench-{self.model}", steps=steps or self.bench.args.steps,
                                  guidance_scale=GUIDANCE[self.model], seed=0, count=count, loras=((lora, 1.0),),
-                                 use_template=False)
+                                 use_template=False, preset=preset)
 
-    def generate(self, count: int, steps: int | None = None) -> Any:
-        result = self.manager.generate(self.request(count, steps, self.active))
+    def generate(self, count: int, steps: int | None = None, preset: str = "standard") -> Any:
+        """`preset="fast"`: the Fast preset's step cache (same steps, one in two computed in full)."""
+        result = self.manager.generate(self.request(count, steps, self.active, preset))
         self.notes = result.notes
         return result.images
 

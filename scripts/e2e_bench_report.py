@@ -26,8 +26,17 @@ def model_tables(name: str, model: dict[str, Any]) -> list[str]:
              "| recipe | load s | 1 image first s | 1 image median s (n) | 4 images first s | 4 images median s (n) "
              "| LoRA switch ms, median | graphs compiled: 1 img / 4 img / switches | graph breaks | peak GB |",
              "|---|---|---|---|---|---|---|---|---|---|"]
-    for kind, recipe in recipes.items():
-        one, four = recipe.get("one_image", {}), recipe.get("four_images", {})
+    rows = [(kind, recipe, "") for kind, recipe in recipes.items()]
+    if any(k in recipes.get("d", {}) for k in ("one_image_fast", "four_images_fast")):
+        rows.append(("d", recipes["d"], "_fast"))
+    for kind, recipe, suffix in rows:
+        one, four = recipe.get(f"one_image{suffix}", {}), recipe.get(f"four_images{suffix}", {})
+        if suffix:  # the Fast preset on recipe d's loaded pipeline: only its calls
+            lines.append(f"| d, Fast preset (step cache) | | {_fmt(one.get('first_s'))} | {_fmt(one.get('median_s'))} "
+                         f"({one.get('n_warm', 0)}) | {_fmt(four.get('first_s'))} | {_fmt(four.get('median_s'))} "
+                         f"({four.get('n_warm', 0)}) | | {_fmt(one.get('graphs_compiled'))} / "
+                         f"{_fmt(four.get('graphs_compiled'))} / | | |")
+            continue
         switches = _switch_phases(recipe)
         switch_ms = sorted(ms for phase in switches.values() for ms in phase.get("switch_ms", []))
         median_switch = switch_ms[len(switch_ms) // 2] if switch_ms else None
@@ -44,13 +53,23 @@ def model_tables(name: str, model: dict[str, Any]) -> list[str]:
             f"{_fmt(one.get('graphs_compiled'))} / {_fmt(four.get('graphs_compiled'))} / {_fmt(switch_graphs)} | "
             f"{breaks} | {_fmt(max(peaks) if peaks else None)} |")
     d = recipes.get("d", {})
-    lines += ["", "| performance mode (d) vs | 1 image, median | 4 images, median |", "|---|---|---|"]
+
+    def median(recipe: dict[str, Any], phase: str) -> Any:
+        return recipe.get(phase, {}).get("median_s")
+
+    lines += ["", "| speed-up of d over | 1 image, Standard | 4 images, Standard | 1 image, Fast | 4 images, Fast |",
+              "|---|---|---|---|---|"]
     for kind in ("a", "b", "c"):
         if kind in recipes:
             other = recipes[kind]
             lines.append(f"| {kind}: {other.get('label', '')} | "
-                         f"{_ratio(other.get('one_image', {}).get('median_s'), d.get('one_image', {}).get('median_s'))}"
-                         f" | {_ratio(other.get('four_images', {}).get('median_s'), d.get('four_images', {}).get('median_s'))} |")
+                         + " | ".join(_ratio(median(other, base), median(d, base + suffix))
+                                      for suffix in ("", "_fast") for base in ("one_image", "four_images")) + " |")
+    if model.get("image_psnr_db"):
+        lines += ["", "| image difference (PSNR, dB; 99 = identical) | " + " | ".join(model["image_psnr_db"]) + " |",
+                  "|---|" + "---|" * len(model["image_psnr_db"]),
+                  "| same prompt, seed, LoRA, steps | " + " | ".join(_fmt(v) for v in model["image_psnr_db"].values())
+                  + " |"]
     lines += ["", "| recipe | LoRA format | switch ms A->B->A | graphs compiled per switch + call | call after switch s |",
               "|---|---|---|---|---|"]
     for kind, recipe in recipes.items():

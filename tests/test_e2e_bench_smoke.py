@@ -32,10 +32,14 @@ def test_e2e_bench_tiny_runs_every_recipe(tmp_path: Path):
         perf = res["recipes"]["d"]
         assert "lora_hotswap" in perf["load"]["fast_path_report"]["applied"]
         assert perf["load"]["fast_path_report"]["warmup"]["graphs_compiled"] > 0 and perf["load"]["progress"]
-        phases = [perf["one_image"], perf["four_images"], perf["switch_diffusers"]]
-        assert [p["graphs_compiled"] for p in phases] == [0, 0, 0], "no recompiles after the warm-up"
+        phases = [perf["one_image"], perf["one_image_fast"], perf["four_images"], perf["four_images_fast"],
+                  perf["switch_diffusers"]]
+        assert [p["graphs_compiled"] for p in phases] == [0] * 5, "no recompiles after the warm-up, Fast included"
+        psnr = res["image_psnr_db"]
+        assert psnr["d_vs_c"] > 60 and 20 < psnr["d_fast_vs_d"] < 99  # same maths in fp32; the cache changes it
         switch = perf["switch_diffusers"]
         assert len(switch["switch_ms"]) == 3 and switch["pixel_means"][0] != switch["pixel_means"][1]
         assert switch["pixel_means"][0] == switch["pixel_means"][2]  # A -> B -> A comes back to A
     table = out.with_suffix(".md").read_text()
-    assert "| d: PipelineManager performance mode |" in table and "| performance mode (d) vs |" in table
+    assert "| d: PipelineManager performance mode |" in table and "| speed-up of d over |" in table
+    assert "| d, Fast preset (step cache) |" in table and "| image difference (PSNR, dB; 99 = identical) |" in table

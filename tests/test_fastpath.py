@@ -130,7 +130,7 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
     fake = types.ModuleType("torchao")
     fake.__version__ = "0.0-mismatch"
     fake_q = types.ModuleType("torchao.quantization")
-    fake_q.quantize_ = lambda model, config: None
+    fake_q.quantize_ = lambda model, config, filter_fn=None: None
     configs: list[dict] = []
     fake_q.Int8WeightOnlyConfig = lambda **kwargs: configs.append(kwargs)
     fake.quantization = fake_q
@@ -141,6 +141,34 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
         quantize_weights(model, "int8wo")
     # torchao must not switch on inductor's coordinate-descent tuning (minutes of autotuning at the next compile)
     assert configs == [{"set_inductor_config": False}]
+
+
+def test_quantization_keeps_the_lora_layers_in_full_precision(monkeypatch):
+    """torchao's filter_fn sees every Linear; the family's LoRA targets are refused, the rest quantized."""
+    import sys
+    import types
+
+    from brandgen.acceleration import quantize_weights
+
+    class Quantized(torch.Tensor):
+        pass
+
+    def quantize_(model, config, filter_fn):
+        for fqn, module in model.named_modules():
+            if filter_fn(module, fqn):
+                module.weight = torch.nn.Parameter(module.weight.data.as_subclass(Quantized), requires_grad=False)
+
+    fake_q = types.ModuleType("torchao.quantization")
+    fake_q.quantize_, fake_q.Int8WeightOnlyConfig = quantize_, lambda **kwargs: kwargs
+    fake = types.ModuleType("torchao")
+    fake.quantization = fake_q
+    monkeypatch.setitem(sys.modules, "torchao", fake)
+    monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
+    block = torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),
+                                 "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
+    report = quantize_weights(block, "int8wo", keep=("attn.to_q", "ff.net.2"))
+    assert report == "int8wo: 1 Linear layers, 1 LoRA layers kept in bf16"
+    assert type(block["proj_mlp"].weight.data) is Quantized and type(block["attn"]["to_q"].weight.data) is torch.Tensor
 
 
 def _with_text_encoder_part(pipe, path, seed: int = 5) -> None:

@@ -37,10 +37,11 @@ def test_off_unless_asked_and_the_defaults_when_on(tmp_path: Path):
 
 def test_every_setting_is_read():
     env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": "FP8", "BRANDGEN_COMPILE": "full",
-           "BRANDGEN_LORA_HOTSWAP": "off", "BRANDGEN_COMPILE_CACHE": "/data/inductor"}
+           "BRANDGEN_LORA_HOTSWAP": "off", "BRANDGEN_COMPILE_CACHE": "/data/inductor",
+           "BRANDGEN_COMPILE_MODE": "reduce-overhead"}
     options = options_from_env(env)
-    assert (options.quantization, options.compile, options.lora_hotswap, options.cache_dir) == (
-        "fp8", "full", False, "/data/inductor")
+    assert (options.quantization, options.compile, options.lora_hotswap, options.cache_dir, options.compile_mode) == (
+        "fp8", "full", False, "/data/inductor", "reduce-overhead")
 
 
 @pytest.mark.parametrize("name,value,hint", [
@@ -48,6 +49,7 @@ def test_every_setting_is_read():
     ("BRANDGEN_QUANTIZATION", "int4", "none, fp8, int8wo"),
     ("BRANDGEN_COMPILE", "turbo", "off, regional, full"),
     ("BRANDGEN_LORA_HOTSWAP", "maybe", "use 1 or 0"),
+    ("BRANDGEN_COMPILE_MODE", "ludicrous", "default, reduce-overhead, max-autotune"),
 ])
 def test_a_bad_value_is_named_not_ignored(name: str, value: str, hint: str):
     env = {"BRANDGEN_PERFORMANCE": "1", name: value}
