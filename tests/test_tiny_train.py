@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from brandgen.tiny import model, train
+from brandgen.tiny.recipe import set_value
 
 RECIPE = Path(train.__file__).with_name("recipe.json")
 MIB = 2**20
@@ -80,14 +81,14 @@ def test_lora_load_set_adapters_and_fuse_work_like_sd15(smoke_run, tmp_path):
 def test_resume_continues_from_the_checkpoints(tmp_path, capsys):
     work = tmp_path / "work"
     assert _smoke(tmp_path, "--stop-after", "vae:2") is None
-    assert json.loads((work / "state.json").read_text())["done"] == ["data"] and (work / "vae_ckpt.pt").exists()
+    assert json.loads((work / "state.json").read_text())["done"] == ["data", "text"] and (work / "vae_ckpt.pt").exists()
     assert _smoke(tmp_path, "--resume", "--stop-after", "unet:3") is None
     state = json.loads((work / "state.json").read_text())
-    assert state["done"] == ["data", "vae", "latents"] and (work / "unet_ckpt.pt").exists()
+    assert state["done"] == ["data", "text", "vae", "latents"] and (work / "unet_ckpt.pt").exists()
     assert state["info"]["vae_steps"] == train.load_config(RECIPE, smoke=True)["train_vae"]["max_steps"]
     assert not (tmp_path / "model").exists()
     log = capsys.readouterr().out
-    assert "[vae] resumed_at_step 2" in log and log.count("[data] icons") == 1
+    assert "[vae] resumed_at_step 2" in log and log.count("[data] icons") == 1 and log.count("[text] done") == 1
     summary = _smoke(tmp_path, "--resume")
     log = capsys.readouterr().out
     assert "[unet] resumed_at_step 3" in log and "[data] images" not in log and "[vae] step" not in log
@@ -130,3 +131,14 @@ def test_lr_factor_warms_up_then_anneals():
     assert train.lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
     assert train.lr_factor(0.0, 10, 10, 0.1) == pytest.approx(1.0)
     assert train.lr_factor(1.0, 500, 10, 0.1) == pytest.approx(0.1)
+
+
+def test_set_overrides_one_recipe_value_and_refuses_unknown_keys():
+    cfg = train.load_config(RECIPE)
+    set_value(cfg, "train_unet.seconds=1200")
+    set_value(cfg, 'text_init=".work/text-init"')
+    assert cfg["train_unet"]["seconds"] == 1200 and cfg["text_init"] == ".work/text-init"
+    for bad in ("train_unet.secnds=5", "nope.seconds=5", "train_unet.seconds"):
+        with pytest.raises(SystemExit, match="expected KEY=JSON"):
+            set_value(cfg, bad)
+    assert cfg["train_unet"]["seconds"] == 1200

@@ -40,6 +40,15 @@ any machine. It is not a general image model.
 """
 
 
+def text_config_for(cfg: dict, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
+    """The recipe's text encoder sized to the tokenizer (vocabulary, special ids, max length)."""
+    return CLIPTextConfig(
+        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id, **cfg["text_encoder"],
+    )
+
+
 def build_components(cfg: dict, tokenizer: CLIPTokenizer | None = None) -> dict:
     """Fresh, randomly initialised components for a recipe config (no downloads).
 
@@ -51,11 +60,7 @@ def build_components(cfg: dict, tokenizer: CLIPTokenizer | None = None) -> dict:
             tokenizer = tiny_tokenizer.load_or_train(cfg["tokenizer_dir"], tok_cfg.get("vocab_size", 1536))
         else:
             tokenizer = tiny_tokenizer.train_tokenizer(tok_cfg.get("vocab_size", 1536))
-    text_config = CLIPTextConfig(
-        vocab_size=len(tokenizer), max_position_embeddings=tokenizer.model_max_length,
-        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id, **cfg["text_encoder"],
-    )
+    text_config = text_config_for(cfg, tokenizer)
     text_encoder = CLIPTextModel(text_config)
     unet_cfg = dict(cfg["unet"])
     unet_cfg.setdefault("cross_attention_dim", text_config.hidden_size)

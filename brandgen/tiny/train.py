@@ -1,4 +1,4 @@
-"""Train brandgen-tiny from scratch: data -> VAE -> latents -> UNet + text encoder -> saved pipeline.
+"""Train brandgen-tiny from scratch: data -> text encoder -> VAE -> latents -> UNet -> saved pipeline.
 
     python -m brandgen.tiny.train --config brandgen/tiny/recipe.json --work-dir .work/tiny \
         --out assets/brandgen-tiny [--resume] [--smoke] [--samples docs/tiny_samples.png]
@@ -11,7 +11,6 @@ comes first, and the learning rate decays over that same progress so a time-cut 
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import random
@@ -22,28 +21,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from brandgen.tiny import data, icon_data, icons, model
+from brandgen.tiny import data, icon_data, icons, model, text_pretrain
 from brandgen.tiny import icon_eval as tiny_eval
 from brandgen.tiny import tokenizer as tiny_tokenizer
+from brandgen.tiny.recipe import load_config, set_value
 
-STAGES = ("data", "vae", "latents", "unet", "save")
+STAGES = ("data", "text", "vae", "latents", "unet", "save")
 
 
 class StopRequested(Exception):
     """Raised by --stop-after to simulate an interrupted run (used by the resume test)."""
-
-
-def deep_merge(base: dict, override: dict) -> dict:
-    out = copy.deepcopy(base)
-    for key, value in override.items():
-        out[key] = deep_merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
-
-
-def load_config(path: str | Path, smoke: bool = False) -> dict:
-    cfg = json.loads(Path(path).read_text(encoding="utf-8"))
-    smoke_cfg = cfg.pop("smoke", {})
-    return deep_merge(cfg, smoke_cfg) if smoke else cfg
 
 
 def log(stage: str, start: float, **fields) -> None:
@@ -123,10 +110,11 @@ def stage_data(run: Run) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
     if run.done("data"):
         return source, torch.load(ids_path).to(run.device), tok_dir
     log("data", run.start, icons=len(meta), variants=len(variants), seconds=time.time() - t0)
-    tok_cfg = run.cfg["tokenizer"]
-    lines = icon_data.tokenizer_corpus(meta, tok_cfg.get("corpus_captions", 60000))
-    tokenizer = tiny_tokenizer.train_tokenizer(tok_cfg["vocab_size"], lines)
-    tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
+    if run.cfg.get("text_init"):  # a pretrained text encoder brings the tokenizer its ids must match
+        tokenizer = tiny_tokenizer.CLIPTokenizer.from_pretrained(Path(run.cfg["text_init"]) / "tokenizer")
+        tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
+    else:
+        tokenizer = text_pretrain.ensure_tokenizer(run.cfg, meta, tok_dir)
     flat = [c for v in variants for c in v.captions]
     ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(variants), k, -1)
     torch.save(ids, ids_path)
@@ -230,7 +218,8 @@ def _uncond_ids(tokenizer, device) -> torch.Tensor:
 
 
 def stage_unet(run: Run, comps: dict, latents: torch.Tensor, ids: torch.Tensor) -> None:
-    """UNet + text encoder from scratch: epsilon loss with min-SNR weighting, CFG dropout, EMA of both."""
+    """UNet (+ text encoder at text_lr_scale x lr; 0 = frozen): epsilon loss with min-SNR weighting, CFG
+    dropout, EMA of what trains."""
     tcfg, unet, text = run.cfg["train_unet"], comps["unet"], comps["text_encoder"]
     done_path = run.work / "unet_done.pt"
     if run.done("unet"):
@@ -240,9 +229,13 @@ def stage_unet(run: Run, comps: dict, latents: torch.Tensor, ids: torch.Tensor) 
         return
     dev = run.device
     unet.to(dev, memory_format=torch.channels_last).train()
-    text.to(dev).train()
-    params = list(unet.parameters()) + list(text.parameters())
-    opt = torch.optim.AdamW(params, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.99),
+    text_scale = tcfg.get("text_lr_scale", 1.0)
+    text.to(dev).train(text_scale > 0).requires_grad_(text_scale > 0)
+    groups = [{"params": list(unet.parameters()), "lr_scale": 1.0}]
+    if text_scale > 0:
+        groups.append({"params": list(text.parameters()), "lr_scale": text_scale})
+    params = [p for g in groups for p in g["params"]]
+    opt = torch.optim.AdamW(groups, lr=tcfg["lr"], weight_decay=tcfg["weight_decay"], betas=(0.9, 0.99),
                             fused=dev.type == "cuda")
     ema = [p.detach().clone().float() for p in params]
     step, elapsed, ckpt = 0, 0.0, run.work / "unet_ckpt.pt"
@@ -271,7 +264,7 @@ def stage_unet(run: Run, comps: dict, latents: torch.Tensor, ids: torch.Tensor) 
             break
         lr = tcfg["lr"] * lr_factor(progress, step, tcfg["warmup_steps"], tcfg["min_lr_ratio"])
         for group in opt.param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group["lr_scale"]
         idx = torch.randint(0, n, (bs,), device=dev, generator=gen)
         x0 = latents[idx].float() * scale
         tok = ids[idx, torch.randint(0, k, (bs,), device=dev, generator=gen)]
@@ -284,7 +277,8 @@ def stage_unet(run: Run, comps: dict, latents: torch.Tensor, ids: torch.Tensor) 
         a = abar[t].view(-1, 1, 1, 1)
         noisy = (a.sqrt() * x0 + (1 - a).sqrt() * noise).contiguous(memory_format=torch.channels_last)
         with run.autocast:
-            cond = text(tok)[0]
+            with torch.set_grad_enabled(text_scale > 0):
+                cond = text(tok)[0]
             pred = unet_fwd(noisy, t, encoder_hidden_states=cond).sample
         loss = ((pred.float() - noise) ** 2).mean(dim=(1, 2, 3)).mul(weights[t]).mean()
         opt.zero_grad(set_to_none=True)
@@ -329,6 +323,9 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     log("setup", run.start, device=device, resume=resume, done=",".join(run.state["done"]) or "-")
     images, ids, tok_dir = stage_data(run)
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(tok_dir))
+    text_dir = text_pretrain.stage(run, lambda: _pack(run), tok_dir)
+    if text_dir is not None:
+        text_pretrain.load_into(comps["text_encoder"], text_dir)
     stage_vae(run, comps["vae"], images)
     latents = stage_latents(run, comps["vae"], images)
     del images
@@ -373,8 +370,15 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--device", default=None)
     parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts per concept at the end")
     parser.add_argument("--stop-after", default=None, help="STAGE or STAGE:STEP; stop there (for testing resume)")
+    parser.add_argument("--text-init", default=None, help="a text_pretrain output folder (skips the text stage)")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
+                        help="override one recipe value, e.g. train_unet.seconds=1200 (repeatable)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, smoke=args.smoke)
+    if args.text_init:
+        cfg["text_init"] = args.text_init
+    for item in args.set:
+        set_value(cfg, item)
     try:
         return train(cfg, args.work_dir, args.out, args.resume, args.device, args.samples, args.stop_after,
                      args.eval)
