@@ -141,4 +141,7 @@ def test_set_overrides_one_recipe_value_and_refuses_unknown_keys():
     for bad in ("train_unet.secnds=5", "nope.seconds=5", "train_unet.seconds"):
         with pytest.raises(SystemExit, match="expected KEY=JSON"):
             set_value(cfg, bad)
-    assert cfg["train_unet"]["seconds"] == 1200
+    with pytest.raises(SystemExit, match="seconds has type int in the recipe, got 'abc'"):
+        set_value(cfg, "train_unet.seconds=abc")
+    set_value(cfg, "train_unet.lr=3")  # an int where the recipe has a float is still a number
+    assert cfg["train_unet"]["seconds"] == 1200 and cfg["train_unet"]["lr"] == 3

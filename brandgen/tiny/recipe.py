@@ -33,6 +33,12 @@ def set_value(cfg: dict, item: str) -> None:
     if not sep or not isinstance(node, dict) or last not in node:
         raise SystemExit(f"--set {item!r}: expected KEY=JSON with KEY one of the recipe's keys")
     try:
-        node[last] = json.loads(raw)
+        value = json.loads(raw)
     except json.JSONDecodeError:
-        node[last] = raw
+        value = raw
+    old, number = node[last], (int, float)
+    same = old is None or isinstance(value, type(old)) or (
+        isinstance(old, number) and isinstance(value, number) and not isinstance(value, bool))
+    if not same:
+        raise SystemExit(f"--set {item!r}: {key} has type {type(old).__name__} in the recipe, got {value!r}")
+    node[last] = value
