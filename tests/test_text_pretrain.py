@@ -34,7 +34,7 @@ def pretrained(tmp_path_factory) -> tuple[Path, dict, dict]:
     tmp = tmp_path_factory.mktemp("text")
     cfg = train.load_config(RECIPE, smoke=True)
     masks, meta = concept_pack()
-    tok = text_pretrain.ensure_tokenizer(cfg, meta, tmp / "tokenizer")
+    tok = text_pretrain.recipe_tokenizer(cfg, meta, tmp / "tokenizer")
     info = text_pretrain.pretrain(cfg, masks, meta, tok, tmp / "init", tmp / "ckpt.pt", seconds=300,
                                   max_steps=150, batch=16, lr=3e-3, eval_every=75, log=lambda _: None)
     return tmp, cfg, info
@@ -87,7 +87,7 @@ def test_trimmed_padding_gives_the_same_embedding():
 def test_resume_continues_from_the_checkpoint(tmp_path):
     cfg = train.load_config(RECIPE, smoke=True)
     masks, meta = concept_pack()
-    tok = text_pretrain.ensure_tokenizer(cfg, meta, tmp_path / "tokenizer")
+    tok = text_pretrain.recipe_tokenizer(cfg, meta, tmp_path / "tokenizer")
     args = {"seconds": 300, "batch": 8, "eval_every": 1000, "ckpt_seconds": 0, "log": lambda _: None}
     first = text_pretrain.pretrain(cfg, masks, meta, tok, tmp_path / "a", tmp_path / "ckpt.pt", max_steps=6, **args)
     lines: list[str] = []

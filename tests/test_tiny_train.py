@@ -145,3 +145,10 @@ def test_set_overrides_one_recipe_value_and_refuses_unknown_keys():
         set_value(cfg, "train_unet.seconds=abc")
     set_value(cfg, "train_unet.lr=3")  # an int where the recipe has a float is still a number
     assert cfg["train_unet"]["seconds"] == 1200 and cfg["train_unet"]["lr"] == 3
+
+
+def test_a_new_run_in_an_old_work_dir_learns_its_own_tokenizer(tmp_path):
+    first = _smoke(tmp_path)
+    second = _smoke(tmp_path, "--set", "tokenizer.vocab_size=700")
+    assert first["vocab_size"] == 1024 and second["vocab_size"] == 700
+    assert len(json.loads((tmp_path / "work" / "tokenizer" / "vocab.json").read_text())) == 700

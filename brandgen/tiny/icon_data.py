@@ -188,6 +188,11 @@ def synthetic_pack(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[d
     return np.stack(masks), meta
 
 
+def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
+    """Composed uint8 images [B, H, W, 3] -> model input in [-1, 1], channels_last (what the convs prefer)."""
+    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
+
+
 class ImageSource:
     """Variants as an indexable image set: source[idx] -> uint8 [B, H, W, 3] on the composer's device."""
 

@@ -32,6 +32,7 @@ from transformers import CLIPTextModel, CLIPTokenizer
 
 from brandgen.tiny import icon_data, icon_eval, icons, model
 from brandgen.tiny import tokenizer as tiny_tokenizer
+from brandgen.tiny.recipe import RECIPE_PATH, load_config
 
 IMAGE_SIZE = 64
 EVAL_COLORS = icon_eval.EVAL_COLORS
@@ -101,10 +102,6 @@ def trim(ids: torch.Tensor, eos_id: int) -> torch.Tensor:
     return ids[:, :length]
 
 
-def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
-    return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1)
-
-
 def heldout_gallery(composer: icon_data.Composer, meta: list[dict]) -> tuple[torch.Tensor, list[str], list[str]]:
     """Every held-out icon of an evaluated concept, drawn in each evaluation colour on white."""
     picked = [i for i, m in enumerate(meta) if m.get("heldout") and m.get("concept")]
@@ -127,8 +124,9 @@ def evaluate(towers: Towers, tokenizer: CLIPTokenizer, composer: icon_data.Compo
         return {"n": 0}  # a pack without held-out concept icons (the synthetic smoke pack)
     towers.eval()
     gallery, g_concepts, g_colours = heldout_gallery(composer, meta)
-    img = torch.cat([towers.embed_icons(to_pixels(gallery[i:i + 256])) for i in range(0, len(gallery), 256)])
-    items = [it for it in icon_eval.heldout_prompts(per_concept) if it["concept"] in set(g_concepts)]
+    img = torch.cat([towers.embed_icons(icon_data.to_pixels(gallery[i:i + 256])) for i in range(0, len(gallery), 256)])
+    evaluated = set(g_concepts)
+    items = [it for it in icon_eval.heldout_prompts(per_concept) if it["concept"] in evaluated]
     ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, [it["prompt"] for it in items])).long()
     txt = towers.embed_text(trim(ids, tokenizer.eos_token_id).to(img.device))
     sims = (txt @ img.T).float().cpu().numpy()
@@ -143,7 +141,7 @@ def evaluate(towers: Towers, tokenizer: CLIPTokenizer, composer: icon_data.Compo
         colour_ok.append(bool(own.any()) and g_colours[own][row[own].argmax()] == item["color"])
     towers.train()
     ranks = np.array(ranks)
-    return {"n": len(items), "concepts": len(set(g_concepts)), "top1": float((ranks == 1).mean()),
+    return {"n": len(items), "concepts": len(evaluated), "top1": float((ranks == 1).mean()),
             "top5": float((ranks <= 5).mean()), "colour": float(np.mean(colour_ok))}
 
 
@@ -164,12 +162,12 @@ def load(path: str | Path) -> tuple[CLIPTextModel, CLIPTokenizer]:
     return text, CLIPTokenizer.from_pretrained(path / "tokenizer")
 
 
-def ensure_tokenizer(cfg: dict, meta: list[dict], tok_dir: Path) -> CLIPTokenizer:
-    """The recipe's BPE tokenizer for this pack, trained once into tok_dir (the UNet stage reuses it)."""
-    if not (tok_dir / "tokenizer_config.json").exists():
-        lines = icon_data.tokenizer_corpus(meta, cfg["tokenizer"].get("corpus_captions", 60000))
-        tiny_tokenizer.save_tokenizer(tiny_tokenizer.train_tokenizer(cfg["tokenizer"]["vocab_size"], lines), tok_dir)
-    return CLIPTokenizer.from_pretrained(tok_dir)
+def recipe_tokenizer(cfg: dict, meta: list[dict], tok_dir: Path) -> CLIPTokenizer:
+    """The recipe's BPE tokenizer, learned on this pack's captions and saved to tok_dir."""
+    lines = icon_data.tokenizer_corpus(meta, cfg["tokenizer"].get("corpus_captions", 60000))
+    tokenizer = tiny_tokenizer.train_tokenizer(cfg["tokenizer"]["vocab_size"], lines)
+    tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
+    return tokenizer
 
 
 def pretrain(cfg: dict, masks: np.ndarray, meta: list[dict], tokenizer: CLIPTokenizer, out: Path, ckpt: Path,
@@ -212,7 +210,7 @@ def pretrain(cfg: dict, masks: np.ndarray, meta: list[dict], tokenizer: CLIPToke
             group["lr"] = lr * scale
         idx = torch.randint(0, len(variants), (batch,), generator=gen)
         tok = trim(ids[idx, torch.randint(0, k, (batch,), generator=gen)], tokenizer.eos_token_id).to(dev)
-        pixels = to_pixels(composer.compose([variants[i] for i in idx.tolist()]))
+        pixels = icon_data.to_pixels(composer.compose([variants[i] for i in idx.tolist()]))
         loss = towers.loss(tok, pixels)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -253,7 +251,7 @@ def load_into(text: CLIPTextModel, path: str | Path) -> CLIPTextModel:
     return text
 
 
-def stage(run, pack: Callable[[], tuple[np.ndarray, list[dict]]], tok_dir: Path) -> Path | None:
+def stage(run, masks: np.ndarray, meta: list[dict], tok_dir: Path) -> Path | None:
     """The training recipe's "text" stage: the folder whose text encoder the UNet stage starts from.
 
     cfg["text_init"] names a finished folder (its tokenizer is then the run's); cfg["text_pretrain"]
@@ -266,7 +264,6 @@ def stage(run, pack: Callable[[], tuple[np.ndarray, list[dict]]], tok_dir: Path)
     out = run.work / "text_init"
     if run.done("text"):
         return out
-    masks, meta = pack()
     info = pretrain(run.cfg, masks, meta, CLIPTokenizer.from_pretrained(tok_dir), out, run.work / "text_ckpt.pt",
                     tcfg["seconds"], tcfg["max_steps"], tcfg.get("batch", 256), tcfg.get("lr", 1e-3),
                     tcfg.get("eval_every", 500), resume=True, device=str(run.device))
@@ -277,7 +274,7 @@ def stage(run, pack: Callable[[], tuple[np.ndarray, list[dict]]], tok_dir: Path)
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--config", default=str(Path(__file__).with_name("recipe.json")))
+    parser.add_argument("--config", default=str(RECIPE_PATH))
     parser.add_argument("--pack", default=".work/icons/iconpack.npz")
     parser.add_argument("--out", default=".work/text-init")
     parser.add_argument("--work-dir", default=".work/text-pretrain", help="tokenizer + checkpoint")
@@ -286,14 +283,16 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--eval-every", type=int, default=500)
-    parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--resume", action="store_true", help="continue from --work-dir's checkpoint and tokenizer")
     parser.add_argument("--device", default=None)
     args = parser.parse_args(argv)
-    cfg = json.loads(Path(args.config).read_text(encoding="utf-8"))
+    cfg = load_config(args.config)
     masks, meta, _ = icons.load_pack(args.pack)
     work = Path(args.work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    tokenizer = ensure_tokenizer(cfg, meta, work / "tokenizer")
+    tok_dir = work / "tokenizer"
+    resumable = args.resume and (tok_dir / "tokenizer_config.json").exists()  # the checkpoint's ids need it
+    tokenizer = CLIPTokenizer.from_pretrained(tok_dir) if resumable else recipe_tokenizer(cfg, meta, tok_dir)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     return pretrain(cfg, masks, meta, tokenizer, Path(args.out), work / "pretrain_ckpt.pt", args.seconds,
                     args.max_steps, args.batch, args.lr, args.eval_every, args.resume, device)

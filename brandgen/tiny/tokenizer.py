@@ -12,7 +12,6 @@ import json
 from pathlib import Path
 
 import numpy as np
-
 from tokenizers import Regex, Tokenizer, normalizers, pre_tokenizers
 from tokenizers.models import BPE
 from tokenizers.trainers import BpeTrainer
@@ -107,6 +106,8 @@ def train_tokenizer(vocab_size: int = 1536, lines: list[str] | None = None, max_
 def save_tokenizer(tokenizer: CLIPTokenizer, out_dir: str | Path) -> Path:
     """save_pretrained plus vocab.json/merges.txt, which older (slow) CLIPTokenizer versions read."""
     out = Path(out_dir)
+    for stale in ("vocab.json", "merges.txt"):  # an older tokenizer's files in the same folder must not survive
+        (out / stale).unlink(missing_ok=True)
     tokenizer.save_pretrained(out)
     backend = json.loads(tokenizer.backend_tokenizer.to_str())["model"]
     if not (out / "vocab.json").exists():

@@ -98,12 +98,11 @@ def _pack(run: Run) -> tuple[np.ndarray, list[dict]]:
     return icon_data.synthetic_pack(dcfg.get("synthetic_icons", 32), run.cfg["image_size"], dcfg["seed"])
 
 
-def stage_data(run: Run) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
+def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
     """Variant images (composed on the device from the pack's masks), the tokenizer, and tokenized
     captions [N, K, 77]. The variant table is rebuilt from the seed on resume (it is deterministic)."""
     dcfg, t0 = run.cfg["data"], time.time()
     ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
-    masks, meta = _pack(run)
     k = dcfg.get("captions_per_image", 1)
     variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], k, dcfg["seed"], dcfg.get("concept_boost", 1))
     source = icon_data.ImageSource(icon_data.Composer(masks, run.device, run.cfg["image_size"]), variants)
@@ -114,7 +113,7 @@ def stage_data(run: Run) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
         tokenizer = tiny_tokenizer.CLIPTokenizer.from_pretrained(Path(run.cfg["text_init"]) / "tokenizer")
         tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
     else:
-        tokenizer = text_pretrain.ensure_tokenizer(run.cfg, meta, tok_dir)
+        tokenizer = text_pretrain.recipe_tokenizer(run.cfg, meta, tok_dir)
     flat = [c for v in variants for c in v.captions]
     ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(variants), k, -1)
     torch.save(ids, ids_path)
@@ -124,10 +123,6 @@ def stage_data(run: Run) -> tuple[icon_data.ImageSource, torch.Tensor, Path]:
                train_concepts=len(concepts))
     log("data", run.start, captions=len(flat), vocab=len(tokenizer), seconds=time.time() - t0)
     return source, ids.to(run.device), tok_dir
-
-
-def to_pixels(batch_uint8: torch.Tensor) -> torch.Tensor:
-    return batch_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
 
 
 def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
@@ -155,7 +150,7 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
             break
         for group in opt.param_groups:
             group["lr"] = tcfg["lr"] * lr_factor(progress, step, tcfg["warmup_steps"], 0.05)
-        x = to_pixels(images[torch.randint(0, n, (tcfg["batch_size"],), device=run.device, generator=gen)])
+        x = icon_data.to_pixels(images[torch.randint(0, n, (tcfg["batch_size"],), device=run.device, generator=gen)])
         with run.autocast:
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=gen)).sample.float()
@@ -194,7 +189,7 @@ def stage_latents(run: Run, vae, images: icon_data.ImageSource) -> torch.Tensor:
     vae.to(run.device, memory_format=torch.channels_last).eval()
     chunks, bs, mse = [], run.cfg["encode_batch"], []
     for s in range(0, len(images), bs):
-        x = to_pixels(images[s:s + bs])
+        x = icon_data.to_pixels(images[s:s + bs])
         with run.autocast:
             lat = vae.encode(x).latent_dist.mean
             if s == 0:
@@ -321,9 +316,11 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     torch.manual_seed(cfg["seed"])
     run = Run(cfg, Path(work_dir), device, resume, stop_after)
     log("setup", run.start, device=device, resume=resume, done=",".join(run.state["done"]) or "-")
-    images, ids, tok_dir = stage_data(run)
+    masks, meta = _pack(run)
+    images, ids, tok_dir = stage_data(run, masks, meta)
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(tok_dir))
-    text_dir = text_pretrain.stage(run, lambda: _pack(run), tok_dir)
+    text_dir = text_pretrain.stage(run, masks, meta, tok_dir)
+    del masks, meta
     if text_dir is not None:
         text_pretrain.load_into(comps["text_encoder"], text_dir)
     stage_vae(run, comps["vae"], images)
