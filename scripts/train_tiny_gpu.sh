@@ -9,7 +9,10 @@
 #       time for the 10-minute call (TIMEOUT_S, default 560) and returns log, eval, contact sheet and model parts.
 #   bash scripts/train_tiny_gpu.sh background [train.py options]
 #       longer runs: trains in its own process session and waits WAIT_S (default 540); call again at once until it
-#       prints "finished". Everything is lost if the machine goes back between calls.
+#       prints "finished". Each call that ends while training goes on returns a snapshot of the EMA weights
+#       ($OUT/snapshot.tgz.*), so a machine lost between calls costs only that call: unpack it here into
+#       .work/init-model, carry that and call again (train.py --init-model continues its UNet).
+# A carried .work/init-model (a saved model) is continued; otherwise a carried .work/text-init is the text encoder.
 set -u
 MODE=${1:-train}; shift || true
 WORK=/tmp/work LOG=/tmp/work_log.txt PID=/tmp/train.pid PY=${PYTHON:-python3}
@@ -31,15 +34,17 @@ collect() {  # log, summary, eval, sheets and the model (in <= 15 MiB parts) int
 
 TRAIN=($PY -m brandgen.tiny.train --config brandgen/tiny/recipe.json --work-dir $WORK --out /tmp/model
        --samples $WORK/samples.png --eval 4)
+if [ -f .work/init-model/model_index.json ]; then TRAIN+=(--init-model .work/init-model)
+elif [ -d .work/text-init ]; then TRAIN+=(--text-init .work/text-init); fi
 case "$MODE" in
 text)
     $PY -m brandgen.tiny.text_pretrain --pack .work/icons/iconpack.npz --out /tmp/text-init --work-dir /tmp/text-work \
-        --seconds "${TEXT_S:-240}" --max-steps "${TEXT_STEPS:-4000}" --eval-every 1000 --device cuda 2>&1 \
-        | grep -v Warning | tee "$OUT/text_log.txt" | grep -v "step .*loss" || exit 1
+        --seconds "${TEXT_S:-240}" --max-steps "${TEXT_STEPS:-4000}" --eval-every 1000 --device "${DEVICE:-cuda}" 2>&1 \
+        | grep -v Warning | tee "$OUT/text_log.txt" | grep -v "step .*loss"
+    [ "${PIPESTATUS[0]}" = 0 ] || { echo "text pretraining failed (see text_log.txt)"; exit 1; }
     cd /tmp && tar czf "$OUT/text-init.tgz" text-init && ls -la "$OUT" ;;
 train)
-    init=(); [ -d .work/text-init ] && init=(--text-init .work/text-init)
-    timeout "${TIMEOUT_S:-560}" "${TRAIN[@]}" "${init[@]}" "$@" >"$LOG" 2>&1 </dev/null
+    timeout "${TIMEOUT_S:-560}" "${TRAIN[@]}" "$@" >"$LOG" 2>&1 </dev/null
     collect ;;
 background)
     if [ ! -f "$PID" ]; then
@@ -52,6 +57,10 @@ background)
     grep -v Warning "$LOG" | tail -n 30
     if kill -0 "$(cat $PID)" 2>/dev/null; then
         grep -v Warning "$LOG" >"$OUT/train_log.txt"
+        rm -rf /tmp/snapshot
+        if $PY -m brandgen.tiny.snapshot --work-dir $WORK --out /tmp/snapshot >/tmp/snapshot.log 2>&1; then
+            tail -n 1 /tmp/snapshot.log; (cd /tmp && tar czf - snapshot | split -b 15M - "$OUT/snapshot.tgz.")
+        else echo "no snapshot: $(tail -n 1 /tmp/snapshot.log)"; fi
         echo "still training: call again"
         exit 0
     fi

@@ -152,3 +152,67 @@ def test_a_new_run_in_an_old_work_dir_learns_its_own_tokenizer(tmp_path):
     second = _smoke(tmp_path, "--set", "tokenizer.vocab_size=700")
     assert first["vocab_size"] == 1024 and second["vocab_size"] == 700
     assert len(json.loads((tmp_path / "work" / "tokenizer" / "vocab.json").read_text())) == 700
+
+
+def test_init_model_continues_a_saved_model(smoke_run, tmp_path, capsys):
+    """A model returned from one machine trains on from its own weights on another: VAE, text encoder,
+    tokenizer and latent scale kept, the UNet starting where it was."""
+    from diffusers import UNet2DConditionModel
+
+    saved = smoke_run[0] / "model"
+    before = UNet2DConditionModel.from_pretrained(saved / "unet", torch_dtype=torch.float32).state_dict()
+    capsys.readouterr()
+    assert _smoke(tmp_path, "--init-model", str(saved), "--stop-after", "unet:0") is None
+    log = capsys.readouterr().out
+    assert "[vae] step" not in log and "[text]" not in log  # neither is trained again
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert state["info"]["scaling_factor"] == json.loads((saved / "vae" / "config.json").read_text())["scaling_factor"]
+    ckpt = torch.load(tmp_path / "work" / "unet_ckpt.pt", map_location="cpu")
+    cfg = train.load_config(RECIPE, smoke=True)
+    fresh = model.build_components(cfg, tokenizer=_tokenizer(saved))["unet"].state_dict()
+
+    def distance(weights: dict) -> float:
+        return float(sum((weights[k].float() - v).abs().sum() for k, v in before.items()))
+
+    assert ckpt["step"] == 1 and distance(ckpt["unet"]) < 0.05 * distance(fresh)  # one warm-up step from the saved
+    summary = _smoke(tmp_path, "--init-model", str(saved), "--resume")
+    after = UNet2DConditionModel.from_pretrained(tmp_path / "model" / "unet", torch_dtype=torch.float32).state_dict()
+    assert summary["unet_steps"] > 0 and any(not torch.equal(after[k].half(), v.half()) for k, v in before.items())
+    for part in ("text_encoder/config.json", "tokenizer/vocab.json"):
+        assert (tmp_path / "model" / part).read_text() == (saved / part).read_text()
+
+
+def _tokenizer(folder: Path):
+    from brandgen.tiny.tokenizer import CLIPTokenizer
+
+    return CLIPTokenizer.from_pretrained(folder / "tokenizer")
+
+
+def test_init_model_refuses_a_folder_that_is_not_a_model(smoke_run, tmp_path):
+    comps = model.build_components(train.load_config(RECIPE, smoke=True), tokenizer=_tokenizer(smoke_run[0] / "model"))
+    with pytest.raises(ValueError, match="not a saved brandgen-tiny pipeline"):
+        model.load_trained(comps, tmp_path)
+    wider = train.load_config(RECIPE, smoke=True)
+    wider["unet"]["block_out_channels"] = [16, 32, 64]
+    comps = model.build_components(wider, tokenizer=_tokenizer(smoke_run[0] / "model"))
+    with pytest.raises(ValueError, match="its unet does not fit"):
+        model.load_trained(comps, smoke_run[0] / "model")
+
+
+def test_snapshot_of_a_running_unet_loads_with_its_ema_weights(tmp_path):
+    from diffusers import DiffusionPipeline
+
+    from brandgen.tiny import snapshot
+
+    assert _smoke(tmp_path, "--stop-after", "unet:3") is None
+    info = snapshot.main(["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "snap")])
+    ckpt = torch.load(tmp_path / "work" / "unet_ckpt.pt", map_location="cpu")
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "snap", torch_dtype=torch.float32)
+    assert info["step"] == 3
+    for param, ema in zip(pipe.unet.parameters(), ckpt["ema"]):
+        assert torch.allclose(param, ema.half().float())
+    assert any(not torch.allclose(e.half().float(), v.half().float()) for e, v in zip(ckpt["ema"], ckpt["unet"].values()))
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert pipe.vae.config.scaling_factor == state["info"]["scaling_factor"]
+    pipe.set_progress_bar_config(disable=True)
+    assert pipe("a red star icon", num_inference_steps=2).images[0].size == (64, 64)

@@ -82,6 +82,23 @@ def assemble_pipeline(components: dict) -> StableDiffusionPipeline:
     )
 
 
+def load_trained(components: dict, folder: str | Path) -> dict:
+    """Start from a saved brandgen-tiny folder: its UNet, VAE (and latent scaling factor) and text encoder
+    replace the fresh components, so UNet training can continue across machines from the returned weights."""
+    folder = Path(folder)
+    for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel)):
+        if not (folder / name / "config.json").exists():
+            raise ValueError(f"init_model {folder} is not a saved brandgen-tiny pipeline (no {name}/config.json)")
+        saved = cls.from_pretrained(folder / name, torch_dtype=torch.float32)
+        try:
+            components[name].load_state_dict(saved.state_dict())
+        except RuntimeError as exc:
+            raise ValueError(f"init_model {folder}: its {name} does not fit this recipe ({str(exc)[:300]})") from exc
+        if name == "vae":
+            components["vae"].register_to_config(scaling_factor=saved.config.scaling_factor)
+    return components
+
+
 def count_parameters(module: torch.nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 

@@ -109,8 +109,9 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     if run.done("data"):
         return source, torch.load(ids_path).to(run.device), tok_dir
     log("data", run.start, icons=len(meta), variants=len(variants), seconds=time.time() - t0)
-    if run.cfg.get("text_init"):  # a pretrained text encoder brings the tokenizer its ids must match
-        tokenizer = tiny_tokenizer.CLIPTokenizer.from_pretrained(Path(run.cfg["text_init"]) / "tokenizer")
+    init = run.cfg.get("init_model") or run.cfg.get("text_init")
+    if init:  # a pretrained text encoder brings the tokenizer its ids must match
+        tokenizer = tiny_tokenizer.CLIPTokenizer.from_pretrained(Path(init) / "tokenizer")
         tiny_tokenizer.save_tokenizer(tokenizer, tok_dir)
     else:
         tokenizer = text_pretrain.recipe_tokenizer(run.cfg, meta, tok_dir)
@@ -128,6 +129,8 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
 def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
     """Autoencoder with L1 + L2 + a small KL; flat art reconstructs well after a short run."""
     tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
+    if run.cfg.get("init_model"):  # continuing a saved model: its autoencoder stays as it is
+        return
     if run.done("vae"):
         vae.load_state_dict(torch.load(path, map_location="cpu"))
         return
@@ -196,7 +199,8 @@ def stage_latents(run: Run, vae, images: icon_data.ImageSource) -> torch.Tensor:
                 mse.append(F.mse_loss(vae.decode(lat).sample.float().clamp(-1, 1), x).item())
         chunks.append(lat.to(torch.float16))
     latents = torch.cat(chunks)
-    scale = float(1.0 / latents.float().std())
+    # a continued model keeps the scale its UNet learned with
+    scale = vae.config.scaling_factor if run.cfg.get("init_model") else float(1.0 / latents.float().std())
     vae.register_to_config(scaling_factor=scale)
     torch.save({"latents": latents, "scaling_factor": scale}, path)
     psnr = 10 * math.log10(4.0 / max(mse[0], 1e-10))
@@ -319,9 +323,11 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     masks, meta = _pack(run)
     images, ids, tok_dir = stage_data(run, masks, meta)
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(tok_dir))
-    text_dir = text_pretrain.stage(run, masks, meta, tok_dir)
+    text_dir = None if cfg.get("init_model") else text_pretrain.stage(run, masks, meta, tok_dir)
     del masks, meta
-    if text_dir is not None:
+    if cfg.get("init_model"):
+        model.load_trained(comps, cfg["init_model"])
+    elif text_dir is not None:
         text_pretrain.load_into(comps["text_encoder"], text_dir)
     stage_vae(run, comps["vae"], images)
     latents = stage_latents(run, comps["vae"], images)
@@ -368,12 +374,16 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts per concept at the end")
     parser.add_argument("--stop-after", default=None, help="STAGE or STAGE:STEP; stop there (for testing resume)")
     parser.add_argument("--text-init", default=None, help="a text_pretrain output folder (skips the text stage)")
+    parser.add_argument("--init-model", default=None,
+                        help="a saved brandgen-tiny folder: continue its UNet (its VAE, text encoder, tokenizer stay)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON",
                         help="override one recipe value, e.g. train_unet.seconds=1200 (repeatable)")
     args = parser.parse_args(argv)
     cfg = load_config(args.config, smoke=args.smoke)
     if args.text_init:
         cfg["text_init"] = args.text_init
+    if args.init_model:
+        cfg["init_model"] = args.init_model
     for item in args.set:
         set_value(cfg, item)
     try:
