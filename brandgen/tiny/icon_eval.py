@@ -115,11 +115,38 @@ def score_image(image: Image.Image, item: dict, refs, ref_concepts) -> dict:
             "fg_fraction": round(fg["fg_fraction"], 4)}
 
 
+def text_side_ranks(pipe, items: list[dict]) -> list[int]:
+    """Where each prompt's own concept ranks when its pooled text embedding is compared with "<concept> icon"
+    for every evaluated concept: separates what the text encoder confuses from what the UNet fails to draw."""
+    import torch
+
+    from brandgen.tiny import text_pretrain
+    from brandgen.tiny.tokenizer import encode_padded
+
+    concepts = sorted({it["concept"] for it in items})
+
+    def embed(texts: list[str]) -> torch.Tensor:
+        ids = torch.from_numpy(encode_padded(pipe.tokenizer, texts)).long().to(pipe.text_encoder.device)
+        with torch.no_grad():
+            pooled = text_pretrain.text_embedding(pipe.text_encoder, ids, pipe.tokenizer.eos_token_id)
+        return torch.nn.functional.normalize(pooled.float(), dim=-1)
+
+    sims = embed([it["prompt"] for it in items]) @ embed([f"{c} icon" for c in concepts]).T
+    order = sims.argsort(dim=1, descending=True).cpu().tolist()
+    return [[concepts[j] for j in row].index(it["concept"]) + 1 for row, it in zip(order, items)]
+
+
 def summarise(results: list[dict], **extra) -> dict:
     n = max(len(results), 1)
-    return {"n": len(results), **extra,
-            "top1": sum(r["top1"] for r in results) / n, "top5": sum(r["top5"] for r in results) / n,
-            "color_accuracy": sum(r["color_ok"] for r in results) / n, "results": results}
+    out = {"n": len(results), **extra,
+           "top1": sum(r["top1"] for r in results) / n, "top5": sum(r["top5"] for r in results) / n,
+           "color_accuracy": sum(r["color_ok"] for r in results) / n}
+    if results and "text_rank" in results[0]:
+        out["text_top1"] = sum(r["text_rank"] == 1 for r in results) / n
+        out["text_top5"] = sum(r["text_rank"] <= 5 for r in results) / n
+        out["image_top5_given_text_top5"] = (sum(r["top5"] for r in results if r["text_rank"] <= 5)
+                                             / max(sum(r["text_rank"] <= 5 for r in results), 1))
+    return {**out, "results": results}
 
 
 def evaluate_pipeline(pipe, items: list[dict], steps: int = 28, guidance: float = 6.0, batch: int = 25,
@@ -136,6 +163,8 @@ def evaluate_pipeline(pipe, items: list[dict], steps: int = 28, guidance: float 
                    generator=gens).images
         results += [score_image(img, it, refs, ref_concepts) for it, img in zip(chunk, out)]
         images += out if keep_images else []
+    for result, rank in zip(results, text_side_ranks(pipe, items)):
+        result["text_rank"] = rank
     summary = summarise(results, steps=steps, guidance=guidance)
     if keep_images:
         summary["images"] = images

@@ -1,0 +1,51 @@
+"""brandgen-tiny v2's held-out evaluation: the text-side ranks that split encoder errors from UNet errors."""
+
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from brandgen.tiny import icon_eval, model, recipe
+
+
+@pytest.fixture(scope="module")
+def text_parts():
+    torch.manual_seed(0)
+    comps = model.build_components(recipe.load_config(smoke=True))
+    comps["text_encoder"].eval()
+    return comps["tokenizer"], comps["text_encoder"]
+
+
+def test_text_side_rank_is_one_for_the_reference_phrase_itself(text_parts):
+    tokenizer, text = text_parts
+    pipe = SimpleNamespace(tokenizer=tokenizer, text_encoder=text)
+    items = icon_eval.heldout_prompts(1)
+    exact = [{**it, "prompt": f"{it['concept']} icon"} for it in items]
+    assert icon_eval.text_side_ranks(pipe, exact) == [1] * len(exact)
+    ranks = icon_eval.text_side_ranks(pipe, items)
+    assert len(ranks) == len(items) and all(1 <= r <= len(items) for r in ranks)
+    assert len(set(ranks)) > 1  # an untrained encoder does not put every held-out phrasing first
+
+
+def test_evaluate_pipeline_reports_text_and_image_ranks(text_parts):
+    tokenizer, text = text_parts
+
+    class BlankPipeline:
+        def __init__(self):
+            self.tokenizer, self.text_encoder = tokenizer, text
+
+        def __call__(self, prompts, **_):  # a blank page: no foreground, so no colour
+            return SimpleNamespace(images=[Image.fromarray(np.full((64, 64, 3), 255, np.uint8)) for _ in prompts])
+
+    items = icon_eval.heldout_prompts(1)[:10]
+    summary = icon_eval.evaluate_pipeline(BlankPipeline(), items, steps=1, batch=4)
+    rows = summary["results"]
+    assert summary["color_accuracy"] == 0 and all(r["pred_color"] is None for r in rows)
+    assert [r["text_rank"] for r in rows] == icon_eval.text_side_ranks(BlankPipeline(), items)
+    assert summary["text_top5"] == sum(r["text_rank"] <= 5 for r in rows) / len(rows)
+    both = [r["top5"] for r in rows if r["text_rank"] <= 5]
+    assert summary["image_top5_given_text_top5"] == (sum(both) / len(both) if both else 0)
