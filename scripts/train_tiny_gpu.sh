@@ -12,6 +12,10 @@
 #       prints "finished". Each call that ends while training goes on returns a snapshot of the EMA weights
 #       ($OUT/snapshot.tgz.*), so a machine lost between calls costs only that call: unpack it here into
 #       .work/init-model, carry that and call again (train.py --init-model continues its UNet).
+#   bash scripts/train_tiny_gpu.sh stage
+#       installs the wheels and copies the carried pack to /tmp, nothing else: a later call on the same (warm) machine
+#       then needs neither, so it can carry a 49 MB .work/init-model instead (pack + model are over the 64 MiB a call
+#       may carry; move assets/brandgen-tiny out of the tree for these calls too).
 # A carried .work/init-model (a saved model) is continued; otherwise a carried .work/text-init is the text encoder.
 set -u
 MODE=${1:-train}; shift || true
@@ -20,6 +24,9 @@ export PYTHONPATH=/tmp/site:$PWD PYTHONUNBUFFERED=1
 $PY -c "import diffusers" 2>/dev/null || $PY -m pip install -q --no-index --no-deps --no-compile --no-cache-dir \
     --upgrade --target /tmp/site .whl/*.whl || exit 1
 nvidia-smi --query-gpu=name,memory.total --format=csv 2>/dev/null
+PACK=/tmp/iconpack.npz
+[ -f .work/icons/iconpack.npz ] && { cmp -s .work/icons/iconpack.npz $PACK || cp .work/icons/iconpack.npz $PACK; }
+[ -f $PACK ] || { echo "no icon pack: carry .work/icons/iconpack.npz (python -m brandgen.tiny.icons build)"; exit 1; }
 
 collect() {  # log, summary, eval, sheets and the model (in <= 15 MiB parts) into $OUT
     grep -v Warning "$LOG" >"$OUT/train_log.txt"
@@ -33,12 +40,13 @@ collect() {  # log, summary, eval, sheets and the model (in <= 15 MiB parts) int
 }
 
 TRAIN=($PY -m brandgen.tiny.train --config brandgen/tiny/recipe.json --work-dir $WORK --out /tmp/model
-       --samples $WORK/samples.png --eval 4)
+       --samples $WORK/samples.png --eval 4 --set "data.pack=\"$PACK\"")
 if [ -f .work/init-model/model_index.json ]; then TRAIN+=(--init-model .work/init-model)
 elif [ -d .work/text-init ]; then TRAIN+=(--text-init .work/text-init); fi
 case "$MODE" in
+stage) ls -la $PACK; exit 0 ;;
 text)
-    $PY -m brandgen.tiny.text_pretrain --pack .work/icons/iconpack.npz --out /tmp/text-init --work-dir /tmp/text-work \
+    $PY -m brandgen.tiny.text_pretrain --pack $PACK --out /tmp/text-init --work-dir /tmp/text-work \
         --seconds "${TEXT_S:-240}" --max-steps "${TEXT_STEPS:-4000}" --eval-every 1000 --device "${DEVICE:-cuda}" 2>&1 \
         | grep -v Warning | tee "$OUT/text_log.txt" | grep -v "step .*loss"
     [ "${PIPESTATUS[0]}" = 0 ] || { echo "text pretraining failed (see text_log.txt)"; exit 1; }
@@ -65,5 +73,5 @@ background)
         exit 0
     fi
     collect ;;
-*) echo "usage: $0 text | train [options] | background [options]"; exit 2 ;;
+*) echo "usage: $0 stage | text | train [options] | background [options]"; exit 2 ;;
 esac

@@ -49,3 +49,31 @@ def test_evaluate_pipeline_reports_text_and_image_ranks(text_parts):
     assert summary["text_top5"] == sum(r["text_rank"] <= 5 for r in rows) / len(rows)
     both = [r["top5"] for r in rows if r["text_rank"] <= 5]
     assert summary["image_top5_given_text_top5"] == (sum(both) / len(both) if both else 0)
+
+
+class _ChannelSwapVAE:
+    """Encodes to the pixels themselves and decodes with red and blue swapped: a VAE that loses hues."""
+
+    config = SimpleNamespace(sample_size=64)
+
+    def encode(self, x):
+        return SimpleNamespace(latent_dist=SimpleNamespace(mean=x))
+
+    def decode(self, z):
+        return SimpleNamespace(sample=z[:, [2, 1, 0]])
+
+
+class _IdentityVAE(_ChannelSwapVAE):
+    def decode(self, z):
+        return SimpleNamespace(sample=z)
+
+
+def test_vae_colour_round_trip_finds_the_colours_a_vae_loses():
+    from brandgen.tiny import icon_data
+
+    masks, meta = icon_data.synthetic_pack(24, 64, seed=1)
+    kept = icon_eval.vae_colour_round_trip(_IdentityVAE(), masks, meta)
+    swapped = icon_eval.vae_colour_round_trip(_ChannelSwapVAE(), masks, meta)
+    assert "white" not in kept and all(v == 1.0 for v in kept.values())
+    assert swapped["red"] == 0.0 and swapped["blue"] == 0.0  # red <-> blue
+    assert swapped["gray"] == 1.0 and swapped["black"] == 1.0  # neutral colours do not care

@@ -136,6 +136,27 @@ def text_side_ranks(pipe, items: list[dict]) -> list[int]:
     return [[concepts[j] for j in row].index(it["concept"]) + 1 for row, it in zip(order, items)]
 
 
+def vae_colour_round_trip(vae, masks: np.ndarray, meta: list[dict], n: int = 16, seed: int = 0) -> dict[str, float]:
+    """Share of n icons whose foreground colour family survives the VAE's encode -> decode, per base colour on
+    white: a colour the autoencoder loses cannot come out of the UNet either."""
+    import torch
+
+    from brandgen.tiny import icon_data
+
+    composer = icon_data.Composer(masks, "cpu", vae.config.sample_size)
+    icon_ids = [int(i) for i in np.random.default_rng(seed).choice(len(meta), n, replace=False)]
+    out = {}
+    for name in [c for c, (_, family) in data.COLORS.items() if c == family and c != "white"]:
+        variants = [icon_data.Variant(icon=i, fg=data.COLORS[name][0], bg=(255, 255, 255), scale=0.8, dx=0.0,
+                                      dy=0.0, captions=[]) for i in icon_ids]
+        with torch.no_grad():
+            x = icon_data.to_pixels(composer.compose(variants))
+            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
+        rec = rec.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+        out[name] = float(np.mean([foreground(Image.fromarray(r))["color"] == name for r in rec]))
+    return out
+
+
 def summarise(results: list[dict], **extra) -> dict:
     n = max(len(results), 1)
     out = {"n": len(results), **extra,
@@ -218,10 +239,23 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     parser.add_argument("--make-refs", default=None, metavar="PACK", help="rebuild eval_refs.npz from an icon pack")
+    parser.add_argument("--vae-colours", default=None, metavar="PACK",
+                        help="only check which base colours survive the model's VAE (icons from this pack)")
     args = parser.parse_args(argv)
     if args.make_refs:
         print(make_refs(args.make_refs))
         return {}
+    if args.vae_colours:
+        import torch
+        from diffusers import AutoencoderKL
+
+        from brandgen.tiny import icons
+
+        masks, meta, _ = icons.load_pack(args.vae_colours)
+        vae = AutoencoderKL.from_pretrained(Path(args.model) / "vae", torch_dtype=torch.float32)
+        result = {"vae_colour_round_trip": vae_colour_round_trip(vae.eval(), masks, meta)}
+        print(json.dumps(result))
+        return result
     pipe = load_pipeline(args.model, args.device)
     summary = evaluate_pipeline(pipe, heldout_prompts(args.per_concept), args.steps, args.guidance, args.batch,
                                 keep_images=bool(args.sheet))
