@@ -216,4 +216,3 @@ def test_snapshot_of_a_running_unet_loads_with_its_ema_weights(tmp_path):
     assert pipe.vae.config.scaling_factor == state["info"]["scaling_factor"]
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a red star icon", num_inference_steps=2).images[0].size == (64, 64)
-
