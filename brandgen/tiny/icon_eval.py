@@ -146,7 +146,7 @@ def vae_colour_round_trip(vae, masks: np.ndarray, meta: list[dict], n: int = 16,
     composer = icon_data.Composer(masks, "cpu", vae.config.sample_size)
     icon_ids = [int(i) for i in np.random.default_rng(seed).choice(len(meta), n, replace=False)]
     out = {}
-    for name in [c for c, (_, family) in data.COLORS.items() if c == family and c != "white"]:
+    for name in [c for c in data.BASE_COLORS if c != "white"]:
         variants = [icon_data.Variant(icon=i, fg=data.COLORS[name][0], bg=(255, 255, 255), scale=0.8, dx=0.0,
                                       dy=0.0, captions=[]) for i in icon_ids]
         with torch.no_grad():
@@ -163,10 +163,10 @@ def summarise(results: list[dict], **extra) -> dict:
            "top1": sum(r["top1"] for r in results) / n, "top5": sum(r["top5"] for r in results) / n,
            "color_accuracy": sum(r["color_ok"] for r in results) / n}
     if results and "text_rank" in results[0]:
+        text_hits = [r for r in results if r["text_rank"] <= 5]
         out["text_top1"] = sum(r["text_rank"] == 1 for r in results) / n
-        out["text_top5"] = sum(r["text_rank"] <= 5 for r in results) / n
-        out["image_top5_given_text_top5"] = (sum(r["top5"] for r in results if r["text_rank"] <= 5)
-                                             / max(sum(r["text_rank"] <= 5 for r in results), 1))
+        out["text_top5"] = len(text_hits) / n
+        out["image_top5_given_text_top5"] = sum(r["top5"] for r in text_hits) / max(len(text_hits), 1)
     return {**out, "results": results}
 
 
