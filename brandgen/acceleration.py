@@ -1,8 +1,8 @@
 """The fast path: everything that makes a resident pipeline generate faster on a CUDA GPU, in one place.
 
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
-quantization, and regional torch.compile (only the repeated transformer blocks, so compiling takes seconds, not
-minutes) with a persistent inductor cache. With LoRA hotswap on, QKV stays unfused so the adapter slot of
+quantization inside compiled code, and regional torch.compile (a DiT's repeated transformer blocks, a UNet's
+down/mid/up blocks: one graph per block shape, the glue eager) with a persistent inductor cache. With LoRA hotswap on, QKV stays unfused so the adapter slot of
 brandgen.lora_hotswap (built by performance_mode.prepare_performance) reaches to_q/to_k/to_v. On CPU the GPU-only
 steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
@@ -34,9 +34,29 @@ REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
+UNET_BLOCK_LISTS = ("down_blocks", "mid_block", "up_blocks")
+
+
 def region_names(model: torch.nn.Module) -> tuple[str, ...]:
-    """Class names of the blocks regional compilation compiles in this model (empty: none known)."""
+    """Class names of the blocks regional compilation compiles in this model (empty: none known).
+
+    A UNet's regions are its down, mid and up blocks, not its transformer blocks (its `_repeated_blocks`): with
+    only those compiled, SDXL's ResNets, samplers and projections ran eagerly and one image was launch-bound,
+    slower than no compilation at all (H100, docs/PERFORMANCE.md "End to end"). Seven graphs per UNet still leave
+    the block lists swappable for the step cache."""
+    if type(model).__name__ == "UNet2DConditionModel":
+        blocks = [*model.down_blocks, model.mid_block, *model.up_blocks]
+        return tuple(dict.fromkeys(type(b).__name__ for b in blocks if b is not None))
     return REGION_OVERRIDES.get(type(model).__name__) or tuple(getattr(model, "_repeated_blocks", ()) or ())
+
+
+def region_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+    """(name, module) of each region `compile_regions` compiles, outermost only."""
+    names, found = region_names(model), []
+    for name, module in model.named_modules():
+        if type(module).__name__ in names and not any(name.startswith(outer + ".") for outer, _ in found):
+            found.append((name, module))
+    return found
 
 
 @dataclass(frozen=True)
@@ -142,14 +162,12 @@ def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: 
     names = region_names(model)
     if not names:
         raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile; use compile='full'.")
-    count = 0
-    for module in model.modules():
-        if type(module).__name__ in names:
-            module.compile(**kwargs)
-            count += 1
-    if not count:
+    regions = region_modules(model)
+    if not regions:
         raise ValueError(f"None of {names} found in {type(model).__name__}.")
-    return count
+    for _, module in regions:
+        module.compile(**kwargs)
+    return len(regions)
 
 
 def compile_full(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
@@ -195,11 +213,14 @@ def torchao_missing_reason() -> str | None:
     return None
 
 
-def quantize_weights(model: torch.nn.Module, kind: str, keep: tuple[str, ...] = ()) -> str:
+def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] | None = None) -> str:
     """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot.
 
-    Layers named by `keep` (the family's LoRA targets) stay bf16: a LoRA's low-rank update then adds to an exact
-    base layer, and peft wraps them as plain Linear layers (its torchao support covers int8 only)."""
+    `within`: module-name prefixes (the compiled regions) whose Linear layers are quantized; None = every one.
+    Outside compiled code a torchao weight runs through Python tensor-subclass dispatch on every call, which cost
+    more than fp8 saved (H100, docs/PERFORMANCE.md). LoRA target layers are quantized too: the hotswap slot built
+    afterwards wraps them (peft's TorchaoLoraLinear) and adds its bf16 low-rank update to the fp8 base output;
+    keeping them bf16 had left 722 of SDXL's 743 Linear layers unquantized."""
     if kind == "none":
         return "none"
     reason = torchao_missing_reason()
@@ -222,16 +243,19 @@ def quantize_weights(model: torch.nn.Module, kind: str, keep: tuple[str, ...] = 
         config = Int8WeightOnlyConfig(set_inductor_config=False)
     else:
         raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
-    from brandgen.lora_hotswap import slot_modules
 
-    kept = slot_modules(model, keep)
-    quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and fqn not in kept)
-    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and name not in kept]
+    def chosen(name: str) -> bool:
+        return within is None or any(name.startswith(prefix + ".") for prefix in within)
+
+    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and chosen(name)]
+    total = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
+    quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and chosen(fqn))
     if linears and all(type(m.weight.data) is torch.Tensor for m in linears):
         # seen with torchao 0.18 on torch 2.11: its tensor subclasses failed to import and quantize_ did nothing
         raise InvalidInput(f"torchao {_torchao_version()} left every Linear layer unquantized (it does not match "
                            f"torch {torch.__version__}); install the torchao build made for this torch.")
-    return f"{kind}: {len(linears)} Linear layers" + (f", {len(kept)} LoRA layers kept in bf16" if kept else "")
+    outside = total - len(linears)
+    return f"{kind}: {len(linears)} Linear layers" + (f", {outside} outside compiled code kept" if outside else "")
 
 
 def _torchao_version() -> str:
@@ -244,7 +268,7 @@ def _torchao_version() -> str:
 
 
 def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,
-                     report: dict[str, Any], lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
+                     report: dict[str, Any]) -> dict[str, Any]:
     """The denoiser half of the fast path, in the order that keeps each step valid for the next."""
     applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
     if options.sdpa:
@@ -280,7 +304,9 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
         skipped["quantization"] = reason
         log.warning(reason)
     else:
-        report["quantization"] = quantize_weights(model, options.quantization, lora_targets)
+        within = (tuple(name for name, _ in region_modules(model))
+                  if options.compile == "regional" and region_names(model) else None)
+        report["quantization"] = quantize_weights(model, options.quantization, within)
         applied.append(f"quantization:{options.quantization}")
     if options.compile == "off":
         skipped["compile"] = "off"
@@ -303,10 +329,8 @@ def _has_offload_hooks(pipe: Any) -> bool:
                for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module))
 
 
-def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None,
-                    lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
-    """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not.
-    `lora_targets`: the layers LoRAs of this model family train (kept out of fp8/int8 quantization)."""
+def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None) -> dict[str, Any]:
+    """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not."""
     options = options.validated()
     device = str(device or getattr(pipe, "device", "cpu"))
     on_cuda = device.startswith("cuda")
@@ -346,7 +370,7 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = No
             skipped["fuse_qkv_vae"] = str(exc)
     if options.lora_hotswap and not hasattr(pipe, "load_lora_weights"):
         skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
-    accelerate_model(denoiser, options, gpu_ok, report, lora_targets)
+    accelerate_model(denoiser, options, gpu_ok, report)
     if options.compile_vae and vae is not None and gpu_ok and hasattr(vae, "decoder"):
         vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))
         applied.append("compile_vae")

@@ -198,9 +198,7 @@ class PipelineManager:
         if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         if self.fast_path is not None:
-            family = FAMILIES.get(entry.family)
-            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device,
-                                                    family.default_targets if family else ())
+            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device)
 
     # ----- LoRAs --------------------------------------------------------------------------------
     def list_loras(self) -> list[LoraInfo]:

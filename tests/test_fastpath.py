@@ -143,8 +143,9 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
     assert configs == [{"set_inductor_config": False}]
 
 
-def test_quantization_keeps_the_lora_layers_in_full_precision(monkeypatch):
-    """torchao's filter_fn sees every Linear; the family's LoRA targets are refused, the rest quantized."""
+def test_quantization_covers_the_compiled_regions_lora_layers_included(monkeypatch):
+    """torchao's filter_fn sees every Linear: those inside the compiled regions are quantized, LoRA targets among
+    them (the slot wraps them later); one outside stays bf16 (eager tensor-subclass dispatch costs more)."""
     import sys
     import types
 
@@ -164,11 +165,38 @@ def test_quantization_keeps_the_lora_layers_in_full_precision(monkeypatch):
     fake.quantization = fake_q
     monkeypatch.setitem(sys.modules, "torchao", fake)
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
-    block = torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),
-                                 "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
-    report = quantize_weights(block, "int8wo", keep=("attn.to_q", "ff.net.2"))
-    assert report == "int8wo: 1 Linear layers, 1 LoRA layers kept in bf16"
-    assert type(block["proj_mlp"].weight.data) is Quantized and type(block["attn"]["to_q"].weight.data) is torch.Tensor
+    block = lambda: torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),  # noqa: E731
+                                         "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
+    model = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block(), block()]), "proj_out": torch.nn.Linear(4, 4)})
+    report = quantize_weights(model, "int8wo", within=("blocks.0", "blocks.1"))
+    assert report == "int8wo: 4 Linear layers, 1 outside compiled code kept"
+    for i in range(2):
+        assert type(model["blocks"][i]["attn"]["to_q"].weight.data) is Quantized
+        assert type(model["blocks"][i]["proj_mlp"].weight.data) is Quantized
+    assert type(model["proj_out"].weight.data) is torch.Tensor
+    assert quantize_weights(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8wo") == "int8wo: 1 Linear layers"
+
+
+def test_unet_regions_are_its_blocks_and_dits_keep_their_repeated_blocks():
+    """A UNet compiles as its down/mid/up blocks (its ResNets inside compiled code), each once; a DiT's
+    repeated transformer blocks stay the regions."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    from brandgen.acceleration import region_modules
+
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2)
+    regions = region_modules(unet)
+    expected = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"] + [
+        f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
+    assert sorted(name for name, _ in regions) == sorted(expected)
+    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                                 axes_dims_rope=(2, 2, 4))
+    assert sorted(name for name, _ in region_modules(dit)) == [
+        "single_transformer_blocks.0", "single_transformer_blocks.1", "transformer_blocks.0"]
 
 
 def _with_text_encoder_part(pipe, path, seed: int = 5) -> None:
