@@ -31,7 +31,6 @@ from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.step_cache import for_preset
-from brandgen.training.families import FAMILIES
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
 
 log = logging.getLogger(__name__)
