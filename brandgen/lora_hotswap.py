@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import OrderedDict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,20 +93,23 @@ class AdapterSlot:
 
     @torch.no_grad()
     def load(self, factors: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Copy the factors in, zero-padded to the slot's rank; layers the LoRA does not train get zeros."""
+        """Copy the factors in, zero-padded to the slot's rank; layers the LoRA does not train get zeros.
+
+        Two multi-tensor calls instead of four ops per layer: SDXL's slot has 722 layers, and per-layer copies
+        cost ~80 ms of every switch on an H100."""
+        params, targets, sources = [], [], []
         for name, layer in self.layers.items():
             a_param, b_param = layer.lora_A[HOTSWAP_ADAPTER].weight, layer.lora_B[HOTSWAP_ADAPTER].weight
-            if name not in factors:
-                a_param.zero_()
-                b_param.zero_()
-                continue
-            down, up = factors[name]
-            rank = down.shape[0]
-            if rank < self.rank:
-                a_param[rank:].zero_()
-                b_param[:, rank:].zero_()
-            a_param[:rank].copy_(down.reshape(a_param[:rank].shape), non_blocking=True)
-            b_param[:, :rank].copy_(up.reshape(b_param[:, :rank].shape), non_blocking=True)
+            params += [a_param, b_param]
+            if name in factors:
+                down, up = factors[name]
+                rank = down.shape[0]
+                targets += [a_param[:rank], b_param[:, :rank]]
+                sources += [down.reshape(a_param[:rank].shape), up.reshape(b_param[:, :rank].shape)]
+        if params:
+            torch._foreach_zero_(params)
+        if targets:
+            torch._foreach_copy_(targets, sources, non_blocking=True)
 
     def set_strength(self, weight: float) -> None:
         for layer in self.layers.values():
@@ -120,7 +124,7 @@ class LoraHotswapper:
         self.denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         self.slots: dict[str, AdapterSlot] = {}
         self.path: Path | None = None
-        self._cache: OrderedDict[tuple[str, float, int], LoraFactors] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, float, int], _Packed] = OrderedDict()
 
     def prepare(self) -> int:
         """Build the denoiser's slot on the family's default LoRA layers; returns how many layers it holds.
@@ -156,18 +160,18 @@ class LoraHotswapper:
         self.path = None
 
     def _factors(self, path: Path, name: str) -> LoraFactors:
+        """The LoRA's factors on the denoiser's device: read once (then cached on the host in one flat, pinned
+        buffer), moved with one copy per switch instead of one per tensor."""
         stat = os.stat(path)
         key = (str(path), stat.st_mtime, stat.st_size)
+        model = getattr(self.pipe, self.denoiser)
         if key not in self._cache:
-            factors = read_lora_factors(self.pipe, path, name)
-            dtype = getattr(getattr(self.pipe, self.denoiser), "dtype", torch.float32)
-            factors.factors = {c: {m: (a.to(dtype), b.to(dtype)) for m, (a, b) in layers.items()}
-                               for c, layers in factors.factors.items()}
-            self._cache[key] = factors
+            self._cache[key] = _Packed.of(read_lora_factors(self.pipe, path, name),
+                                          getattr(model, "dtype", torch.float32), getattr(model, "device", None))
             while len(self._cache) > CACHED_LORAS:
                 self._cache.popitem(last=False)
         self._cache.move_to_end(key)
-        return self._cache[key]
+        return self._cache[key].to(getattr(model, "device", None))
 
     def _load(self, lora: LoraFactors) -> str:
         note = ""
@@ -199,6 +203,35 @@ class LoraHotswapper:
     def _strength(self, weight: float) -> None:
         for slot in self.slots.values():
             slot.set_strength(weight)
+
+
+@dataclass
+class _Packed:
+    """A read LoRA as one flat host buffer (pinned when bound for a GPU) and where each factor lies in it."""
+
+    name: str
+    flat: torch.Tensor | None
+    layout: list[tuple[str, str, torch.Size, torch.Size]]  # component, module, A's shape, B's shape
+
+    @classmethod
+    def of(cls, lora: LoraFactors, dtype: torch.dtype, device: torch.device | None) -> "_Packed":
+        pairs = [(c, m, a, b) for c, layers in lora.factors.items() for m, (a, b) in layers.items()]
+        flat = torch.cat([t.to(dtype).reshape(-1) for *_, a, b in pairs for t in (a, b)]) if pairs else None
+        if flat is not None and device is not None and device.type == "cuda":
+            flat = flat.pin_memory()
+        return cls(lora.name, flat, [(c, m, a.shape, b.shape) for c, m, a, b in pairs])
+
+    def to(self, device: torch.device | None) -> LoraFactors:
+        """The factors as views into one copy of the buffer on `device`."""
+        flat = self.flat.to(device, non_blocking=True) if self.flat is not None and device is not None else self.flat
+        factors: dict[str, dict[str, tuple[torch.Tensor, torch.Tensor]]] = {}
+        offset = 0
+        for component, module, a_shape, b_shape in self.layout:
+            a_size, b_size = a_shape.numel(), b_shape.numel()
+            factors.setdefault(component, {})[module] = (
+                flat[offset:offset + a_size].view(a_shape), flat[offset + a_size:offset + a_size + b_size].view(b_shape))
+            offset += a_size + b_size
+        return LoraFactors(self.name, factors)
 
 
 def hotswapper_for(pipe: Any, options: FastPathOptions | None, targets: tuple[str, ...] = ()

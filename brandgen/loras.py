@@ -246,45 +246,57 @@ def _raw_state_dict(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, floa
     return load_file(str(path)), {}, metadata if isinstance(metadata, dict) else {}
 
 
-def _resolve(pipe: Any, key: str, kohya: dict[str, dict[str, str]]) -> tuple[str, str] | None:
+class _ModuleIndex:
+    """Module names of the pipeline's components, built once per read: SDXL's 722 LoRA layers looked up with
+    `get_submodule` three times each cost ~100 ms of a LoRA switch."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self._names: dict[str, dict[str, torch.nn.Module]] = {}
+        self._kohya: dict[str, dict[str, str]] = {}
+
+    def modules(self, component: str) -> dict[str, torch.nn.Module]:
+        if component not in self._names:
+            model = getattr(self.pipe, component, None)
+            self._names[component] = dict(model.named_modules()) if isinstance(model, torch.nn.Module) else {}
+        return self._names[component]
+
+    def kohya(self, component: str) -> dict[str, str]:
+        """kohya's flat names (dots as underscores) -> module paths, for the names that stay unambiguous."""
+        if component not in self._kohya:
+            names = list(self.modules(component))
+            counts = Counter(n.replace(".", "_") for n in names)
+            self._kohya[component] = {n.replace(".", "_"): n for n in names if counts[n.replace(".", "_")] == 1}
+        return self._kohya[component]
+
+
+def _resolve(pipe: Any, key: str, index: _ModuleIndex) -> tuple[str, str] | None:
     """(component, module path inside it) for a key's module part, or None when nothing matches."""
     for prefix, component in _KOHYA_COMPONENTS.items():
         if key.startswith(prefix):
             component = component or ("unet" if getattr(pipe, "unet", None) is not None else "transformer")
-            if component not in kohya:
-                module = getattr(pipe, component, None)
-                names = [n for n, _ in module.named_modules()] if module is not None else []
-                counts = Counter(n.replace(".", "_") for n in names)
-                kohya[component] = {n.replace(".", "_"): n for n in names if counts[n.replace(".", "_")] == 1}
+            names = index.kohya(component)
             flat = key[len(prefix):]
             # A1111 names CLIP layers text_model_encoder_...; transformers 5's CLIPTextModel has no text_model
-            name = kohya[component].get(flat) or kohya[component].get(flat.removeprefix("text_model_"))
+            name = names.get(flat) or names.get(flat.removeprefix("text_model_"))
             return (component, name) if name else None
     first, _, rest = key.partition(".")
     if first in LORA_COMPONENTS and getattr(pipe, first, None) is not None:
-        return (first, rest) if _has_module(getattr(pipe, first), rest) else None
+        return (first, rest) if rest in index.modules(first) else None
     for component in ("unet", "transformer"):  # unprefixed keys: the denoiser's
         if getattr(pipe, component, None) is not None:
-            return (component, key) if _has_module(getattr(pipe, component), key) else None
+            return (component, key) if key in index.modules(component) else None
     return None
 
 
-def _has_module(model: torch.nn.Module, path: str) -> bool:
-    try:
-        model.get_submodule(path)
-        return True
-    except AttributeError:
-        return False
-
-
-def _group_parts(pipe: Any, tensors: dict[str, Any], kohya: dict[str, dict[str, str]]
+def _group_parts(pipe: Any, tensors: dict[str, Any], index: _ModuleIndex
                  ) -> tuple[dict[tuple[str, str], dict[str, Any]], list[str]]:
     """Factors and alphas by (component, module); the keys that name no layer of `pipe`."""
     parts: dict[tuple[str, str], dict[str, Any]] = {}
     unknown = []
     for key, value in tensors.items():
         split = _split_part(key)
-        where = _resolve(pipe, split[0], kohya) if split else None
+        where = _resolve(pipe, split[0], index) if split else None
         if where is None:
             unknown.append(key)
         else:
@@ -307,13 +319,13 @@ def _scale(component: str, module: str, rank: int, alpha: float | None, metadata
 def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = "this model") -> LoraFactors:
     """Read a diffusers, peft or kohya LoRA file into LoraFactors for `pipe`; LoraError names what does not fit."""
     name = name or Path(path).stem
-    kohya: dict[str, dict[str, str]] = {}
+    index = _ModuleIndex(pipe)
     state, alphas, metadata = _raw_state_dict(Path(path))
-    parts, unknown = _group_parts(pipe, {**state, **alphas}, kohya)
+    parts, unknown = _group_parts(pipe, {**state, **alphas}, index)
     if unknown:  # names only diffusers' converters know; they assume published model sizes, so they may fail
         try:
             state, alphas, metadata = _converted_state_dict(pipe, Path(path))
-            parts, unknown = _group_parts(pipe, {**state, **alphas}, kohya)
+            parts, unknown = _group_parts(pipe, {**state, **alphas}, index)
         except Exception as exc:  # noqa: BLE001 - reported with the key that could not be placed
             log.info("diffusers could not convert %s: %s", name, exc)
     if unknown and not parts:
@@ -328,25 +340,21 @@ def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = 
     for (component, module), got in sorted(parts.items()):
         if "A" not in got or "B" not in got:
             raise LoraError(f"LoRA {name!r}: layer {component}.{module} has only half of its factors.")
-        layer = _layer(pipe, component, module, name)
+        layer = index.modules(component).get(module)
+        if layer is None:
+            raise LoraError(f"LoRA {name!r} targets {component}.{module}, which this model does not have: it was "
+                            "made for another model.")
         down, up = got["A"], got["B"]
         alpha = float(got["alpha"]) if "alpha" in got else None
         if down.ndim < 2 or up.ndim < 2 or up.shape[1] != down.shape[0] or not _fits(layer, down, up):
             raise LoraError(f"LoRA {name!r} does not fit {component}.{module}: factors {tuple(down.shape)} / "
                             f"{tuple(up.shape)}; it was made for another model.")
         scale = _scale(component, module, down.shape[0], alpha, metadata)
-        target = factors if down.any() and up.any() else zero  # kohya's fused qkv files carry zero blocks
+        # kohya's fused qkv files carry zero blocks; count_nonzero is 2x faster than any() on bf16 (CPU)
+        target = factors if torch.count_nonzero(up) and torch.count_nonzero(down) else zero
         target.setdefault(component, {})[module] = (down, up if scale == 1.0 else (up.float() * scale).to(up.dtype))
     # layers with all-zero factors change nothing and would only widen a hotswap slot; an all-zero LoRA stays whole
     return LoraFactors(name=name, factors=factors or zero)
-
-
-def _layer(pipe: Any, component: str, module: str, name: str) -> torch.nn.Module:
-    try:
-        return getattr(pipe, component).get_submodule(module)
-    except AttributeError:
-        raise LoraError(f"LoRA {name!r} targets {component}.{module}, which this model does not have: it was "
-                        "made for another model.") from None
 
 
 def _fits(layer: torch.nn.Module, down: torch.Tensor, up: torch.Tensor) -> bool:

@@ -1,0 +1,36 @@
+"""The hotswapper's cache holds each LoRA as one flat buffer and hands out views of one copy of it per switch
+(one host-to-device transfer instead of one per tensor); the factors must come back exactly."""
+
+from __future__ import annotations
+
+import torch
+
+from brandgen.lora_hotswap import _Packed
+from brandgen.loras import LoraFactors
+
+
+def test_packed_lora_round_trips_every_factor_as_views_of_one_buffer():
+    generator = torch.Generator().manual_seed(0)
+    shapes = {"unet": {"a.to_q": ((4, 16), (32, 4)), "b.conv": ((2, 8, 1, 1), (8, 2, 1, 1))},
+              "text_encoder": {"layers.0.q_proj": ((3, 12), (12, 3))}}
+    lora = LoraFactors("brand", {c: {m: (torch.randn(*a, generator=generator), torch.randn(*b, generator=generator))
+                                     for m, (a, b) in layers.items()} for c, layers in shapes.items()})
+    packed = _Packed.of(lora, torch.bfloat16, None)
+    assert packed.flat is not None and packed.flat.numel() == sum(
+        a.numel() + b.numel() for layers in lora.factors.values() for a, b in layers.values())
+    got = packed.to(torch.device("cpu"))
+    assert got.name == "brand" and got.rank == 4
+    storages = set()
+    for component, layers in lora.factors.items():
+        assert got.factors[component].keys() == layers.keys()
+        for module, (a, b) in layers.items():
+            ga, gb = got.factors[component][module]
+            assert ga.shape == a.shape and gb.shape == b.shape and ga.dtype == torch.bfloat16
+            assert torch.equal(ga, a.to(torch.bfloat16)) and torch.equal(gb, b.to(torch.bfloat16))
+            storages |= {ga.untyped_storage().data_ptr(), gb.untyped_storage().data_ptr()}
+    assert len(storages) == 1  # one buffer, so a switch moves it with one copy
+
+
+def test_an_empty_lora_packs_to_nothing():
+    packed = _Packed.of(LoraFactors("empty", {}), torch.float32, None)
+    assert packed.flat is None and packed.to(torch.device("cpu")).factors == {}
