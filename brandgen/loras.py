@@ -320,14 +320,19 @@ def read_lora_factors(pipe: Any, path: Path, name: str = "", model_label: str = 
     """Read a diffusers, peft or kohya LoRA file into LoraFactors for `pipe`; LoraError names what does not fit."""
     name = name or Path(path).stem
     index = _ModuleIndex(pipe)
-    state, alphas, metadata = _raw_state_dict(Path(path))
-    parts, unknown = _group_parts(pipe, {**state, **alphas}, index)
+    with safe_open(str(path), framework="pt") as handle:  # the names first: the tensors are read once, below
+        _, unknown = _group_parts(pipe, dict.fromkeys(handle.keys()), index)
+    converted = False
     if unknown:  # names only diffusers' converters know; they assume published model sizes, so they may fail
         try:
             state, alphas, metadata = _converted_state_dict(pipe, Path(path))
             parts, unknown = _group_parts(pipe, {**state, **alphas}, index)
+            converted = True
         except Exception as exc:  # noqa: BLE001 - reported with the key that could not be placed
             log.info("diffusers could not convert %s: %s", name, exc)
+    if not converted:
+        state, alphas, metadata = _raw_state_dict(Path(path))
+        parts, unknown = _group_parts(pipe, {**state, **alphas}, index)
     if unknown and not parts:
         raise LoraError(f"LoRA {name!r} matched no layer of {model_label}: it was made for another model.")
     if unknown:
