@@ -1,4 +1,5 @@
-"""Image quality measures that need no model: palette adherence and background cleanliness.
+"""Image quality measures that need no model: palette adherence (whole image and foreground only) and
+background cleanliness.
 
 CLIP score needs a CLIP model on disk; without one it is reported as None ("n/a"), never guessed.
 """
@@ -18,6 +19,7 @@ from brandgen.errors import InvalidInput
 
 _HEX = re.compile(r"^#?([0-9a-fA-F]{6})$")
 PALETTE_TOLERANCE = 18.0  # CIE76 delta E: about "clearly the same brand colour"
+FOREGROUND_DISTANCE = 22.0  # delta E from the background colour beyond which a pixel belongs to the subject
 
 
 def parse_palette(text: str | list[str]) -> list[str]:
@@ -79,6 +81,28 @@ def palette_adherence(image: Image.Image, palette: list[str], tolerance: float =
     Include the background colour in the palette if it is part of the brand.
     """
     return float((palette_distances(image, palette) <= tolerance).mean())
+
+
+def foreground_mask(image: Image.Image, min_distance: float = FOREGROUND_DISTANCE) -> np.ndarray:
+    """Pixels (at the metrics' working size) clearly unlike the background, i.e. the border's median colour."""
+    px = _pixels(image)
+    lab = rgb_to_lab(px)
+    background = np.median(rgb_to_lab(border_pixels(px, max(1, px.shape[0] // 64))), axis=0)
+    return np.sqrt(((lab - background) ** 2).sum(-1)) > min_distance
+
+
+def foreground_palette_adherence(image: Image.Image, palette: list[str], tolerance: float = PALETTE_TOLERANCE,
+                                 min_distance: float = FOREGROUND_DISTANCE) -> float:
+    """Share of foreground pixels within `tolerance` delta E of some brand colour (0..1; 0 when nothing is drawn).
+
+    The whole-image measure is dominated by the background: a cream canvas with a red glyph on it scores high
+    for a teal-on-cream brand. Only the subject's pixels say whether the glyph is drawn in the brand's colours.
+    Anti-aliased edges count as foreground, so even a perfectly on-brand icon scores a little under 1.
+    """
+    mask = foreground_mask(image, min_distance).reshape(-1)
+    if not mask.any():
+        return 0.0
+    return float((palette_distances(image, palette)[mask] <= tolerance).mean())
 
 
 def background_cleanliness(image: Image.Image, border: float = 0.08) -> float:

@@ -44,3 +44,26 @@ def test_background_cleanliness_separates_flat_from_noisy():
 
 def test_clip_score_is_none_without_a_local_model(tmp_path):
     assert clip_score(_icon("red"), "a red circle", model_dir=tmp_path / "missing") is None
+
+
+def test_foreground_adherence_judges_the_glyph_not_the_background():
+    from brandgen.metrics import foreground_palette_adherence
+
+    brand = ["#0f766e", "#f97360", "#fdf6e3"]  # teal and coral on cream
+    off_glyph = _icon("#d62828", bg="#fdf6e3")  # a red glyph on the brand's cream
+    assert palette_adherence(off_glyph, brand) > 0.6  # the whole-image measure is fooled by the canvas
+    assert foreground_palette_adherence(off_glyph, brand) == 0.0
+    assert foreground_palette_adherence(_icon("#0f766e", bg="#fdf6e3"), brand) > 0.99
+    assert foreground_palette_adherence(_icon("#0f766e", bg="white"), brand) > 0.99  # any background
+
+
+def test_foreground_adherence_counts_the_share_of_the_glyph_in_brand_colours():
+    from brandgen.metrics import foreground_palette_adherence, foreground_mask
+
+    image = Image.new("RGB", (128, 128), "#fdf6e3")
+    draw = ImageDraw.Draw(image)
+    draw.rectangle((32, 32, 63, 95), fill="#0f766e")  # left half teal
+    draw.rectangle((64, 32, 95, 95), fill="#7c3aed")  # right half violet, off-brand
+    assert foreground_mask(image).mean() == pytest.approx(64 * 64 / 128**2)
+    assert foreground_palette_adherence(image, ["#0f766e", "#f97360"]) == pytest.approx(0.5)
+    assert foreground_palette_adherence(Image.new("RGB", (128, 128), "#fdf6e3"), ["#0f766e"]) == 0.0
