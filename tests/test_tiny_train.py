@@ -216,3 +216,22 @@ def test_snapshot_of_a_running_unet_loads_with_its_ema_weights(tmp_path):
     assert pipe.vae.config.scaling_factor == state["info"]["scaling_factor"]
     pipe.set_progress_bar_config(disable=True)
     assert pipe("a red star icon", num_inference_steps=2).images[0].size == (64, 64)
+
+
+def test_full_recipe_architecture_runs_a_cfg_step_and_decodes_at_its_image_size():
+    """The full (not smoke) recipe's parts fit together: head counts divide the widths, the UNet cross-attends to
+    the text encoder's width, and its latent decodes to the recipe's image size (the CPU latency figures in
+    docs/TINY_MODEL.md are for exactly this architecture)."""
+    from brandgen.tiny.tokenizer import train_tokenizer
+
+    cfg = train.load_config(RECIPE)
+    comps = model.build_components(cfg, tokenizer=train_tokenizer(300, ["a teal bell icon"] * 4))
+    latent = cfg["image_size"] // 2 ** (len(cfg["vae"]["block_out_channels"]) - 1)
+    assert latent == cfg["unet"]["sample_size"]
+    with torch.no_grad():
+        ids = comps["tokenizer"](["a teal bell icon", ""], padding="max_length", return_tensors="pt").input_ids
+        text = comps["text_encoder"](ids)[0]
+        noise = comps["unet"](torch.randn(2, 4, latent, latent), torch.tensor([500, 500]), text).sample
+        image = comps["vae"].decode(noise[:1]).sample
+    assert noise.shape == (2, 4, latent, latent)
+    assert image.shape == (1, 3, cfg["image_size"], cfg["image_size"])
