@@ -26,6 +26,7 @@ from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
 from brandgen.performance_mode import StageFn, options_from_env, prepare_performance
+from brandgen.warmup import prime
 from brandgen.pipeline_call import ProgressFn, call_kwargs
 from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
@@ -69,6 +70,7 @@ class PipelineManager:
         upscaler: Upscaler | None = None,
         fuse_single_lora: bool = True,
         fast_path: FastPathOptions | None = None,
+        prime_on_load: bool = True,
     ):
         self.registry = registry or ModelRegistry.from_file()
         self.paths = paths or AppPaths.from_env()
@@ -78,6 +80,7 @@ class PipelineManager:
         self.lora_library = LoraLibrary(self.paths.loras)
         self.upscaler = upscaler or LanczosUpscaler()
         self.fuse_single_lora = fuse_single_lora
+        self.prime_on_load = prime_on_load  # a 1-step image at load on the CPU (warmup.prime)
         self.fast_path = fast_path.validated() if fast_path else None  # performance mode (GPU fast path)
         self.fast_path_report: dict[str, Any] = {}
         self.memory_mode = "auto"
@@ -152,6 +155,8 @@ class PipelineManager:
                 pipe.set_progress_bar_config(disable=True)
                 hotswap = prepare_performance(pipe, entry, self.fast_path, self.fast_path_report,
                                               self._stage_reporter(progress))
+                if self.prime_on_load and self.device.device == "cpu":
+                    prime(pipe, *entry.native_resolution, entry.default_guidance)
             except Exception as exc:
                 free_memory_after(exc)
                 if is_out_of_memory(exc):

@@ -64,3 +64,14 @@ def warm_up(pipe: Any, width: int, height: int, guidance: float,
     return {"calls": [{"images": count, "guidance": scale} for count, scale in calls],
             "seconds": round(time.perf_counter() - start, 2), "graphs_compiled": compiled_graphs() - graphs,
             "size": [width, height]}
+
+
+def prime(pipe: Any, width: int, height: int, guidance: float) -> float:
+    """One 1-step image at load on the CPU, so the designer's first click does not pay first-call costs (oneDNN
+    kernel choice, allocator growth, lazy imports): brandgen-tiny's first Draft image on the 2-core CPU took
+    0.80-0.81 s primed, 0.95-1.03 s not (`scripts/bench_first_image.py [--no-prime]`, docs/PERFORMANCE.md)."""
+    start = time.perf_counter()
+    kwargs = call_kwargs(pipe, WARMUP_PROMPT, "", 1, guidance, width, height, [0])
+    with torch.inference_mode():
+        pipe(**kwargs)
+    return time.perf_counter() - start

@@ -242,3 +242,27 @@ def test_memory_mode_validation(manager: PipelineManager):
     assert manager.current_model is None, "changing memory mode reloads the model"
     assert manager.generate(_req()).images
     assert manager.pipeline.vae.use_tiling
+
+
+def test_a_cpu_load_primes_the_model_once_and_keeps_nothing(registry, app_paths, monkeypatch):
+    """Loading on the CPU runs one real 1-step image at the model's size and guidance (so the first click costs
+    what the next do); it writes nothing to the gallery, and prime_on_load=False skips it."""
+    import brandgen.manager as manager_module
+    from brandgen.warmup import prime
+    from conftest import CPU
+
+    calls = []
+
+    def counting(pipe, width, height, guidance):
+        calls.append((width, height, guidance))
+        return prime(pipe, width, height, guidance)
+
+    monkeypatch.setattr(manager_module, "prime", counting)
+    manager = PipelineManager(registry=registry, paths=app_paths, device=CPU)
+    entry = manager.load_model()
+    assert calls == [(*entry.native_resolution, entry.default_guidance)]
+    assert manager.load_model() and len(calls) == 1  # the same model again: no reload, no second prime
+    assert not any(app_paths.home.rglob("*.png"))  # the priming image is not kept anywhere
+    assert manager.generate(GenerationRequest(prompt="a red star", seed=1)).images
+    PipelineManager(registry=registry, paths=app_paths, device=CPU, prime_on_load=False).load_model()
+    assert len(calls) == 1
