@@ -2,9 +2,9 @@
 
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
 quantization inside compiled code, and regional torch.compile (a DiT's repeated transformer blocks, a UNet's
-down/mid/up blocks: one graph per block shape, the glue eager) with a persistent inductor cache. With LoRA hotswap on, QKV stays unfused so the adapter slot of
-brandgen.lora_hotswap (built by performance_mode.prepare_performance) reaches to_q/to_k/to_v. On CPU the GPU-only
-steps are skipped and the report says why.
+down/mid/up blocks: one graph per block shape, the glue eager) with a persistent inductor cache. With LoRA hotswap
+on, QKV stays unfused so the adapter slot of brandgen.lora_hotswap (built by performance_mode.prepare_performance)
+reaches to_q/to_k/to_v. On CPU the GPU-only steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
 """
 
@@ -32,9 +32,6 @@ REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
     "HiDreamImageTransformer2DModel": ("HiDreamAttention", "HiDreamImageFeedForwardSwiGLU"),
     "SD3Transformer2DModel": ("JointTransformerBlock",),
 }
-
-
-UNET_BLOCK_LISTS = ("down_blocks", "mid_block", "up_blocks")
 
 
 def region_names(model: torch.nn.Module) -> tuple[str, ...]:

@@ -214,7 +214,7 @@ class _Packed:
     layout: list[tuple[str, str, torch.Size, torch.Size]]  # component, module, A's shape, B's shape
 
     @classmethod
-    def of(cls, lora: LoraFactors, dtype: torch.dtype, device: torch.device | None) -> "_Packed":
+    def of(cls, lora: LoraFactors, dtype: torch.dtype, device: torch.device | None) -> _Packed:
         pairs = [(c, m, a, b) for c, layers in lora.factors.items() for m, (a, b) in layers.items()]
         flat = torch.cat([t.to(dtype).reshape(-1) for *_, a, b in pairs for t in (a, b)]) if pairs else None
         if flat is not None and device is not None and device.type == "cuda":
@@ -228,9 +228,10 @@ class _Packed:
         offset = 0
         for component, module, a_shape, b_shape in self.layout:
             a_size, b_size = a_shape.numel(), b_shape.numel()
+            middle = offset + a_size
             factors.setdefault(component, {})[module] = (
-                flat[offset:offset + a_size].view(a_shape), flat[offset + a_size:offset + a_size + b_size].view(b_shape))
-            offset += a_size + b_size
+                flat[offset:middle].view(a_shape), flat[middle:middle + b_size].view(b_shape))
+            offset = middle + b_size
         return LoraFactors(self.name, factors)
 
 

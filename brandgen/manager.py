@@ -26,13 +26,13 @@ from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
 from brandgen.performance_mode import StageFn, options_from_env, prepare_performance
-from brandgen.warmup import prime
 from brandgen.pipeline_call import ProgressFn, call_kwargs
 from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.step_cache import for_preset
 from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
+from brandgen.warmup import prime
 
 log = logging.getLogger(__name__)
 

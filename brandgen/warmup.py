@@ -56,9 +56,7 @@ def warm_up(pipe: Any, width: int, height: int, guidance: float,
     for done, (count, scale) in enumerate(calls):
         if progress is not None:
             progress(done, len(calls))
-        kwargs = call_kwargs(pipe, WARMUP_PROMPT, "", WARMUP_STEPS, scale, width, height, list(range(count)))
-        with torch.inference_mode():
-            pipe(**kwargs)
+        _call(pipe, WARMUP_STEPS, scale, width, height, count)
     if progress is not None:
         progress(len(calls), len(calls))
     return {"calls": [{"images": count, "guidance": scale} for count, scale in calls],
@@ -71,7 +69,12 @@ def prime(pipe: Any, width: int, height: int, guidance: float) -> float:
     kernel choice, allocator growth, lazy imports): brandgen-tiny's first Draft image on the 2-core CPU took
     0.80-0.81 s primed, 0.95-1.03 s not (`scripts/bench_first_image.py [--no-prime]`, docs/PERFORMANCE.md)."""
     start = time.perf_counter()
-    kwargs = call_kwargs(pipe, WARMUP_PROMPT, "", 1, guidance, width, height, [0])
+    _call(pipe, 1, guidance, width, height, 1)
+    return time.perf_counter() - start
+
+
+def _call(pipe: Any, steps: int, guidance: float, width: int, height: int, count: int) -> None:
+    """One throw-away pipeline call with the warm-up prompt (nothing is kept)."""
+    kwargs = call_kwargs(pipe, WARMUP_PROMPT, "", steps, guidance, width, height, list(range(count)))
     with torch.inference_mode():
         pipe(**kwargs)
-    return time.perf_counter() - start

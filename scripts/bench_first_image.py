@@ -52,7 +52,8 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "model": args.model, "preset": args.preset, "device": manager.device.describe(),
         "torch_threads": torch.get_num_threads(), "cpu_count": os.cpu_count(), "machine": platform.platform(),
-        "prime_on_load": not args.no_prime, "import_s": round(t_import, 2), "load_s": round(t_load, 2), "first_image_s": round(times[0], 2),
+        "prime_on_load": not args.no_prime, "import_s": round(t_import, 2), "load_s": round(t_load, 2),
+        "first_image_s": round(times[0], 2),
         "next_image_s": [round(t, 2) for t in times[1:]],
         "steps": meta.get("steps"), "size": [meta.get("width"), meta.get("height")],
     }

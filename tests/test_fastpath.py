@@ -165,8 +165,10 @@ def test_quantization_covers_the_compiled_regions_lora_layers_included(monkeypat
     fake.quantization = fake_q
     monkeypatch.setitem(sys.modules, "torchao", fake)
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
-    block = lambda: torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),  # noqa: E731
-                                         "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
+    def block() -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),
+                                    "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
+
     model = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block(), block()]), "proj_out": torch.nn.Linear(4, 4)})
     report = quantize_weights(model, "int8wo", within=("blocks.0", "blocks.1"))
     assert report == "int8wo: 4 Linear layers, 1 outside compiled code kept"

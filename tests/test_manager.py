@@ -247,9 +247,10 @@ def test_memory_mode_validation(manager: PipelineManager):
 def test_a_cpu_load_primes_the_model_once_and_keeps_nothing(registry, app_paths, monkeypatch):
     """Loading on the CPU runs one real 1-step image at the model's size and guidance (so the first click costs
     what the next do); it writes nothing to the gallery, and prime_on_load=False skips it."""
+    from conftest import CPU
+
     import brandgen.manager as manager_module
     from brandgen.warmup import prime
-    from conftest import CPU
 
     calls = []
 
