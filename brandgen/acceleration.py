@@ -25,6 +25,9 @@ log = logging.getLogger(__name__)
 COMPILE_MODES = ("off", "regional", "full")
 TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUANTIZATIONS = ("none", "fp8", "int8wo")
+HOTSWAP_STYLES = ("merge", "slot")
+FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
+               "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}  # fused projection -> layers it joins
 DENOISER_NAMES = ("transformer", "unet")
 # Classes without `_repeated_blocks` (SD3's transformer), or whose repeated block holds data-dependent code
 # (HiDream's MoE routing reads expert counts on the host), are compiled at these graph-safe regions instead.
@@ -71,7 +74,8 @@ class FastPathOptions:
     compile_backend: str = "inductor"
     cache_dir: str | None = None  # persistent inductor cache, so a restart compiles from cache
     lora_hotswap: bool = False
-    hotswap_rank: int = 64  # the highest LoRA rank that will be swapped in
+    hotswap_rank: int = 64  # the highest LoRA rank the slot style swaps in
+    hotswap_style: str = "merge"  # merge: LoRAs merged into the weights (lora_fuse); slot: a peft adapter slot
     quantization: str = "none"
     allow_cpu: bool = False  # compile/bf16 on CPU too: only for smoke tests of the code path
 
@@ -83,6 +87,8 @@ class FastPathOptions:
             problems.append(f"compile_mode must be one of {TORCH_COMPILE_MODES}, got {self.compile_mode!r}")
         if self.quantization not in QUANTIZATIONS:
             problems.append(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.hotswap_style not in HOTSWAP_STYLES:
+            problems.append(f"hotswap_style must be one of {HOTSWAP_STYLES}, got {self.hotswap_style!r}")
         if not isinstance(self.hotswap_rank, int) or not 1 <= self.hotswap_rank <= 1024:
             problems.append(f"hotswap_rank must be an integer 1..1024, got {self.hotswap_rank!r}")
         if problems:
@@ -210,14 +216,24 @@ def torchao_missing_reason() -> str | None:
     return None
 
 
-def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] | None = None) -> str:
+def lora_layer(name: str, targets: tuple[str, ...]) -> bool:
+    """Whether a LoRA on the family's `targets` changes layer `name` (a fused projection counts for its parts)."""
+    def hit(layer: str) -> bool:
+        return any(layer == t or layer.endswith("." + t) for t in targets)
+
+    parent, _, leaf = name.rpartition(".")
+    return hit(name) or any(hit(f"{parent}.{part}" if parent else part) for part in FUSED_PARTS.get(leaf, ()))
+
+
+def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] | None = None,
+                     keep: tuple[str, ...] = ()) -> str:
     """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot.
 
     `within`: module-name prefixes (the compiled regions) whose Linear layers are quantized; None = every one.
+    `keep`: LoRA target names left in bf16, because LoRAs are merged into them (lora_fuse; empty for the slot).
     Outside compiled code a torchao weight runs through Python tensor-subclass dispatch on every call, which cost
-    more than fp8 saved (H100, docs/PERFORMANCE.md). LoRA target layers are quantized too: the hotswap slot built
-    afterwards wraps them (peft's TorchaoLoraLinear) and adds its bf16 low-rank update to the fp8 base output;
-    keeping them bf16 had left 722 of SDXL's 743 Linear layers unquantized."""
+    more than fp8 saved (H100, docs/PERFORMANCE.md). With the slot style, LoRA target layers are quantized too: the
+    slot wraps them (peft's TorchaoLoraLinear) and adds its bf16 low-rank update to the fp8 base output."""
     if kind == "none":
         return "none"
     reason = torchao_missing_reason()
@@ -242,7 +258,8 @@ def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] 
         raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
 
     def chosen(name: str) -> bool:
-        return within is None or any(name.startswith(prefix + ".") for prefix in within)
+        inside = within is None or any(name.startswith(prefix + ".") for prefix in within)
+        return inside and not (keep and lora_layer(name, keep))
 
     linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and chosen(name)]
     total = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
@@ -252,7 +269,8 @@ def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] 
         raise InvalidInput(f"torchao {_torchao_version()} left every Linear layer unquantized (it does not match "
                            f"torch {torch.__version__}); install the torchao build made for this torch.")
     outside = total - len(linears)
-    return f"{kind}: {len(linears)} Linear layers" + (f", {outside} outside compiled code kept" if outside else "")
+    return f"{kind}: {len(linears)} Linear layers" + (
+        f", {outside} kept (outside compiled code{' or LoRA layers' if keep else ''})" if outside else "")
 
 
 def _torchao_version() -> str:
@@ -265,16 +283,17 @@ def _torchao_version() -> str:
 
 
 def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,
-                     report: dict[str, Any]) -> dict[str, Any]:
-    """The denoiser half of the fast path, in the order that keeps each step valid for the next."""
+                     report: dict[str, Any], lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The denoiser half of the fast path, in the order that keeps each step valid for the next.
+    `lora_targets`: the family's LoRA layers, kept unquantized when LoRAs are merged into them."""
     applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
     if options.sdpa:
         report["attention_processors"] = ensure_sdpa(model)
         applied.append("sdpa")
     if not options.fuse_qkv:
         skipped["fuse_qkv"] = "off"
-    elif options.lora_hotswap:
-        skipped["fuse_qkv"] = "LoRA hotswap keeps to_q/to_k/to_v separate (fused QKV would bypass the LoRA)"
+    elif options.lora_hotswap and options.hotswap_style == "slot":
+        skipped["fuse_qkv"] = "the LoRA slot keeps to_q/to_k/to_v separate (fused QKV would bypass the LoRA)"
     else:
         try:
             report["fused_attention_modules"] = fuse_qkv(model)
@@ -303,7 +322,8 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
     else:
         within = (tuple(name for name, _ in region_modules(model))
                   if options.compile == "regional" and region_names(model) else None)
-        report["quantization"] = quantize_weights(model, options.quantization, within)
+        keep = lora_targets if options.lora_hotswap and options.hotswap_style == "merge" else ()
+        report["quantization"] = quantize_weights(model, options.quantization, within, keep)
         applied.append(f"quantization:{options.quantization}")
     if options.compile == "off":
         skipped["compile"] = "off"
@@ -326,7 +346,8 @@ def _has_offload_hooks(pipe: Any) -> bool:
                for c in getattr(pipe, "components", {}).values() if isinstance(c, torch.nn.Module))
 
 
-def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None) -> dict[str, Any]:
+def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = None,
+                    lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
     """Apply `options` to a loaded pipeline and report what was applied and, for the rest, why not."""
     options = options.validated()
     device = str(device or getattr(pipe, "device", "cpu"))
@@ -367,7 +388,7 @@ def apply_fast_path(pipe: Any, options: FastPathOptions, device: str | None = No
             skipped["fuse_qkv_vae"] = str(exc)
     if options.lora_hotswap and not hasattr(pipe, "load_lora_weights"):
         skipped["lora_hotswap"] = f"{type(pipe).__name__} cannot load LoRAs"
-    accelerate_model(denoiser, options, gpu_ok, report)
+    accelerate_model(denoiser, options, gpu_ok, report, lora_targets)
     if options.compile_vae and vae is not None and gpu_ok and hasattr(vae, "decoder"):
         vae.decoder.compile(**_compile_kwargs(options.compile_mode, False, options.compile_backend))
         applied.append("compile_vae")

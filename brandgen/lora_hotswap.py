@@ -8,6 +8,10 @@ kohya keys: brandgen.loras.read_lora_factors) is normalised to (A, B) factors wi
 padded with zeros to the slot's rank and copied in; its strength is a tensor peft multiplies by, so changing it
 is a fill, not a recompile. A LoRA on layers outside the slot, or of a higher rank, rebuilds the slot to hold it
 (one recompile, said in the Generate tab's status); text-encoder parts go into uncompiled slots of their own.
+
+The slot is the opt-in style (BRANDGEN_LORA_HOTSWAP=slot): its extra matmuls on every step made SDXL slower than
+plain fused weights on an H100, so performance mode merges LoRAs into the weights by default (lora_fuse.py). The
+slot remains for fp8: it can wrap quantized base layers, which a merge cannot change.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from brandgen.errors import LoraError
+from brandgen.errors import InvalidInput, LoraError
 from brandgen.loras import LoraFactors, read_lora_factors
 
 if TYPE_CHECKING:
@@ -124,7 +128,7 @@ class LoraHotswapper:
         self.denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         self.slots: dict[str, AdapterSlot] = {}
         self.path: Path | None = None
-        self._cache: OrderedDict[tuple[str, float, int], _Packed] = OrderedDict()
+        self._cache: OrderedDict[tuple[str, float, int], PackedLora] = OrderedDict()
 
     def prepare(self) -> int:
         """Build the denoiser's slot on the family's default LoRA layers; returns how many layers it holds.
@@ -152,6 +156,13 @@ class LoraHotswapper:
         self._strength(weight)
         return note
 
+    def set(self, loras: list[tuple[Path, float, str]]) -> str:
+        """LoraFuser's call: at most one LoRA (file, weight, name) for a slot."""
+        if len(loras) > 1:
+            raise InvalidInput("With the LoRA slot (BRANDGEN_LORA_HOTSWAP=slot) use one LoRA at a time; the default "
+                               "merge hotswap takes several.")
+        return self.activate(*loras[0]) if loras else self.activate(None)
+
     def reset(self) -> None:
         """Empty the slots (zeros, strength 0); the layers stay, so nothing recompiles."""
         for slot in self.slots.values():
@@ -166,7 +177,7 @@ class LoraHotswapper:
         key = (str(path), stat.st_mtime, stat.st_size)
         model = getattr(self.pipe, self.denoiser)
         if key not in self._cache:
-            self._cache[key] = _Packed.of(read_lora_factors(self.pipe, path, name),
+            self._cache[key] = PackedLora.of(read_lora_factors(self.pipe, path, name),
                                           getattr(model, "dtype", torch.float32), getattr(model, "device", None))
             while len(self._cache) > CACHED_LORAS:
                 self._cache.popitem(last=False)
@@ -206,7 +217,7 @@ class LoraHotswapper:
 
 
 @dataclass
-class _Packed:
+class PackedLora:
     """A read LoRA as one flat host buffer (pinned when bound for a GPU) and where each factor lies in it."""
 
     name: str
@@ -214,7 +225,7 @@ class _Packed:
     layout: list[tuple[str, str, torch.Size, torch.Size]]  # component, module, A's shape, B's shape
 
     @classmethod
-    def of(cls, lora: LoraFactors, dtype: torch.dtype, device: torch.device | None) -> _Packed:
+    def of(cls, lora: LoraFactors, dtype: torch.dtype, device: torch.device | None) -> PackedLora:
         pairs = [(c, m, a, b) for c, layers in lora.factors.items() for m, (a, b) in layers.items()]
         flat = torch.cat([t.to(dtype).reshape(-1) for *_, a, b in pairs for t in (a, b)]) if pairs else None
         if flat is not None and device is not None and device.type == "cuda":
@@ -235,8 +246,12 @@ class _Packed:
         return LoraFactors(self.name, factors)
 
 
-def hotswapper_for(pipe: Any, options: FastPathOptions | None, targets: tuple[str, ...] = ()
-                   ) -> LoraHotswapper | None:
+def hotswapper_for(pipe: Any, options: FastPathOptions | None, targets: tuple[str, ...] = ()) -> Any:
+    """Performance mode's LoRA switcher: merged into the weights (LoraFuser, the default) or a peft slot."""
     if options is None or not options.lora_hotswap or not hasattr(pipe, "load_lora_weights"):
         return None
+    if options.hotswap_style == "merge":
+        from brandgen.lora_fuse import LoraFuser
+
+        return LoraFuser(pipe)
     return LoraHotswapper(pipe, options.hotswap_rank, targets)

@@ -21,7 +21,6 @@ from brandgen.device import (
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
-from brandgen.lora_hotswap import LoraHotswapper
 from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
@@ -47,7 +46,7 @@ class _Loaded:
     loras: dict[str, LoraInfo] = field(default_factory=dict)  # adapter name -> file
     active: tuple[tuple[str, float], ...] = ()
     fused: bool = False
-    hotswap: LoraHotswapper | None = None  # performance mode with LoRA hotswap
+    hotswap: Any = None  # performance mode's LoRA switcher: lora_fuse.LoraFuser or lora_hotswap.LoraHotswapper
     prompts: PromptCache = field(default_factory=PromptCache)  # text embeddings of recent prompts
 
 
@@ -202,7 +201,11 @@ class PipelineManager:
         if self.vae_tiling and getattr(pipe, "vae", None) is not None and hasattr(pipe.vae, "enable_tiling"):
             pipe.vae.enable_tiling()
         if self.fast_path is not None:
-            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device)
+            from brandgen.training.families import FAMILIES  # its LoRA layers stay unquantized for merging
+
+            family = FAMILIES.get(entry.family)
+            self.fast_path_report = apply_fast_path(pipe, self.fast_path, self.device.device,
+                                                    family.default_targets if family else ())
 
     # ----- LoRAs --------------------------------------------------------------------------------
     def list_loras(self) -> list[LoraInfo]:
@@ -220,15 +223,10 @@ class PipelineManager:
             if wanted == loaded.active:
                 return []
             pipe = loaded.pipe
-            if loaded.hotswap is not None:  # one slot, swapped in place, never fused: no recompiles
-                if len(wanted) > 1:
-                    raise InvalidInput("With LoRA hotswap (performance mode) use one LoRA at a time.")
-                loaded.active, note = (), ""
-                if wanted:
-                    info = self._ensure_adapter(loaded, wanted[0][0])
-                    note = loaded.hotswap.activate(info.path, wanted[0][1], info.name)
-                else:
-                    loaded.hotswap.activate(None)
+            if loaded.hotswap is not None:  # switched in place (merged, or the slot): no recompiles
+                infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
+                loaded.active = ()
+                note = loaded.hotswap.set([(info.path, weight, info.name) for info, (_, weight) in zip(infos, wanted)])
                 loaded.active = wanted
                 return [note] if note else []
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched

@@ -19,6 +19,7 @@ from brandgen.errors import InvalidInput
 from brandgen.paths import TRUTHY
 
 if TYPE_CHECKING:
+    from brandgen.lora_fuse import LoraFuser
     from brandgen.lora_hotswap import LoraHotswapper
     from brandgen.registry import ModelEntry
 
@@ -56,6 +57,17 @@ def _compile_mode(env: Mapping[str, str]) -> str | None:
     return None if mode == "default" else mode
 
 
+def _hotswap(env: Mapping[str, str]) -> tuple[bool, str]:
+    """BRANDGEN_LORA_HOTSWAP: on (merge, the default), slot, or off."""
+    value = env.get(ENV_HOTSWAP, "1").strip().lower()
+    if value in ("merge", "slot"):
+        return True, value
+    if value not in TRUTHY + FALSY:
+        raise InvalidInput(f"{ENV_HOTSWAP}={env[ENV_HOTSWAP]!r}: use 1 (merge LoRAs into the weights), slot (a peft "
+                           "adapter slot, for fp8) or 0.")
+    return value in TRUTHY, "merge"
+
+
 def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path | None = None
                      ) -> FastPathOptions | None:
     """FastPathOptions when BRANDGEN_PERFORMANCE is on, else None (the plain path). Bad values raise InvalidInput
@@ -68,11 +80,13 @@ def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path |
     if not _flag(env, ENV_ON, False):
         return None
     cache = env.get(ENV_CACHE, "").strip() or (str(cache_default) if cache_default else None)
+    hotswap, style = _hotswap(env)
     return FastPathOptions(
         compile=_choice(env, ENV_COMPILE, COMPILE_MODES, "regional"),
         compile_mode=_compile_mode(env),
         quantization=_choice(env, ENV_QUANTIZATION, QUANTIZATIONS, "none"),
-        lora_hotswap=_flag(env, ENV_HOTSWAP, True),
+        lora_hotswap=hotswap,
+        hotswap_style=style,
         cache_dir=cache,
     ).validated()
 
@@ -89,6 +103,8 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
     extra = ""
     if "lora_slot" in report:
         extra += f" LoRA slot: {report['lora_slot']['layers']} layers at rank {report['lora_slot']['rank']}."
+    if "lora_merge" in report:
+        extra += " LoRAs are merged into the weights: switching and weights never recompile."
     if "warmup" in report:
         warm = report["warmup"]
         extra += (f" Compiled at load: {len(warm['calls'])} warm-up calls, {warm['seconds']:.1f} s, "
@@ -98,7 +114,7 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
 
 
 def prepare_performance(pipe: Any, entry: ModelEntry, options: FastPathOptions | None, report: dict[str, Any],
-                        on_stage: StageFn | None = None) -> LoraHotswapper | None:
+                        on_stage: StageFn | None = None) -> LoraFuser | LoraHotswapper | None:
     """After apply_fast_path: build the LoRA slot (so the compiled graphs already hold it), then run the compile
     warm-up with progress, so neither the first LoRA nor the first click compiles. Returns the hotswapper."""
     from brandgen.generation import MAX_COUNT
@@ -109,7 +125,10 @@ def prepare_performance(pipe: Any, entry: ModelEntry, options: FastPathOptions |
     family = FAMILIES.get(entry.family)
     hotswap = hotswapper_for(pipe, options, family.default_targets if family else ())
     if hotswap is not None:
-        report["lora_slot"] = {"layers": hotswap.prepare(), "rank": hotswap.target_rank}
+        if options.hotswap_style == "slot":
+            report["lora_slot"] = {"layers": hotswap.prepare(), "rank": hotswap.target_rank}
+        else:
+            report["lora_merge"] = True
         report.setdefault("applied", []).append("lora_hotswap")
     if any(step.startswith("compile:") for step in report.get("applied", [])):
         text = f"Compiling {entry.label} for 1-{MAX_COUNT} images at {entry.native_resolution[0]}px (warm-up)"

@@ -7,8 +7,8 @@ diffusers folders under --work-dir; scripts/e2e_bench_models.py) it times, with 
   b  expert resident recipe as diffusers' docs teach it: bf16, LoRA fused then unloaded, fuse_qkv_projections,
      channels_last (UNet, VAE), torch.compile of the whole denoiser with fullgraph=True (--expert-mode)
   c  PipelineManager, plain (resident, single LoRA fused)
-  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: regional compile, LoRA hotswap slot, warm-up
-     at load, --quantization fp8), at the Standard preset and at the Fast preset (step cache)
+  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: regional compile, LoRAs merged into the weights
+     or the peft slot (--hotswap), warm-up at load, --quantization), at the Standard and the Fast preset (step cache)
 Per recipe: load time (for d it includes the compile warm-up), 1 image and 4 images: first call and median of
 --warm warm calls (28 steps, 1024², CFG 7.5 for SDXL, guidance 3.5 for FLUX); LoRA switches A->B->A for LoRAs in
 diffusers, peft, kohya and the project's trainer formats (c, d; a reloads); dynamo graphs compiled and graph
@@ -232,6 +232,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perf-compile-mode", default="default",
                         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                         help="recipe d's torch.compile mode (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--hotswap", default="merge", choices=("merge", "slot"),
+                        help="recipe d's LoRA switcher (BRANDGEN_LORA_HOTSWAP)")
     parser.add_argument("--four-recipes", default=None, help="recipes that also time 4 images (default abcd)")
     parser.add_argument("--switch-recipes", default="acd", help="recipes that time LoRA switches")
     parser.add_argument("--budget-s", type=float, default=3600.0, help="skip phases that would not fit")

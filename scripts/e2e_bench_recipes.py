@@ -122,7 +122,7 @@ class ManagerRecipe:
         fast = None
         if self.kind == "d":  # exactly what BRANDGEN_PERFORMANCE=1 starts the app with
             env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization,
-                   "BRANDGEN_COMPILE_MODE": args.perf_compile_mode}
+                   "BRANDGEN_COMPILE_MODE": args.perf_compile_mode, "BRANDGEN_LORA_HOTSWAP": args.hotswap}
             fast = options_from_env(env, cache_default=Path(args.cache_dir) if args.cache_dir else None)
             if tiny:  # the same code path on the CPU, with dynamo's eager backend
                 fast = replace(fast, allow_cpu=True, bf16=False, compile_backend="eager")

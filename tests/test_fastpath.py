@@ -34,6 +34,7 @@ def _fast_manager(manager: PipelineManager, **options) -> PipelineManager:
 @pytest.mark.parametrize("field,value,match", [
     ("compile", "turbo", "compile must be one of"), ("compile_mode", "fastest", "compile_mode"),
     ("quantization", "int4", "quantization"), ("hotswap_rank", 0, "hotswap_rank"),
+    ("hotswap_style", "magic", "hotswap_style"),
 ])
 def test_option_validation(field, value, match):
     with pytest.raises(InvalidInput, match=match):
@@ -105,9 +106,9 @@ def test_hotswap_uses_one_slot_and_matches_normal_loading(manager: PipelineManag
     make_sd15_lora(tiny_dirs["sd15"], loras / "other.safetensors", seed=2, rank=8)
     reference = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
                                 fuse_single_lora=False)
-    fast = _fast_manager(manager, lora_hotswap=True, hotswap_rank=8)
+    fast = _fast_manager(manager, lora_hotswap=True, hotswap_rank=8, hotswap_style="slot")
     assert "lora_hotswap" in (fast.load_model("tiny-sd15") and fast.fast_path_report["applied"])
-    assert fast.fast_path_report["skipped"]["fuse_qkv"].startswith("LoRA hotswap")
+    assert fast.fast_path_report["skipped"]["fuse_qkv"].startswith("the LoRA slot")
     for loras_wanted in ((("acme", 1.0),), (("other", 1.0),), (("other", 0.5),), ()):
         got = _pixels(fast.generate(_req(loras=loras_wanted)))
         want = _pixels(reference.generate(_req(loras=loras_wanted)))
@@ -143,9 +144,10 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
     assert configs == [{"set_inductor_config": False}]
 
 
-def test_quantization_covers_the_compiled_regions_lora_layers_included(monkeypatch):
+def test_quantization_covers_the_compiled_regions_and_keeps_merge_targets(monkeypatch):
     """torchao's filter_fn sees every Linear: those inside the compiled regions are quantized, LoRA targets among
-    them (the slot wraps them later); one outside stays bf16 (eager tensor-subclass dispatch costs more)."""
+    them for the slot (it wraps them later); one outside stays bf16 (eager tensor-subclass dispatch costs more).
+    With `keep` (LoRAs merged into the weights) the LoRA layers and the fused projections holding them stay bf16."""
     import sys
     import types
 
@@ -166,16 +168,29 @@ def test_quantization_covers_the_compiled_regions_lora_layers_included(monkeypat
     monkeypatch.setitem(sys.modules, "torchao", fake)
     monkeypatch.setitem(sys.modules, "torchao.quantization", fake_q)
     def block() -> torch.nn.ModuleDict:
-        return torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4)}),
+        return torch.nn.ModuleDict({"attn": torch.nn.ModuleDict({"to_q": torch.nn.Linear(4, 4),
+                                                                 "to_qkv": torch.nn.Linear(4, 12)}),
                                     "proj_mlp": torch.nn.Linear(4, 4), "norm": torch.nn.LayerNorm(4)})
 
-    model = torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block(), block()]), "proj_out": torch.nn.Linear(4, 4)})
-    report = quantize_weights(model, "int8wo", within=("blocks.0", "blocks.1"))
-    assert report == "int8wo: 4 Linear layers, 1 outside compiled code kept"
+    def model() -> torch.nn.ModuleDict:
+        return torch.nn.ModuleDict({"blocks": torch.nn.ModuleList([block(), block()]),
+                                    "proj_out": torch.nn.Linear(4, 4)})
+
+    slot = model()
+    report = quantize_weights(slot, "int8wo", within=("blocks.0", "blocks.1"))
+    assert report == "int8wo: 6 Linear layers, 1 kept (outside compiled code)"
     for i in range(2):
-        assert type(model["blocks"][i]["attn"]["to_q"].weight.data) is Quantized
-        assert type(model["blocks"][i]["proj_mlp"].weight.data) is Quantized
-    assert type(model["proj_out"].weight.data) is torch.Tensor
+        for layer in (slot["blocks"][i]["attn"]["to_q"], slot["blocks"][i]["attn"]["to_qkv"],
+                      slot["blocks"][i]["proj_mlp"]):
+            assert type(layer.weight.data) is Quantized
+    assert type(slot["proj_out"].weight.data) is torch.Tensor
+    merge = model()
+    report = quantize_weights(merge, "int8wo", within=("blocks.0", "blocks.1"), keep=("to_q",))
+    assert report == "int8wo: 2 Linear layers, 5 kept (outside compiled code or LoRA layers)"
+    for i in range(2):
+        assert type(merge["blocks"][i]["attn"]["to_q"].weight.data) is torch.Tensor
+        assert type(merge["blocks"][i]["attn"]["to_qkv"].weight.data) is torch.Tensor  # holds to_q's rows
+        assert type(merge["blocks"][i]["proj_mlp"].weight.data) is Quantized
     assert quantize_weights(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8wo") == "int8wo: 1 Linear layers"
 
 
@@ -233,7 +248,7 @@ def test_performance_mode_compiles_at_load_then_switches_formats_without_recompi
     plain = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
                             fuse_single_lora=False)
     fast = _fast_manager(manager, allow_cpu=True, bf16=False, compile_backend="eager", lora_hotswap=True,
-                         hotswap_rank=8)
+                         hotswap_rank=8, hotswap_style="slot")
     seen: list[tuple[int, int, str]] = []
     fast.load_model("tiny-sd15", progress=lambda done, total: seen.append((done, total, fast.stage)))
     report = fast.fast_path_report

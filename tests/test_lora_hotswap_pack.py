@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import torch
 
-from brandgen.lora_hotswap import _Packed
+from brandgen.lora_hotswap import PackedLora
 from brandgen.loras import LoraFactors
 
 
@@ -15,7 +15,7 @@ def test_packed_lora_round_trips_every_factor_as_views_of_one_buffer():
               "text_encoder": {"layers.0.q_proj": ((3, 12), (12, 3))}}
     lora = LoraFactors("brand", {c: {m: (torch.randn(*a, generator=generator), torch.randn(*b, generator=generator))
                                      for m, (a, b) in layers.items()} for c, layers in shapes.items()})
-    packed = _Packed.of(lora, torch.bfloat16, None)
+    packed = PackedLora.of(lora, torch.bfloat16, None)
     assert packed.flat is not None and packed.flat.numel() == sum(
         a.numel() + b.numel() for layers in lora.factors.values() for a, b in layers.values())
     got = packed.to(torch.device("cpu"))
@@ -32,5 +32,5 @@ def test_packed_lora_round_trips_every_factor_as_views_of_one_buffer():
 
 
 def test_an_empty_lora_packs_to_nothing():
-    packed = _Packed.of(LoraFactors("empty", {}), torch.float32, None)
+    packed = PackedLora.of(LoraFactors("empty", {}), torch.float32, None)
     assert packed.flat is None and packed.to(torch.device("cpu")).factors == {}

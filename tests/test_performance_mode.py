@@ -44,11 +44,18 @@ def test_every_setting_is_read():
         "fp8", "full", False, "/data/inductor", "reduce-overhead")
 
 
+@pytest.mark.parametrize("value,on,style", [("1", True, "merge"), ("merge", True, "merge"), ("SLOT", True, "slot"),
+                                            ("no", False, "merge")])
+def test_the_lora_switcher_is_merge_by_default_or_the_slot(value: str, on: bool, style: str):
+    options = options_from_env({"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_LORA_HOTSWAP": value})
+    assert (options.lora_hotswap, options.hotswap_style) == (on, style)
+
+
 @pytest.mark.parametrize("name,value,hint", [
     ("BRANDGEN_PERFORMANCE", "fast", "use 1 or 0"),
     ("BRANDGEN_QUANTIZATION", "int4", "none, fp8, int8wo"),
     ("BRANDGEN_COMPILE", "turbo", "off, regional, full"),
-    ("BRANDGEN_LORA_HOTSWAP", "maybe", "use 1 or 0"),
+    ("BRANDGEN_LORA_HOTSWAP", "maybe", "slot"),
     ("BRANDGEN_COMPILE_MODE", "ludicrous", "default, reduce-overhead, max-autotune"),
 ])
 def test_a_bad_value_is_named_not_ignored(name: str, value: str, hint: str):

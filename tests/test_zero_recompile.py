@@ -1,6 +1,7 @@
 """Compiled denoisers (tiny UNet, tiny FLUX DiT) after the load-time warm-up: LoRA switches across the three key
 formats, a weight change and batch 1 -> 4 -> 1 compile nothing (dynamo raises on any recompile), and every image
-matches the eager, unfused peft reference (`set_adapters`) loaded from the peft file."""
+matches the eager, unfused peft reference (`set_adapters`) loaded from the peft file; for both switchers,
+LoRAs merged into the (QKV-fused) weights and the peft adapter slot."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ import torch
 from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
 import tiny_pipelines
-from brandgen.acceleration import compile_regions
+from brandgen.acceleration import compile_regions, fuse_qkv
 from brandgen.errors import LoraError
+from brandgen.lora_fuse import LoraFuser
 from brandgen.lora_hotswap import LoraHotswapper
 from brandgen.loras import read_lora_factors
 from brandgen.training.families import FAMILIES
@@ -75,12 +77,17 @@ def test_formats_read_to_the_same_factors(case: dict):
                 (fmt, module)
 
 
-def test_no_recompile_after_warmup_across_formats_weights_and_batches(case: dict):
+@pytest.mark.parametrize("style", ["merge", "slot"])
+def test_no_recompile_after_warmup_across_formats_weights_and_batches(case: dict, style: str):
     pipe = case["cls"].from_pretrained(case["folder"])
     pipe.set_progress_bar_config(disable=True)
     denoiser = pipe.unet if case["family"] == "sdxl" else pipe.transformer
-    hotswap = LoraHotswapper(pipe, target_rank=8, targets=FAMILIES[case["family"]].default_targets)
-    assert hotswap.prepare() > 10
+    if style == "merge":  # performance mode's default: fused QKV stays on, LoRAs go into its rows
+        assert fuse_qkv(denoiser) > 0
+        hotswap = LoraFuser(pipe)
+    else:
+        hotswap = LoraHotswapper(pipe, target_rank=8, targets=FAMILIES[case["family"]].default_targets)
+        assert hotswap.prepare() > 10
     assert compile_regions(denoiser, backend="eager") > 0  # dynamo's guards are what recompiles; eager keeps CI fast
     warm = warm_up(pipe, SIDE, SIDE, case["guidance"])
     assert warm["graphs_compiled"] > 0

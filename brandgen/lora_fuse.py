@@ -1,0 +1,169 @@
+"""LoRA switching by merging into the base weights in place: the default of performance mode.
+
+The H100 run of scripts/e2e_bench.py (docs/PERFORMANCE.md) showed why an adapter slot is not enough: a peft slot
+adds two small matmuls to each of SDXL's 722 target layers on every step, so performance mode ran slower than
+plain fused weights. Here the active LoRAs are merged into the weights the compiled graphs already read,
+W = W0 + sum(weight_i * B_i @ A_i), with copy_ and addmm_ on the parameters' own storage. torch.compile takes
+parameters as graph inputs, so a switch, a weight change or several LoRAs at once compile nothing, and the step
+costs what a plain fused model costs. W0 of each touched layer is kept once (on the GPU when it fits, else in pinned
+host memory), so switching never accumulates rounding.
+
+Fused QKV projections (acceleration.fuse_qkv) stay on: a LoRA on to_q/to_k/to_v (add_q_proj/...) goes into its
+rows of to_qkv (to_kv, to_added_qkv). Weights torchao quantized cannot take a merge, so performance mode keeps the
+family's LoRA layers unquantized (acceleration.quantize_weights' `keep`), and a LoRA on another quantized layer is
+refused with the reason instead of being applied wrongly.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from brandgen.acceleration import FUSED_PARTS
+from brandgen.errors import LoraError
+from brandgen.lora_hotswap import CACHED_LORAS, PackedLora
+from brandgen.loras import LoraFactors, read_lora_factors
+
+log = logging.getLogger(__name__)
+
+HOST_MARGIN = 2 * 2**30  # free accelerator memory left after keeping W0 copies there
+
+
+def merge_target(model: torch.nn.Module, module_name: str) -> torch.Tensor:
+    """The weight tensor a LoRA on `module_name` must change: the layer's own, or its rows of the fused projection
+    the forward pass really uses. LoraError when it is not a plain (unquantized) Linear or Conv2d weight."""
+    parent_name, _, leaf = module_name.rpartition(".")
+    parent = model.get_submodule(parent_name) if parent_name else model
+    if getattr(parent, "fused_projections", False):
+        for fused_name, parts in FUSED_PARTS.items():  # rows in the order of the layers it joins
+            fused = getattr(parent, fused_name, None)
+            if leaf in parts and isinstance(fused, torch.nn.Linear):
+                start = sum(getattr(parent, p).out_features for p in parts[:parts.index(leaf)])
+                return _plain(fused.weight, module_name)[start:start + getattr(parent, leaf).out_features]
+    layer = model.get_submodule(module_name)
+    layer = getattr(layer, "base_layer", layer)
+    if not isinstance(layer, (torch.nn.Linear, torch.nn.Conv2d)):
+        raise LoraError(f"layer {module_name} is a {type(layer).__name__}; LoRAs merge into Linear and Conv2d only.")
+    return _plain(layer.weight, module_name)
+
+
+def _plain(weight: torch.Tensor, name: str) -> torch.Tensor:
+    if type(weight.data) is not torch.Tensor:
+        raise LoraError(f"layer {name} holds {type(weight.data).__name__} weights (quantized), which a LoRA cannot be "
+                        "merged into; start without BRANDGEN_QUANTIZATION to use this LoRA.")
+    return weight.data
+
+
+class LoraFuser:
+    """The pipeline's active LoRAs, merged into its weights; any number at once, in any key format."""
+
+    def __init__(self, pipe: Any):
+        self.pipe = pipe
+        self.active: tuple[tuple[Path, float], ...] = ()
+        self._base: dict[tuple[str, str], torch.Tensor] = {}  # (component, module) -> W0
+        self._merged: set[tuple[str, str]] = set()  # layers now holding a LoRA delta
+        self._cache: OrderedDict[tuple[str, float, int], PackedLora] = OrderedDict()
+
+    @property
+    def path(self) -> Path | None:
+        """The single active LoRA's file (None when none or several): LoraHotswapper's attribute."""
+        return self.active[0][0] if len(self.active) == 1 else None
+
+    def prepare(self) -> int:
+        """Nothing to build before compilation (the graphs read the weights as they are); 0 slot layers."""
+        return 0
+
+    def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> str:
+        """LoraHotswapper's call: make the LoRA at `path` (None: no LoRA) the only active one at `weight`."""
+        return self.set([] if path is None else [(Path(path), weight, name)])
+
+    def set(self, loras: Sequence[tuple[Path, float, str]]) -> str:
+        """Make exactly `loras` (file, weight, name) active. Every file is read and every target checked before
+        any weight changes, so a LoRA that does not fit leaves the model as it was. Returns '' (no note)."""
+        wanted = tuple((Path(p), float(w)) for p, w, _ in loras if float(w) != 0.0)
+        if wanted == self.active:
+            return ""
+        read = [(self._factors(Path(p), n or Path(p).stem), float(w)) for p, w, n in loras if float(w) != 0.0]
+        plan: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
+        targets: dict[tuple[str, str], torch.Tensor] = {}
+        for lora, weight in read:
+            for component, layers in lora.factors.items():
+                model = getattr(self.pipe, component, None)
+                if not isinstance(model, torch.nn.Module):
+                    raise LoraError(f"LoRA {lora.name!r} targets {component}, which this pipeline does not have.")
+                for module, (down, up) in layers.items():
+                    key = (component, module)
+                    try:
+                        targets.setdefault(key, merge_target(model, module))
+                    except LoraError as exc:
+                        raise LoraError(f"LoRA {lora.name!r}: {exc}") from exc
+                    plan.setdefault(key, []).append((down, up, weight))
+        self._keep_bases(targets)
+        try:
+            self._write(plan, targets)
+        except Exception:  # e.g. out of memory half-way: back to the base weights rather than a mix
+            self._write({}, {}, also=set(plan))
+            self.active = ()
+            raise
+        self.active = wanted
+        return ""
+
+    def reset(self) -> None:
+        """Back to the base weights."""
+        self._write({}, {})
+        self.active = ()
+
+    @torch.no_grad()
+    def _write(self, plan: dict, targets: dict[tuple[str, str], torch.Tensor],
+               also: set[tuple[str, str]] = frozenset()) -> None:
+        for key in (self._merged | also) - set(plan):  # layers the new set leaves alone go back to W0
+            component, module = key
+            merge_target(getattr(self.pipe, component), module).copy_(self._base[key], non_blocking=True)
+        for key, parts in plan.items():
+            weight = targets[key]
+            weight.copy_(self._base[key], non_blocking=True)
+            rows = weight.reshape(weight.shape[0], -1) if weight.is_contiguous() else None
+            for down, up, strength in parts:
+                down = down.to(weight.device, weight.dtype).reshape(down.shape[0], -1)
+                up = up.to(weight.device, weight.dtype).reshape(up.shape[0], -1)
+                if rows is not None:  # one kernel, one rounding: W += strength * B @ A
+                    rows.addmm_(up, down, alpha=strength)
+                else:  # channels_last conv weights: no flat view
+                    weight.add_((up @ down).view(weight.shape), alpha=strength)
+        self._merged = set(plan)
+
+    def _keep_bases(self, targets: dict[tuple[str, str], torch.Tensor]) -> None:
+        """Copy W0 of layers touched for the first time: beside the weights when the device has room."""
+        new = {key: w for key, w in targets.items() if key not in self._base}
+        if not new:
+            return
+        device = next(iter(new.values())).device
+        keep_on = device
+        if device.type == "cuda":
+            free, _ = torch.cuda.mem_get_info(device)
+            if sum(w.numel() * w.element_size() for w in new.values()) + HOST_MARGIN > free:
+                keep_on = torch.device("cpu")
+                log.info("LoRA merge: keeping %d base weights in pinned host memory (GPU memory is short)", len(new))
+        for key, weight in new.items():
+            copy = weight.detach().to(keep_on, copy=True)
+            self._base[key] = copy.pin_memory() if keep_on.type == "cpu" and device.type == "cuda" else copy
+
+    def _factors(self, path: Path, name: str) -> LoraFactors:
+        """Read once, then served from the host cache (one flat buffer, one copy to the device per switch)."""
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime, stat.st_size)
+        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
+        dtype = getattr(denoiser, "dtype", torch.float32)
+        device = getattr(denoiser, "device", None)
+        if key not in self._cache:
+            self._cache[key] = PackedLora.of(read_lora_factors(self.pipe, path, name), dtype, device)
+            while len(self._cache) > CACHED_LORAS:
+                self._cache.popitem(last=False)
+        self._cache.move_to_end(key)
+        return self._cache[key].to(device)

@@ -1,0 +1,151 @@
+"""LoRAs merged into the weights in place (performance mode's default switcher): the formula on Linear, fused QKV
+rows and channels_last convolutions, several LoRAs at once, exact restore, refusal without side effects, and the
+manager in performance mode (compiled on CPU with dynamo's eager backend) matching plain loading with 0 recompiles."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import torch
+
+from brandgen.acceleration import FastPathOptions, lora_layer
+from brandgen.errors import LoraError
+from brandgen.generation import GenerationRequest
+from brandgen.lora_fuse import LoraFuser, merge_target
+from brandgen.loras import LoraFactors
+from brandgen.manager import PipelineManager
+
+
+class _Attention(torch.nn.Module):
+    """diffusers' layout after fuse_projections: to_q/to_k/to_v stay, the forward pass uses to_qkv."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.to_q, self.to_k, self.to_v = torch.nn.Linear(4, 4), torch.nn.Linear(4, 2), torch.nn.Linear(4, 3)
+        self.to_qkv = torch.nn.Linear(4, 9)
+        self.fused_projections = True
+
+
+def _model() -> torch.nn.Module:
+    torch.manual_seed(0)
+    model = torch.nn.Module()
+    model.conv = torch.nn.Conv2d(4, 6, 3).to(memory_format=torch.channels_last)
+    model.lin = torch.nn.Linear(5, 7)
+    model.attn = _Attention()
+    return model
+
+
+def _fuser(model: torch.nn.Module, loras: dict[str, LoraFactors]) -> LoraFuser:
+    fuser = LoraFuser(SimpleNamespace(unet=model))
+    fuser._factors = lambda path, name: loras[name]  # the file reading is tested in test_zero_recompile
+    return fuser
+
+
+def _lora(name: str, layers: dict[str, tuple[tuple[int, ...], tuple[int, ...]]], seed: int) -> LoraFactors:
+    gen = torch.Generator().manual_seed(seed)
+    return LoraFactors(name, {"unet": {m: (torch.randn(a, generator=gen), torch.randn(b, generator=gen))
+                                       for m, (a, b) in layers.items()}})
+
+
+def _delta(factors: tuple[torch.Tensor, torch.Tensor], shape: torch.Size) -> torch.Tensor:
+    down, up = factors
+    return (up.reshape(up.shape[0], -1) @ down.reshape(down.shape[0], -1)).view(shape)
+
+
+def test_merge_is_w0_plus_the_weighted_deltas_and_restores_exactly():
+    model = _model()
+    w0 = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    a = _lora("a", {"conv": ((2, 4, 3, 3), (6, 2, 1, 1)), "lin": ((2, 5), (7, 2)), "attn.to_k": ((3, 4), (2, 3))}, 1)
+    b = _lora("b", {"lin": ((4, 5), (7, 4))}, 2)
+    fuser = _fuser(model, {"a": a, "b": b})
+    fuser.set([(Path("a"), 0.5, "a"), (Path("b"), -1.0, "b")])
+    fa, fb = a.factors["unet"], b.factors["unet"]
+    assert torch.allclose(model.conv.weight, w0["conv.weight"] + 0.5 * _delta(fa["conv"], model.conv.weight.shape),
+                          atol=1e-5)
+    assert model.conv.weight.is_contiguous(memory_format=torch.channels_last)
+    want = w0["lin.weight"] + 0.5 * _delta(fa["lin"], (7, 5)) - _delta(fb["lin"], (7, 5))
+    assert torch.allclose(model.lin.weight, want, atol=1e-5)
+    qkv = model.attn.to_qkv.weight  # to_k's rows are 4..5: only they change
+    assert torch.equal(qkv[:4], w0["attn.to_qkv.weight"][:4]) and torch.equal(qkv[6:], w0["attn.to_qkv.weight"][6:])
+    assert torch.allclose(qkv[4:6], w0["attn.to_qkv.weight"][4:6] + 0.5 * _delta(fa["attn.to_k"], (2, 4)), atol=1e-5)
+    assert torch.equal(model.attn.to_k.weight, w0["attn.to_k.weight"])  # the unused separate layer stays
+    fuser.set([(Path("b"), 1.0, "b")])  # a's layers go back to W0 bit for bit, not W0 + d - d
+    assert torch.equal(model.conv.weight, w0["conv.weight"]) and torch.equal(qkv, w0["attn.to_qkv.weight"])
+    assert torch.allclose(model.lin.weight, w0["lin.weight"] + _delta(fb["lin"], (7, 5)), atol=1e-5)
+    assert fuser.path == Path("b")
+    fuser.reset()
+    assert all(torch.equal(v, w0[k]) for k, v in model.state_dict().items())
+    assert fuser.active == () and fuser.path is None
+
+
+def test_a_lora_on_a_quantized_layer_is_refused_and_changes_nothing():
+    class Quantized(torch.Tensor):
+        pass
+
+    model = _model()
+    model.lin.weight = torch.nn.Parameter(model.lin.weight.data.as_subclass(Quantized), requires_grad=False)
+    good = _lora("good", {"conv": ((2, 4, 3, 3), (6, 2, 1, 1))}, 1)
+    bad = _lora("bad", {"lin": ((2, 5), (7, 2))}, 2)
+    fuser = _fuser(model, {"good": good, "bad": bad})
+    fuser.set([(Path("good"), 1.0, "good")])
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    with pytest.raises(LoraError, match=r"LoRA 'bad': layer lin holds Quantized weights \(quantized\)"):
+        fuser.set([(Path("good"), 0.3, "good"), (Path("bad"), 1.0, "bad")])
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert fuser.active == ((Path("good"), 1.0),)
+    with pytest.raises(LoraError, match="LayerNorm"):
+        model.norm = torch.nn.LayerNorm(4)
+        merge_target(model, "norm")
+
+
+def test_the_fused_projection_counts_as_its_parts_for_quantization():
+    assert lora_layer("down.0.attn1.to_qkv", ("to_q",)) and lora_layer("b.attn.to_added_qkv", ("add_k_proj",))
+    assert lora_layer("mid.attn2.to_kv", ("to_v",)) and not lora_layer("mid.attn2.to_kv", ("to_q",))
+    assert not lora_layer("b.ff.net.0.proj", ("to_q", "ff.net.2")) and lora_layer("b.ff.net.2", ("ff.net.2",))
+
+
+def _pixels(result) -> np.ndarray:
+    return np.stack([np.asarray(im, dtype=np.float32) for im in result.images])
+
+
+def _req(**kw) -> GenerationRequest:
+    return GenerationRequest(**{"prompt": "a red star icon", "model_id": "tiny-sd15", "preset": "draft", "seed": 7,
+                                "steps": 1, **kw})
+
+
+def test_performance_mode_merges_several_loras_of_any_format_without_recompiling(manager: PipelineManager):
+    from lora_formats import write_formats
+
+    from brandgen.warmup import compiled_graphs
+
+    manager.load_model("tiny-sd15")
+    loras = manager.paths.loras
+    targets = ("to_q", "to_k", "to_v", "to_out.0", "proj_in", "ff.net.2")
+    write_formats(manager.pipeline, "sd15", loras, "a", targets, rank=4, seed=1)
+    write_formats(manager.pipeline, "sd15", loras, "b", targets, rank=8, seed=2)
+    write_formats(manager.pipeline, "sd15", loras, "wide", ("to_q", "time_emb_proj"), rank=16, seed=3)
+    plain = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                            fuse_single_lora=False)
+    fast = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                           fast_path=FastPathOptions(allow_cpu=True, bf16=False, compile_backend="eager",
+                                                     lora_hotswap=True))
+    fast.load_model("tiny-sd15")
+    report = fast.fast_path_report
+    assert "fuse_qkv" in report["applied"] and report["lora_merge"] and "lora_slot" not in report
+    base = _pixels(fast.generate(_req()))
+    graphs = compiled_graphs()
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        for wanted, count in (((("a_diffusers", 1.0),), 1), ((("b_kohya", 0.7),), 4),
+                              ((("a_peft", 1.0), ("b_diffusers", -0.5)), 1), ((("wide_peft", 1.0),), 2),
+                              ((("a_kohya", 0.5), ("wide_diffusers", 1.0)), 1)):
+            got = fast.generate(_req(loras=wanted, count=count))
+            want = plain.generate(_req(loras=wanted, count=count))
+            assert np.abs(_pixels(got) - _pixels(want)).max() <= 2.0, wanted
+            assert np.abs(_pixels(got)[:1] - base).mean() > 1.0, wanted  # the LoRA shows
+            assert got.notes == []
+    assert compiled_graphs() == graphs, "switching, weights and several LoRAs compile nothing"
+    assert np.array_equal(_pixels(fast.generate(_req())), base), "no LoRA: the base weights exactly"
+    assert fast.pipeline.get_list_adapters() == {} and not fast._loaded.fused
