@@ -129,6 +129,30 @@ def test_composer_tints_the_mask_on_the_background():
     assert small[16, 16, 0] == 0 and small[9, 9, 0] == 255  # scaled about the centre
 
 
+def test_two_tone_variants_fill_a_duotone_icon_in_a_second_colour_and_say_so():
+    duo = {**_meta(), "set": "phosphor", "style": "duotone"}
+    plain = icon_data.make_variants([duo, _meta(None)], 60, 2, seed=3)
+    mixed = icon_data.make_variants([duo, _meta(None)], 60, 2, seed=3, two_tone=0.5)
+    assert all(v.fg2 is None for v in plain)
+    two = [v for v in mixed if v.fg2 is not None]
+    assert all(v.icon == 0 for v in two) and 15 <= len(two) <= 45  # duotone icons only, about half of them
+    for old, new in zip(plain, mixed):  # same icon, colours, placement; only the colour words gain the fill
+        assert (old.icon, old.fg, old.bg, old.scale) == (new.icon, new.fg, new.bg, new.scale)
+        if new.fg2 is None:
+            assert new.captions == old.captions
+    assert any(" and " in c for v in two for c in v.captions)
+    mask = np.zeros((1, 40, 40), np.uint8)
+    mask[0, 6:34, 6:34] = 255  # the line: a square ring 4 px wide
+    mask[0, 10:30, 10:30] = icon_data.FILL_LEVEL  # the 20% duotone fill inside it
+    comp = icon_data.Composer(mask, "cpu")
+    line, fill, bg = (15, 118, 110), (249, 115, 96), (253, 246, 227)
+    img = comp.compose([icon_data.Variant(0, line, bg, 1.0, 0.0, 0.0, [], fill),
+                        icon_data.Variant(0, line, bg, 1.0, 0.0, 0.0, [])]).numpy()
+    assert tuple(img[0, 20, 20]) == fill and tuple(img[0, 7, 20]) == line and tuple(img[0, 2, 2]) == bg
+    assert tuple(img[1, 7, 20]) == line and tuple(img[1, 2, 2]) == bg  # one-colour variants as before
+    assert tuple(img[1, 20, 20]) != fill
+
+
 def test_tokenizer_handles_unknown_words_and_multi_word_concepts():
     from brandgen.tiny import tokenizer as tiny_tokenizer
 

@@ -25,6 +25,7 @@ LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray"
 DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
 DARK_FG = {"black", "navy", "brown", "crimson", "purple"}  # too dark to read on a dark background
 CANON_SCALE = 0.78  # fraction of the canvas an icon's 24-unit grid fills (the rest is margin)
+FILL_LEVEL = 51  # Phosphor's duotone fill (opacity 0.2) in the pack's 16-level alpha masks
 
 
 def _words_for(meta: dict) -> list[str]:
@@ -53,6 +54,7 @@ class Variant:
     dx: float
     dy: float
     captions: list[str]
+    fg2: tuple[int, int, int] | None = None  # a duotone icon's fill in a second colour (two-tone variant)
 
 
 def _jitter(rgb, rng: random.Random, amount: int = 14) -> tuple[int, int, int]:
@@ -114,10 +116,25 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str
     return f"{colour} {word}"
 
 
+def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
+    """A fill colour of another family than the line, readable against the background."""
+    def far(rgb: tuple, other: tuple) -> bool:
+        return sum(abs(a - b) for a, b in zip(rgb, other)) > 150
+
+    names = [n for n in COLORS if n not in ("white", "black", "gray") and far(COLORS[n][0], fg)
+             and far(COLORS[n][0], bg)]
+    name = rng.choice(names)
+    return _jitter(COLORS[name][0], rng), name
+
+
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
-                  concept_boost: int = 1) -> list[Variant]:
+                  concept_boost: int = 1, two_tone: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
-    everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most."""
+    everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
+
+    two_tone: the share of duotone icons' variants whose fill gets a second colour ("teal and orange"), so the
+    autoencoder and the UNet see two-colour icons, as brand sets are (issue #18's LoRA demo: teal line, coral
+    fill). Its draws come from a separate generator: with 0 the variants are those of earlier runs."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -125,10 +142,27 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
         for v in range(per_icon * (concept_boost if m.get("concept") else 1)):
             rng = random.Random(seed * 1_000_003 + i * 131 + v)
             fg, bg, colour, background = _colour_and_background(rng)
+            fg2 = None
+            if two_tone > 0 and m.get("style") == "duotone":
+                extra = random.Random(seed * 7_000_003 + i * 131 + v)
+                if extra.random() < two_tone:
+                    fg2, name2 = _second_colour(fg, bg, extra)
+                    colour = f"{colour} and {name2}"
             caps = [caption(m, colour, background, rng) for _ in range(captions_per_variant)]
             out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
-                               rng.uniform(-0.03, 0.03), caps))
+                               rng.uniform(-0.03, 0.03), caps, fg2))
     return out
+
+
+def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(fill alpha, line alpha) in [0, 1] from uint8 duotone masks [B, 1, H, W]: the fill is the 20% level grown
+    by 2 px, so the line's anti-aliased edges over the fill stay inside it and edges over the background stay
+    plain (the torch twin of brand_icons.split_duotone)."""
+    m = masks.float()
+    region = F.max_pool2d(((m - FILL_LEVEL).abs() <= 17).float(), 5, stride=1, padding=2) > 0
+    fill = torch.where(region, (m / FILL_LEVEL).clamp(0, 1), torch.zeros_like(m))
+    line = torch.where(region, ((m - FILL_LEVEL) / (255 - FILL_LEVEL)).clamp(0, 1), m / 255)
+    return fill, line
 
 
 class Composer:
@@ -142,6 +176,9 @@ class Composer:
     def alpha(self, icons, scale, dx, dy) -> torch.Tensor:
         """Each mask scaled about the centre and shifted: [B, 1, size, size] in [0, 1]."""
         m = self.masks[torch.as_tensor(icons, device=self.device)].unsqueeze(1).float().div(255)
+        return self._place(m, scale, dx, dy)
+
+    def _place(self, m: torch.Tensor, scale, dx, dy) -> torch.Tensor:
         s = torch.as_tensor(scale, device=self.device, dtype=torch.float32)
         theta = torch.zeros(len(m), 2, 3, device=self.device)
         theta[:, 0, 0] = theta[:, 1, 1] = 1 / s
@@ -156,6 +193,18 @@ class Composer:
         fg = torch.tensor([v.fg for v in variants], device=self.device, dtype=torch.float32)[:, :, None, None]
         bg = torch.tensor([v.bg for v in variants], device=self.device, dtype=torch.float32)[:, :, None, None]
         img = bg * (1 - a) + fg * a
+        two = [k for k, v in enumerate(variants) if v.fg2 is not None]
+        if two:  # fill in the second colour under the line in the first
+            picked = [variants[k] for k in two]
+            fill, line = split_duotone(self.masks[torch.as_tensor([v.icon for v in picked], device=self.device)]
+                                       .unsqueeze(1))
+            both = self._place(torch.cat([fill, line], 1), [v.scale for v in picked], [v.dx for v in picked],
+                               [v.dy for v in picked])
+            fill, line = both[:, :1], both[:, 1:]
+            fg2 = torch.tensor([v.fg2 for v in picked], device=self.device, dtype=torch.float32)[:, :, None, None]
+            index = torch.as_tensor(two, device=self.device)
+            under = bg[index] * (1 - fill) + fg2 * fill
+            img[index] = under * (1 - line) + fg[index] * line
         return img.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).contiguous()
 
 
