@@ -225,8 +225,13 @@ class PipelineManager:
             pipe = loaded.pipe
             if loaded.hotswap is not None:  # switched in place (merged, or the slot): no recompiles
                 infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
-                loaded.active = ()
-                note = loaded.hotswap.set([(info.path, weight, info.name) for info, (_, weight) in zip(infos, wanted)])
+                previous = loaded.active
+                try:
+                    note = loaded.hotswap.set([(info.path, w, info.name) for info, (_, w) in zip(infos, wanted)])
+                except Exception:  # the merge refuses before changing anything; the slot empties itself
+                    held = getattr(loaded.hotswap, "active", ()) or loaded.hotswap.path is not None
+                    loaded.active = previous if held else ()
+                    raise
                 loaded.active = wanted
                 return [note] if note else []
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched

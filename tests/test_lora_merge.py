@@ -149,3 +149,23 @@ def test_performance_mode_merges_several_loras_of_any_format_without_recompiling
     assert compiled_graphs() == graphs, "switching, weights and several LoRAs compile nothing"
     assert np.array_equal(_pixels(fast.generate(_req())), base), "no LoRA: the base weights exactly"
     assert fast.pipeline.get_list_adapters() == {} and not fast._loaded.fused
+
+
+def test_a_refused_lora_keeps_the_active_ones_and_the_next_request_gets_what_it_asks(manager: PipelineManager):
+    from lora_formats import write_formats
+    from safetensors.torch import save_file
+
+    manager.load_model("tiny-sd15")
+    write_formats(manager.pipeline, "sd15", manager.paths.loras, "a", ("to_q", "to_k", "ff.net.2"), rank=4, seed=1)
+    save_file({"unet.nope.lora_A.weight": torch.zeros(2, 4), "unet.nope.lora_B.weight": torch.zeros(4, 2)},
+              str(manager.paths.loras / "alien.safetensors"))
+    fast = PipelineManager(registry=manager.registry, paths=manager.paths, device=manager.device,
+                           fast_path=FastPathOptions(allow_cpu=True, bf16=False, compile="off", lora_hotswap=True))
+    fast.load_model("tiny-sd15")
+    base = _pixels(fast.generate(_req()))
+    with_a = _pixels(fast.generate(_req(loras=(("a_peft", 1.0),))))
+    with pytest.raises(LoraError, match="alien"):
+        fast.generate(_req(loras=(("a_peft", 1.0), ("alien", 1.0))))
+    assert fast._loaded.active == (("a_peft", 1.0),)  # what the weights still hold
+    assert np.array_equal(_pixels(fast.generate(_req())), base)
+    assert np.array_equal(_pixels(fast.generate(_req(loras=(("a_peft", 1.0),)))), with_a)
