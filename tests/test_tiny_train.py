@@ -182,6 +182,25 @@ def test_init_model_continues_a_saved_model(smoke_run, tmp_path, capsys):
         assert (tmp_path / "model" / part).read_text() == (saved / part).read_text()
 
 
+def test_init_model_can_train_its_autoencoder_on(smoke_run, tmp_path, capsys):
+    """train_vae.continue_seconds > 0: the continued model's VAE trains from its own weights (for two-tone
+    icons the first runs never saw) and the latent scale is measured again for the UNet stage."""
+    from diffusers import AutoencoderKL
+
+    saved = smoke_run[0] / "model"
+    before = AutoencoderKL.from_pretrained(saved / "vae", torch_dtype=torch.float32).state_dict()
+    capsys.readouterr()
+    summary = _smoke(tmp_path, "--init-model", str(saved), "--set", "train_vae.continue_seconds=60")
+    assert "[vae] step" in capsys.readouterr().out
+    after = AutoencoderKL.from_pretrained(tmp_path / "model" / "vae", torch_dtype=torch.float32)
+    changed = [k for k, v in before.items() if not torch.equal(after.state_dict()[k].half(), v.half())]
+    assert len(changed) > len(before) // 2
+    assert summary["scaling_factor"] != json.loads((saved / "vae" / "config.json").read_text())["scaling_factor"]
+    assert train.vae_retuned({"init_model": "m", "train_vae": {"continue_seconds": 5}})
+    assert not train.vae_retuned({"init_model": None, "train_vae": {"continue_seconds": 5}})
+    assert not train.vae_retuned({"init_model": "m", "train_vae": {}})
+
+
 def _tokenizer(folder: Path):
     from brandgen.tiny.tokenizer import CLIPTokenizer
 

@@ -127,16 +127,31 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     return source, ids.to(run.device), tok_dir
 
 
+def vae_retuned(cfg: dict) -> bool:
+    """A continued model's autoencoder trains on for train_vae.continue_seconds (e.g. for new kinds of image)."""
+    return bool(cfg.get("init_model")) and cfg["train_vae"].get("continue_seconds", 0) > 0
+
+
 def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
-    """Autoencoder with L1 + L2 + a small KL; flat art reconstructs well after a short run."""
+    """Autoencoder with L1 + L2 + a small KL; flat art reconstructs well after a short run.
+
+    train_vae.two_tone_share of each batch are two-tone variants (rare in the data, and what brand sets look
+    like). A continued model (init_model) keeps its autoencoder unless continue_seconds > 0: then it trains on
+    from its own weights at continue_lr_scale of the LR, and the UNet stage adapts to the small latent shift."""
     tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
-    if run.cfg.get("init_model"):  # continuing a saved model: its autoencoder stays as it is
+    retune = vae_retuned(run.cfg)
+    if run.cfg.get("init_model") and not retune:  # continuing a saved model: its autoencoder stays as it is
         return
     if run.done("vae"):
         vae.load_state_dict(torch.load(path, map_location="cpu"))
         return
     vae.to(run.device, memory_format=torch.channels_last).train()
-    opt = torch.optim.AdamW(vae.parameters(), lr=tcfg["lr"], weight_decay=0.0, betas=(0.9, 0.99))
+    base_lr = tcfg["lr"] * (tcfg.get("continue_lr_scale", 0.3) if retune else 1.0)
+    seconds = tcfg["continue_seconds"] if retune else tcfg["seconds"]
+    two = torch.tensor([i for i, v in enumerate(images.variants) if v.fg2 is not None], dtype=torch.long,
+                       device=run.device)
+    n_two = round(tcfg.get("two_tone_share", 0.0) * tcfg["batch_size"]) if len(two) else 0
+    opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     ckpt = run.work / "vae_ckpt.pt"
     if ckpt.exists():
@@ -149,12 +164,15 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
     t_resume, last_ckpt, last_log, n = time.time() - elapsed, time.time(), time.time(), len(images)
     while True:
         elapsed = time.time() - t_resume
-        progress = max(step / tcfg["max_steps"], elapsed / tcfg["seconds"])
+        progress = max(step / tcfg["max_steps"], elapsed / seconds)
         if progress >= 1:
             break
         for group in opt.param_groups:
-            group["lr"] = tcfg["lr"] * lr_factor(progress, step, tcfg["warmup_steps"], 0.05)
-        x = icon_data.to_pixels(images[torch.randint(0, n, (tcfg["batch_size"],), device=run.device, generator=gen)])
+            group["lr"] = base_lr * lr_factor(progress, step, tcfg["warmup_steps"], 0.05)
+        index = torch.randint(0, n, (tcfg["batch_size"] - n_two,), device=run.device, generator=gen)
+        if n_two:
+            index = torch.cat([index, two[torch.randint(0, len(two), (n_two,), device=run.device, generator=gen)]])
+        x = icon_data.to_pixels(images[index])
         with run.autocast:
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=gen)).sample.float()
@@ -201,7 +219,8 @@ def stage_latents(run: Run, vae, images: icon_data.ImageSource) -> torch.Tensor:
         chunks.append(lat.to(torch.float16))
     latents = torch.cat(chunks)
     # a continued model keeps the scale its UNet learned with
-    scale = vae.config.scaling_factor if run.cfg.get("init_model") else float(1.0 / latents.float().std())
+    keep = run.cfg.get("init_model") and not vae_retuned(run.cfg)
+    scale = vae.config.scaling_factor if keep else float(1.0 / latents.float().std())
     vae.register_to_config(scaling_factor=scale)
     torch.save({"latents": latents, "scaling_factor": scale}, path)
     psnr = 10 * math.log10(4.0 / max(mse[0], 1e-10))
