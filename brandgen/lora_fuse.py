@@ -56,7 +56,8 @@ def merge_target(model: torch.nn.Module, module_name: str) -> torch.Tensor:
 def _plain(weight: torch.Tensor, name: str) -> torch.Tensor:
     if type(weight.data) is not torch.Tensor:
         raise LoraError(f"layer {name} holds {type(weight.data).__name__} weights (quantized), which a LoRA cannot be "
-                        "merged into; start without BRANDGEN_QUANTIZATION to use this LoRA.")
+                        "merged into; to use this LoRA, start with BRANDGEN_LORA_HOTSWAP=slot (an adapter over the "
+                        "quantized layers) or without BRANDGEN_QUANTIZATION.")
     return weight.data
 
 
