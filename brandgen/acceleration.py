@@ -37,22 +37,29 @@ REGION_OVERRIDES: dict[str, tuple[str, ...]] = {
 }
 
 
-def region_names(model: torch.nn.Module) -> tuple[str, ...]:
+UNET_REGIONS = ("layers", "blocks")
+UNET_LAYER_REGIONS = ("Transformer2DModel", "ResnetBlock2D", "Downsample2D", "Upsample2D")
+
+
+def region_names(model: torch.nn.Module, unet_regions: str = "layers") -> tuple[str, ...]:
     """Class names of the blocks regional compilation compiles in this model (empty: none known).
 
-    A UNet's regions are its down, mid and up blocks, not its transformer blocks (its `_repeated_blocks`): with
-    only those compiled, SDXL's ResNets, samplers and projections ran eagerly and one image was launch-bound,
-    slower than no compilation at all (H100, docs/PERFORMANCE.md "End to end"). Seven graphs per UNet still leave
-    the block lists swappable for the step cache."""
+    A UNet's regions ("layers", the default) are its attention stacks (Transformer2DModel), ResNets and samplers:
+    nearly all of its compute, yet few distinct graphs, since modules of one class and one shape share a compiled
+    graph (SDXL: 2 attention shapes, ~10 ResNet shapes). Its `_repeated_blocks` (transformer blocks only) left the
+    ResNets eager; "blocks" (down/mid/up blocks, 7 distinct graphs for SDXL, each compiled per batch variant) was
+    still compiling after 6 min at load on an H100 with fp8 (docs/PERFORMANCE.md)."""
     if type(model).__name__ == "UNet2DConditionModel":
+        if unet_regions == "layers":
+            return UNET_LAYER_REGIONS
         blocks = [*model.down_blocks, model.mid_block, *model.up_blocks]
         return tuple(dict.fromkeys(type(b).__name__ for b in blocks if b is not None))
     return REGION_OVERRIDES.get(type(model).__name__) or tuple(getattr(model, "_repeated_blocks", ()) or ())
 
 
-def region_modules(model: torch.nn.Module) -> list[tuple[str, torch.nn.Module]]:
+def region_modules(model: torch.nn.Module, unet_regions: str = "layers") -> list[tuple[str, torch.nn.Module]]:
     """(name, module) of each region `compile_regions` compiles, outermost only."""
-    names, found = region_names(model), []
+    names, found = region_names(model, unet_regions), []
     for name, module in model.named_modules():
         if type(module).__name__ in names and not any(name.startswith(outer + ".") for outer, _ in found):
             found.append((name, module))
@@ -76,6 +83,7 @@ class FastPathOptions:
     lora_hotswap: bool = False
     hotswap_rank: int = 64  # the highest LoRA rank the slot style swaps in
     hotswap_style: str = "merge"  # merge: LoRAs merged into the weights (lora_fuse); slot: a peft adapter slot
+    unet_regions: str = "layers"  # what regional compile compiles in a UNet: layers (see region_names) or blocks
     quantization: str = "none"
     allow_cpu: bool = False  # compile/bf16 on CPU too: only for smoke tests of the code path
 
@@ -87,6 +95,8 @@ class FastPathOptions:
             problems.append(f"compile_mode must be one of {TORCH_COMPILE_MODES}, got {self.compile_mode!r}")
         if self.quantization not in QUANTIZATIONS:
             problems.append(f"quantization must be one of {QUANTIZATIONS}, got {self.quantization!r}")
+        if self.unet_regions not in UNET_REGIONS:
+            problems.append(f"unet_regions must be one of {UNET_REGIONS}, got {self.unet_regions!r}")
         if self.hotswap_style not in HOTSWAP_STYLES:
             problems.append(f"hotswap_style must be one of {HOTSWAP_STYLES}, got {self.hotswap_style!r}")
         if not isinstance(self.hotswap_rank, int) or not 1 <= self.hotswap_rank <= 1024:
@@ -159,13 +169,13 @@ def _compile_kwargs(mode: str | None, fullgraph: bool, backend: str) -> dict[str
 
 
 def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
-                    backend: str = "inductor") -> int:
+                    backend: str = "inductor", unet_regions: str = "layers") -> int:
     """Regional compilation: compile each repeated block once (they share one graph), leave the glue eager."""
     kwargs = _compile_kwargs(mode, fullgraph, backend)
-    names = region_names(model)
+    names = region_names(model, unet_regions)
     if not names:
         raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile; use compile='full'.")
-    regions = region_modules(model)
+    regions = region_modules(model, unet_regions)
     if not regions:
         raise ValueError(f"None of {names} found in {type(model).__name__}.")
     for _, module in regions:
@@ -320,8 +330,8 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
         skipped["quantization"] = reason
         log.warning(reason)
     else:
-        within = (tuple(name for name, _ in region_modules(model))
-                  if options.compile == "regional" and region_names(model) else None)
+        within = (tuple(name for name, _ in region_modules(model, options.unet_regions))
+                  if options.compile == "regional" and region_names(model, options.unet_regions) else None)
         keep = lora_targets if options.lora_hotswap and options.hotswap_style == "merge" else ()
         report["quantization"] = quantize_weights(model, options.quantization, within, keep)
         applied.append(f"quantization:{options.quantization}")
@@ -330,10 +340,13 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
     elif not gpu_ok:
         skipped["compile"] = "CPU: compile time outweighs the gain (set allow_cpu for smoke tests)"
     else:
-        compile_fn = compile_regions if options.compile == "regional" else compile_full
         try:
-            report["compiled_regions"] = compile_fn(model, options.compile_mode, options.fullgraph,
-                                                    options.compile_backend)
+            if options.compile == "regional":
+                report["compiled_regions"] = compile_regions(model, options.compile_mode, options.fullgraph,
+                                                             options.compile_backend, options.unet_regions)
+            else:
+                report["compiled_regions"] = compile_full(model, options.compile_mode, options.fullgraph,
+                                                          options.compile_backend)
             applied.append(f"compile:{options.compile}")
         except ValueError as exc:
             skipped["compile"] = str(exc)

@@ -124,6 +124,7 @@ class ManagerRecipe:
             env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization,
                    "BRANDGEN_COMPILE_MODE": args.perf_compile_mode, "BRANDGEN_LORA_HOTSWAP": args.hotswap}
             fast = options_from_env(env, cache_default=Path(args.cache_dir) if args.cache_dir else None)
+            fast = replace(fast, unet_regions=args.unet_regions)
             if tiny:  # the same code path on the CPU, with dynamo's eager backend
                 fast = replace(fast, allow_cpu=True, bf16=False, compile_backend="eager")
         device = DeviceInfo("cpu", torch.float32, "CPU") if tiny else detect_device()

@@ -34,7 +34,7 @@ def _fast_manager(manager: PipelineManager, **options) -> PipelineManager:
 @pytest.mark.parametrize("field,value,match", [
     ("compile", "turbo", "compile must be one of"), ("compile_mode", "fastest", "compile_mode"),
     ("quantization", "int4", "quantization"), ("hotswap_rank", 0, "hotswap_rank"),
-    ("hotswap_style", "magic", "hotswap_style"),
+    ("hotswap_style", "magic", "hotswap_style"), ("unet_regions", "cells", "unet_regions"),
 ])
 def test_option_validation(field, value, match):
     with pytest.raises(InvalidInput, match=match):
@@ -194,9 +194,9 @@ def test_quantization_covers_the_compiled_regions_and_keeps_merge_targets(monkey
     assert quantize_weights(torch.nn.Sequential(torch.nn.Linear(4, 4)), "int8wo") == "int8wo: 1 Linear layers"
 
 
-def test_unet_regions_are_its_blocks_and_dits_keep_their_repeated_blocks():
-    """A UNet compiles as its down/mid/up blocks (its ResNets inside compiled code), each once; a DiT's
-    repeated transformer blocks stay the regions."""
+def test_unet_regions_are_its_layers_or_blocks_and_dits_keep_their_repeated_blocks():
+    """A UNet compiles as its attention stacks, ResNets and samplers by default (each outermost once; modules of one
+    shape share a graph), or as its down/mid/up blocks; a DiT's repeated transformer blocks stay the regions."""
     from diffusers import FluxTransformer2DModel, UNet2DConditionModel
 
     from brandgen.acceleration import region_modules
@@ -205,10 +205,17 @@ def test_unet_regions_are_its_blocks_and_dits_keep_their_repeated_blocks():
                                 down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
                                 up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
                                 attention_head_dim=2)
-    regions = region_modules(unet)
+    layers = dict(region_modules(unet))
+    kinds = {type(m).__name__ for m in unet.modules()}
+    want = {n for n, m in unet.named_modules() if type(m).__name__ in ("Transformer2DModel", "ResnetBlock2D",
+                                                                      "Downsample2D", "Upsample2D")}
+    assert set(layers) == want and {"Transformer2DModel", "ResnetBlock2D", "Downsample2D"} <= kinds
+    assert "mid_block.attentions.0" in layers and "up_blocks.0.upsamplers.0" in layers
+    inside = sum(p.numel() for m in layers.values() for p in m.parameters())
+    assert inside > 0.9 * sum(p.numel() for p in unet.parameters())  # nearly all weights run compiled
     expected = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"] + [
         f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
-    assert sorted(name for name, _ in regions) == sorted(expected)
+    assert sorted(name for name, _ in region_modules(unet, "blocks")) == sorted(expected)
     dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
                                  num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
                                  axes_dims_rope=(2, 2, 4))
