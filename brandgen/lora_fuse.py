@@ -17,18 +17,16 @@ refused with the reason instead of being applied wrongly.
 from __future__ import annotations
 
 import logging
-import os
-from collections import OrderedDict
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from brandgen.acceleration import FUSED_PARTS
+from brandgen.acceleration import FUSED_PARTS, find_denoiser
 from brandgen.errors import LoraError
-from brandgen.lora_hotswap import CACHED_LORAS, PackedLora
-from brandgen.loras import LoraFactors, read_lora_factors
+from brandgen.lora_hotswap import LoraCache
+from brandgen.loras import LoraFactors
 
 log = logging.getLogger(__name__)
 
@@ -69,16 +67,17 @@ class LoraFuser:
         self.active: tuple[tuple[Path, float], ...] = ()
         self._base: dict[tuple[str, str], torch.Tensor] = {}  # (component, module) -> W0
         self._merged: set[tuple[str, str]] = set()  # layers now holding a LoRA delta
-        self._cache: OrderedDict[tuple[str, float, int], PackedLora] = OrderedDict()
+        self._cache = LoraCache(pipe, find_denoiser(pipe)[1])
 
     @property
     def path(self) -> Path | None:
         """The single active LoRA's file (None when none or several): LoraHotswapper's attribute."""
         return self.active[0][0] if len(self.active) == 1 else None
 
-    def prepare(self) -> int:
-        """Nothing to build before compilation (the graphs read the weights as they are); 0 slot layers."""
-        return 0
+    @property
+    def holds_loras(self) -> bool:
+        """Whether LoRAs are merged in (a refused set leaves the previous one merged)."""
+        return bool(self.active)
 
     def activate(self, path: Path | None, weight: float = 1.0, name: str = "") -> str:
         """LoraHotswapper's call: make the LoRA at `path` (None: no LoRA) the only active one at `weight`."""
@@ -87,10 +86,11 @@ class LoraFuser:
     def set(self, loras: Sequence[tuple[Path, float, str]]) -> str:
         """Make exactly `loras` (file, weight, name) active. Every file is read and every target checked before
         any weight changes, so a LoRA that does not fit leaves the model as it was. Returns '' (no note)."""
-        wanted = tuple((Path(p), float(w)) for p, w, _ in loras if float(w) != 0.0)
+        live = [(Path(p), float(w), n) for p, w, n in loras if float(w) != 0.0]
+        wanted = tuple((p, w) for p, w, _ in live)
         if wanted == self.active:
             return ""
-        read = [(self._factors(Path(p), n or Path(p).stem), float(w)) for p, w, n in loras if float(w) != 0.0]
+        read = [(self._factors(p, n or p.stem), w) for p, w, n in live]
         plan: dict[tuple[str, str], list[tuple[torch.Tensor, torch.Tensor, float]]] = {}
         targets: dict[tuple[str, str], torch.Tensor] = {}
         for lora, weight in read:
@@ -156,15 +156,4 @@ class LoraFuser:
             self._base[key] = copy.pin_memory() if keep_on.type == "cpu" and device.type == "cuda" else copy
 
     def _factors(self, path: Path, name: str) -> LoraFactors:
-        """Read once, then served from the host cache (one flat buffer, one copy to the device per switch)."""
-        stat = os.stat(path)
-        key = (str(path), stat.st_mtime, stat.st_size)
-        denoiser = getattr(self.pipe, "unet", None) or getattr(self.pipe, "transformer", None)
-        dtype = getattr(denoiser, "dtype", torch.float32)
-        device = getattr(denoiser, "device", None)
-        if key not in self._cache:
-            self._cache[key] = PackedLora.of(read_lora_factors(self.pipe, path, name), dtype, device)
-            while len(self._cache) > CACHED_LORAS:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key].to(device)
+        return self._cache.get(path, name)

@@ -128,7 +128,7 @@ class LoraHotswapper:
         self.denoiser = "unet" if getattr(pipe, "unet", None) is not None else "transformer"
         self.slots: dict[str, AdapterSlot] = {}
         self.path: Path | None = None
-        self._cache: OrderedDict[tuple[str, float, int], PackedLora] = OrderedDict()
+        self._cache = LoraCache(pipe, getattr(pipe, self.denoiser))
 
     def prepare(self) -> int:
         """Build the denoiser's slot on the family's default LoRA layers; returns how many layers it holds.
@@ -148,7 +148,7 @@ class LoraHotswapper:
             return note
         if self.path != Path(path):
             try:
-                note = self._load(self._factors(Path(path), name or Path(path).stem))
+                note = self._load(self._cache.get(Path(path), name or Path(path).stem))
             except Exception:
                 self.reset()  # no half-copied LoRA left in the slots
                 raise
@@ -170,19 +170,10 @@ class LoraHotswapper:
         self._strength(0.0)
         self.path = None
 
-    def _factors(self, path: Path, name: str) -> LoraFactors:
-        """The LoRA's factors on the denoiser's device: read once (then cached on the host in one flat, pinned
-        buffer), moved with one copy per switch instead of one per tensor."""
-        stat = os.stat(path)
-        key = (str(path), stat.st_mtime, stat.st_size)
-        model = getattr(self.pipe, self.denoiser)
-        if key not in self._cache:
-            self._cache[key] = PackedLora.of(read_lora_factors(self.pipe, path, name),
-                                          getattr(model, "dtype", torch.float32), getattr(model, "device", None))
-            while len(self._cache) > CACHED_LORAS:
-                self._cache.popitem(last=False)
-        self._cache.move_to_end(key)
-        return self._cache[key].to(getattr(model, "device", None))
+    @property
+    def holds_loras(self) -> bool:
+        """Whether the slots hold a LoRA (after a failed load they are emptied)."""
+        return self.path is not None
 
     def _load(self, lora: LoraFactors) -> str:
         note = ""
@@ -244,6 +235,27 @@ class PackedLora:
                 flat[offset:middle].view(a_shape), flat[middle:middle + b_size].view(b_shape))
             offset = middle + b_size
         return LoraFactors(self.name, factors)
+
+
+class LoraCache:
+    """Read LoRAs of one pipeline, the CACHED_LORAS most recent kept on the host as PackedLora (one flat buffer,
+    pinned for a GPU), so switching back skips the file read and a switch is one copy to the model's device."""
+
+    def __init__(self, pipe: Any, model: torch.nn.Module):
+        self.pipe, self.model = pipe, model
+        self._packed: OrderedDict[tuple[str, float, int], PackedLora] = OrderedDict()
+
+    def get(self, path: Path, name: str) -> LoraFactors:
+        """The LoRA's factors on the model's device, in its dtype; a changed file (mtime, size) is read again."""
+        stat = os.stat(path)
+        key = (str(path), stat.st_mtime, stat.st_size)
+        dtype, device = getattr(self.model, "dtype", torch.float32), getattr(self.model, "device", None)
+        if key not in self._packed:
+            self._packed[key] = PackedLora.of(read_lora_factors(self.pipe, path, name), dtype, device)
+            while len(self._packed) > CACHED_LORAS:
+                self._packed.popitem(last=False)
+        self._packed.move_to_end(key)
+        return self._packed[key].to(device)
 
 
 def hotswapper_for(pipe: Any, options: FastPathOptions | None, targets: tuple[str, ...] = ()) -> Any:

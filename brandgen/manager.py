@@ -229,8 +229,7 @@ class PipelineManager:
                 try:
                     note = loaded.hotswap.set([(info.path, w, info.name) for info, (_, w) in zip(infos, wanted)])
                 except Exception:  # the merge refuses before changing anything; the slot empties itself
-                    held = getattr(loaded.hotswap, "active", ()) or loaded.hotswap.path is not None
-                    loaded.active = previous if held else ()
+                    loaded.active = previous if loaded.hotswap.holds_loras else ()
                     raise
                 loaded.active = wanted
                 return [note] if note else []
