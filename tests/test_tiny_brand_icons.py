@@ -6,7 +6,7 @@ import numpy as np
 from PIL import Image
 
 from brandgen.metrics import foreground_palette_adherence, hex_to_rgb
-from brandgen.tiny import brand_icons, icons
+from brandgen.tiny import brand_icons, icon_data, icons
 from brandgen.training.dataset import validate_dataset
 
 CONCEPTS = list(icons.load_concepts()["concepts"])
@@ -18,7 +18,7 @@ def _duotone_mask(size: int = 64, mark: int = 0) -> np.ndarray:
     mask = np.zeros((size, size), np.uint8)
     mask[12:52, 12:52] = 255
     mask[56:60, 2:2 + mark] = 255
-    mask[18:46, 18:46] = brand_icons.FILL_LEVEL
+    mask[18:46, 18:46] = icon_data.FILL_LEVEL
     return mask
 
 

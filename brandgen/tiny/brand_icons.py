@@ -17,14 +17,14 @@ import json
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+import torch
+from PIL import Image
 
 from brandgen.metrics import hex_to_rgb
 from brandgen.templates import load_asset_types
-from brandgen.tiny import icons
+from brandgen.tiny import icon_data, icons
 
 BRAND_PATH = Path(__file__).with_name("brand_example.json")
-FILL_LEVEL = 51  # Phosphor's duotone fill (opacity 0.2) in the pack's 16-level alpha masks
 
 
 def load_brand(path: str | Path = BRAND_PATH) -> dict:
@@ -53,14 +53,10 @@ def pick_icons(meta: list[dict], brand: dict) -> list[int]:
 
 
 def split_duotone(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(fill alpha, line alpha) in [0, 1] from a duotone mask: the fill is the 20% level grown by 2 px, so the
-    line's anti-aliased edges over the fill stay inside it, while edges over the background stay plain."""
-    m = mask.astype(np.float32)
-    near_fill = Image.fromarray((np.abs(m - FILL_LEVEL) <= 17).astype(np.uint8) * 255)
-    region = np.asarray(near_fill.filter(ImageFilter.MaxFilter(5))) > 0
-    fill = np.where(region, np.clip(m / FILL_LEVEL, 0, 1), 0.0)
-    line = np.where(region, np.clip((m - FILL_LEVEL) / (255 - FILL_LEVEL), 0, 1), m / 255)
-    return fill, line
+    """(fill alpha, line alpha) in [0, 1] of one uint8 duotone mask (icon_data.split_duotone, which training's
+    two-tone variants use too)."""
+    fill, line = icon_data.split_duotone(torch.from_numpy(np.ascontiguousarray(mask))[None, None])
+    return fill[0, 0].numpy(), line[0, 0].numpy()
 
 
 def render_icon(mask: np.ndarray, brand: dict) -> Image.Image:

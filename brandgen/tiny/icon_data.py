@@ -157,7 +157,7 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(fill alpha, line alpha) in [0, 1] from uint8 duotone masks [B, 1, H, W]: the fill is the 20% level grown
     by 2 px, so the line's anti-aliased edges over the fill stay inside it and edges over the background stay
-    plain (the torch twin of brand_icons.split_duotone)."""
+    plain (brand_icons draws the LoRA demo with it too)."""
     m = masks.float()
     region = F.max_pool2d(((m - FILL_LEVEL).abs() <= 17).float(), 5, stride=1, padding=2) > 0
     fill = torch.where(region, (m / FILL_LEVEL).clamp(0, 1), torch.zeros_like(m))
