@@ -115,8 +115,9 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
 
 def prepare_performance(pipe: Any, entry: ModelEntry, options: FastPathOptions | None, report: dict[str, Any],
                         on_stage: StageFn | None = None) -> LoraFuser | LoraHotswapper | None:
-    """After apply_fast_path: build the LoRA slot (so the compiled graphs already hold it), then run the compile
-    warm-up with progress, so neither the first LoRA nor the first click compiles. Returns the hotswapper."""
+    """After apply_fast_path: make the LoRA switcher (the merge needs nothing built; the opt-in slot is built now,
+    so the compiled graphs already hold it), then run the compile warm-up with progress, so neither the first LoRA
+    nor the first click compiles. Returns the switcher."""
     from brandgen.generation import MAX_COUNT
     from brandgen.lora_hotswap import hotswapper_for
     from brandgen.training.families import FAMILIES
