@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from brandgen.tiny import model
+from brandgen.tiny import model, train
 from brandgen.tiny import tokenizer as tiny_tokenizer
 
 
@@ -28,7 +28,7 @@ def snapshot(work_dir: str | Path, out: str | Path) -> dict:
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(work / "tokenizer"))
     if cfg.get("init_model"):
         model.load_trained(comps, cfg["init_model"])
-    else:
+    if not cfg.get("init_model") or train.vae_retuned(cfg):  # the UNet learned this run's autoencoder and scale
         comps["vae"].load_state_dict(torch.load(work / "vae_done.pt", map_location="cpu"))
         comps["vae"].register_to_config(scaling_factor=state["info"]["scaling_factor"])
     ckpt = torch.load(ckpt_path, map_location="cpu")
@@ -39,7 +39,7 @@ def snapshot(work_dir: str | Path, out: str | Path) -> dict:
     with torch.no_grad():
         for param, ema in zip(trained, ckpt["ema"], strict=True):
             param.copy_(ema)
-    model.save_pipeline(model.assemble_pipeline(comps), out)
+    model.save_pipeline(model.assemble_pipeline(comps), out, data="icons" if cfg["data"].get("pack") else "procedural")
     return {"step": ckpt["step"], "elapsed": round(ckpt["elapsed"], 1), "out": str(out)}
 
 
