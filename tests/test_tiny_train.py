@@ -114,8 +114,10 @@ def test_default_config_fits_the_size_budget(tmp_path):
     assert sum(counts.values()) * 2 <= 60 * 2**20  # float16; < 100 MB in the repo, < 64 MiB back from a GPU call
     assert pipe.vae_scale_factor == 8 and pipe.unet.config.sample_size * 8 == cfg["image_size"] == 256
     assert pipe.unet.config.cross_attention_dim == pipe.text_encoder.config.hidden_size
-    model.save_pipeline(pipe, tmp_path / "full")
+    model.save_pipeline(pipe, tmp_path / "full", data="icons")
     assert pipe.unet.dtype == torch.float32  # saving converts a copy
+    card = (tmp_path / "full" / "README.md").read_text()
+    assert "256x256" in card and "Tabler, Lucide, Phosphor, Fluent" in card and "THIRD_PARTY_NOTICES" in card
     files = [p for p in (tmp_path / "full").rglob("*") if p.is_file()]
     assert max(p.stat().st_size for p in files) < 16 * MIB
     assert sum(p.stat().st_size for p in files) < 60 * 2**20
@@ -199,6 +201,27 @@ def test_init_model_can_train_its_autoencoder_on(smoke_run, tmp_path, capsys):
     assert train.vae_retuned({"init_model": "m", "train_vae": {"continue_seconds": 5}})
     assert not train.vae_retuned({"init_model": None, "train_vae": {"continue_seconds": 5}})
     assert not train.vae_retuned({"init_model": "m", "train_vae": {}})
+
+
+def test_snapshot_of_a_continued_run_keeps_the_autoencoder_it_retuned(smoke_run, tmp_path):
+    """A continued run whose VAE trained on (continue_seconds) has its UNet learn that VAE's latents and scale:
+    a snapshot taken mid-UNet must carry them, not the saved model's old autoencoder."""
+    from diffusers import AutoencoderKL
+
+    from brandgen.tiny import snapshot
+
+    saved = smoke_run[0] / "model"
+    assert _smoke(tmp_path, "--init-model", str(saved), "--set", "train_vae.continue_seconds=60",
+                  "--stop-after", "unet:2") is None
+    info = snapshot.main(["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "snap")])
+    snap = AutoencoderKL.from_pretrained(tmp_path / "snap" / "vae", torch_dtype=torch.float32)
+    retuned = torch.load(tmp_path / "work" / "vae_done.pt", map_location="cpu")
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert info["step"] == 2 and snap.config.scaling_factor == state["info"]["scaling_factor"]
+    assert all(torch.equal(v, retuned[k].half().float()) for k, v in snap.state_dict().items())
+    old = json.loads((saved / "vae" / "config.json").read_text())["scaling_factor"]
+    assert snap.config.scaling_factor != old
+    assert "icon-sets" not in (tmp_path / "snap" / "README.md").read_text()  # smoke data: the procedural card
 
 
 def _tokenizer(folder: Path):

@@ -22,22 +22,30 @@ MODEL_CARD = """---
 license: apache-2.0
 library_name: diffusers
 pipeline_tag: text-to-image
-tags: [brandgen, stable-diffusion, tiny, procedural-data]
+tags: [brandgen, stable-diffusion, tiny, {tag}]
 ---
 # brandgen-tiny
 
 The embedded default model of BrandGen: a {params:.1f}M-parameter text-to-image model in the SD1.5 family
-(UNet2DConditionModel + AutoencoderKL + CLIPTextModel, {size}x{size} pixels), trained from scratch in
-minutes on procedurally drawn flat brand icons (`brandgen/tiny/data.py`). It knows colors, basic shapes,
-icon/logo styles and backgrounds; it exists so the app works offline and LoRA training can be tried on
-any machine. It is not a general image model.
+(UNet2DConditionModel + AutoencoderKL + CLIPTextModel, {size}x{size} pixels), trained from scratch {data}
+It exists so the app works offline and LoRA training can be tried on any machine; it is not a general image model.
 
-- Recipe: `python -m brandgen.tiny.train --config brandgen/tiny/recipe.json` (see `brandgen/tiny/`).
-- Prompts like "a red star icon" or the app's templates ("bgicon, flat vector icon of ...").
+- Recipe: `python -m brandgen.tiny.train --config brandgen/tiny/recipe.json` (see `brandgen/tiny/` and
+  docs/TINY_MODEL.md).
+- Prompts like "a red star icon", "outline bell icon, teal" or the app's templates ("bgicon, flat vector icon of ...").
 - Weights: float16 safetensors; load with `DiffusionPipeline.from_pretrained(path)` (on a CPU pass
   `torch_dtype=torch.float32`: PyTorch's CPU kernels do not run this UNet in float16).
-- Data: synthetic only (no scraped images). License: Apache-2.0, like the BrandGen repository.
+- License: Apache-2.0, like the BrandGen repository.{notice}
 """
+CARD_DATA = {
+    "icons": ("icon-sets", "on real icons of permissively licensed sets (Tabler, Lucide, Phosphor, Fluent; brand and "
+              "logo icons left out), each tinted in many colours on plain backgrounds with captions from the icons' "
+              "names, tags and synonyms. It draws everyday UI icons by name in outline, filled, duotone and Fluent "
+              "styles, in named or hex colours.",
+              " The icon sets' licences (MIT, ISC) are reproduced in THIRD_PARTY_NOTICES.txt."),
+    "procedural": ("procedural-data", "on procedurally drawn flat icons (`brandgen/tiny/data.py`): colours, basic "
+                   "shapes, icon/logo styles and backgrounds.", " Data: synthetic only."),
+}
 
 
 def text_config_for(cfg: dict, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
@@ -107,10 +115,11 @@ def parameter_counts(pipe: StableDiffusionPipeline) -> dict[str, int]:
     return {name: count_parameters(getattr(pipe, name)) for name in ("unet", "vae", "text_encoder")}
 
 
-def save_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path) -> Path:
+def save_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path, data: str = "procedural") -> Path:
     """Save as float16 safetensors in shards under 16 MiB (keeps every file small enough for plain git).
 
-    A copy is converted, so the caller's pipeline keeps its dtype and weights.
+    A copy is converted, so the caller's pipeline keeps its dtype and weights; `data` ("icons" from an icon pack,
+    or "procedural") picks what the model card says it learned from.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -122,7 +131,9 @@ def save_pipeline(pipe: StableDiffusionPipeline, out_dir: str | Path) -> Path:
     tiny_tokenizer.save_tokenizer(pipe.tokenizer, tok_dir)
     counts = parameter_counts(pipe)
     size = pipe.unet.config.sample_size * 2 ** (len(pipe.vae.config.block_out_channels) - 1)
-    (out / "README.md").write_text(MODEL_CARD.format(params=sum(counts.values()) / 1e6, size=size), encoding="utf-8")
+    tag, learned, notice = CARD_DATA[data]
+    card = MODEL_CARD.format(params=sum(counts.values()) / 1e6, size=size, tag=tag, data=learned, notice=notice)
+    (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
 

@@ -105,7 +105,7 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
     k = dcfg.get("captions_per_image", 1)
     variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], k, dcfg["seed"], dcfg.get("concept_boost", 1),
-                                       dcfg.get("two_tone", 0.0))
+                                       dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0))
     source = icon_data.ImageSource(icon_data.Composer(masks, run.device, run.cfg["image_size"]), variants)
     if run.done("data"):
         return source, torch.load(ids_path).to(run.device), tok_dir
@@ -355,7 +355,7 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     stage_unet(run, comps, latents, ids)
     t0 = time.time()
     pipe = model.assemble_pipeline(comps).to("cpu", torch.float32)
-    model.save_pipeline(pipe, out)
+    model.save_pipeline(pipe, out, data="icons" if cfg["data"].get("pack") else "procedural")
     total, largest = model.folder_size(out)
     counts = model.parameter_counts(pipe)
     summary = {"out": str(out), "bytes": total, "largest_file": largest, "params": counts,
