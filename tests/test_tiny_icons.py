@@ -118,6 +118,23 @@ def test_captions_name_the_icon_colour_and_background_but_never_the_held_out_phr
     assert sum(v.icon == 0 for v in boosted) == 6 and sum(v.icon == 1 for v in boosted) == 2
 
 
+def test_context_captions_say_where_the_icon_goes_and_keep_everything_else():
+    plain = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5)
+    ctx = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, context=0.3)
+    contexts = icon_data.CONCEPTS["contexts"]
+    held = [w for p in icon_data.CONCEPTS["heldout_phrasings"] for w in p.replace(",", " ").split() if "{" not in w]
+    assert not {w for c in contexts for w in c.split()} & set(held) - {"a", "for", "in", "icon"}
+    changed = 0
+    for old, new in zip(plain, ctx):
+        assert (old.icon, old.fg, old.bg, old.scale, old.fg2) == (new.icon, new.fg, new.bg, new.scale, new.fg2)
+        for a, b in zip(old.captions, new.captions):
+            if a != b:
+                changed += 1
+                rest = b.replace(a, "", 1)
+                assert a in b and any(c in rest for c in contexts), (a, b)
+    assert 0.2 <= changed / (len(plain) * 3) <= 0.4
+
+
 def test_composer_tints_the_mask_on_the_background():
     mask = np.zeros((1, 32, 32), np.uint8)
     mask[0, 8:24, 8:24] = 255

@@ -116,6 +116,20 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str
     return f"{colour} {word}"
 
 
+def with_context(captions: list[str], share: float, rng: random.Random) -> list[str]:
+    """About `share` of the captions with a context phrase before or after them (see make_variants)."""
+    out = []
+    for cap in captions:
+        if rng.random() >= share:
+            out.append(cap)
+            continue
+        where = rng.choice(CONCEPTS["contexts"])
+        form = rng.randrange(3)
+        out.append(f"{cap} for {_article(where)} {where}" if form == 0 else f"{cap}, {where}" if form == 1
+                   else f"{where} {cap}")
+    return out
+
+
 def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
     """A fill colour of another family than the line, readable against the background."""
     def far(rgb: tuple, other: tuple) -> bool:
@@ -128,13 +142,18 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
 
 
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
-                  concept_boost: int = 1, two_tone: float = 0.0) -> list[Variant]:
+                  concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
     two_tone: the share of duotone icons' variants whose fill gets a second colour ("teal and orange"), so the
     autoencoder and the UNet see two-colour icons, as brand sets are (issue #18's LoRA demo: teal line, coral
-    fill). Its draws come from a separate generator: with 0 the variants are those of earlier runs."""
+    fill). Its draws come from a separate generator: with 0 the variants are those of earlier runs.
+
+    context: the share of captions that also say where the icon goes ("bell icon for a dashboard", "toolbar bell
+    icon"). Many context words name icons themselves (menu, sidebar, dashboard), and run 5 drew an app window for
+    "bell symbol for a mobile app": these captions teach that the icon asked for is the one drawn. Separate
+    generator too, so 0 keeps the captions of earlier runs."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -149,6 +168,8 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                     fg2, name2 = _second_colour(fg, bg, extra)
                     colour = f"{colour} and {name2}"
             caps = [caption(m, colour, background, rng) for _ in range(captions_per_variant)]
+            if context > 0:
+                caps = with_context(caps, context, random.Random(seed * 9_000_011 + i * 131 + v))
             out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
                                rng.uniform(-0.03, 0.03), caps, fg2))
     return out
