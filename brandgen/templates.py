@@ -24,6 +24,7 @@ class AssetType:
     negative: str
     min_images: int
     recommended_images: tuple[int, int]
+    examples: tuple[str, ...] = ()  # subjects the Generate tab offers (what the embedded model draws well)
 
 
 @dataclass(frozen=True)
@@ -42,7 +43,7 @@ def load_asset_types(path: Path | None = None) -> dict[str, AssetType]:
         types[type_id] = AssetType(
             id=type_id, label=spec["label"], trigger=spec["trigger"], prefix=spec["prefix"],
             suffix=spec["suffix"], negative=spec["negative"], min_images=spec["min_images"],
-            recommended_images=(lo, hi),
+            recommended_images=(lo, hi), examples=tuple(spec.get("examples", ())),
         )
     return types
 

@@ -33,6 +33,22 @@ def test_asset_types_and_dataset_sizes():
                      "logo": (15, (25, 40)), "premium": (30, (50, 80))}
 
 
+def test_prompt_examples_are_valid_prompts_and_reach_the_generate_tab(manager):
+    """presets' examples (what the embedded model draws well) show in the Generate tab with their asset type."""
+    import gradio as gr
+
+    from brandgen.templates import clean_prompt
+    from brandgen.ui.app import build_app
+
+    types = load_asset_types()
+    assert len(types["icons"].examples) >= 4
+    wanted = [[text, t.id] for t in types.values() for text in t.examples]
+    assert all(clean_prompt(text) == text for text, _ in wanted)
+    demo = build_app(manager)
+    datasets = [b for b in demo.blocks.values() if isinstance(b, gr.Dataset)]
+    assert any([list(row) for row in d.raw_samples] == wanted for d in datasets)
+
+
 def test_build_prompt_adds_trigger_prefix_suffix_and_negative():
     icons = load_asset_types()["icons"]
     pair = build_prompt("  a   bank transfer\n icon ", "icons", extra_negative="purple")

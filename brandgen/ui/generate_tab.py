@@ -109,6 +109,9 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
             asset_type = gr.Radio(
                 [(t.label, t.id) for t in manager.asset_types.values()], value="icons", label="Asset type",
             )
+            examples = [[text, t.id] for t in manager.asset_types.values() for text in t.examples]
+            if examples:  # clicking one fills the prompt and its asset type
+                gr.Examples(examples, [prompt, asset_type], label="Examples", examples_per_page=len(examples))
             preset = gr.Radio(
                 [(p.choice_label, p.id) for p in manager.presets.values()],
                 value="standard", label="Quality",
