@@ -4,9 +4,9 @@ Trains a LoRA on an example brand dataset (teal/coral on cream) and renders the 
 before and after; prints one JSON object. Target on a 2-core CPU (issue #18): < 3 min with 25 images, and
 foreground palette adherence (the glyph's pixels, not the canvas; brandgen.metrics) up >= 30 points.
 
-    python scripts/bench_train_tiny.py                      # v1: assets/brand_example/icons, shapes, 128 px
-    python scripts/bench_train_tiny.py --example v2 --model .work/v2run/model   # v2: real duotone icons, 256 px
-    python scripts/bench_train_tiny.py --model path/to/diffusers/folder --resolution 128
+    python scripts/bench_train_tiny.py                      # v2: real duotone icons, 256 px, the shipped model
+    python scripts/bench_train_tiny.py --example v1 --model OLD_MODEL   # v1: assets/brand_example/icons, shapes, 128 px
+    python scripts/bench_train_tiny.py --model path/to/diffusers/folder --steps 600 --lr 3e-4
 
 --example v2 trains on assets/brand_example/icons_v2 (python -m brandgen.tiny.brand_icons) and asks for
 subjects that are not among its 25 icons (brandgen/tiny/brand_example.json "held_subjects").
@@ -67,14 +67,14 @@ def vae_round_trip(pipe, images: list, size: int) -> list:
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="brandgen-tiny", help="registry id or diffusers folder")
-    parser.add_argument("--example", choices=("v1", "v2"), default="v1",
+    parser.add_argument("--example", choices=("v1", "v2"), default="v2",
                         help="v1: procedural shapes at 128 px; v2: real icons at 256 px (data, palette, subjects)")
     parser.add_argument("--data", default=None, help="dataset folder (default: the example's)")
     parser.add_argument("--images", type=int, default=25)
     parser.add_argument("--resolution", type=int, default=None, help="default: 128 for v1, 256 for v2")
     parser.add_argument("--rank", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=250)
-    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--steps", type=int, default=None, help="default: 600 for v2, 250 for v1")
+    parser.add_argument("--lr", type=float, default=None, help="default: 3e-4 for v2, 1e-3 for v1")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
@@ -93,6 +93,8 @@ def main(argv: list[str] | None = None) -> dict:
     args.trigger = args.trigger or trigger
     args.data = args.data or str(data_dir)
     args.resolution = args.resolution or (256 if args.example == "v2" else 128)
+    args.steps = args.steps or (600 if args.example == "v2" else 250)  # the Train tab's suggestion for the tiny model
+    args.lr = args.lr or (3e-4 if args.example == "v2" else 1e-3)
 
     import torch
     from diffusers import DiffusionPipeline

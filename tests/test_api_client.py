@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,6 +14,8 @@ from PIL import Image
 
 import api_client
 from app_server import REPO_ROOT, AppServer, running_app
+
+TINY_SIZE = tuple(json.loads((REPO_ROOT / "presets" / "models.json").read_text())["brandgen-tiny"]["native_resolution"])
 
 
 @pytest.fixture(scope="module")
@@ -34,7 +37,7 @@ def test_generate_then_the_gallery_lists_it(client, server: AppServer):
     for path in result["images"]:
         assert Path(path).parent.parent == server.home / "downloads"
         with Image.open(path) as image:
-            assert image.size == (128, 128) and image.getextrema() != ((0, 0), (0, 0), (0, 0))
+            assert image.size == TINY_SIZE and image.getextrema() != ((0, 0), (0, 0), (0, 0))
     metadata = result["metadata"]
     assert [m["seed"] for m in metadata] == [42, 43]
     assert {(m["model"], m["preset"], m["asset_type"], m["steps"]) for m in metadata} == {
@@ -78,7 +81,7 @@ def test_one_by_one_benchmark(client, server: AppServer):
     row = result["rows"][0]
     assert (row["model"], row["prompt"], row["preset"], row["status"]) == (
         "brandgen-tiny", "a teal heart icon", "draft", "ok")
-    assert row["seed"] == 7 and row["steps"] == 15 and (row["width"], row["height"]) == (128, 128)
+    assert row["seed"] == 7 and row["steps"] == 15 and (row["width"], row["height"]) == TINY_SIZE
     assert row["seconds"] > 0 and 0 <= row["palette_adherence"] <= 1
     assert [(s["model"], s["images"], s["errors"]) for s in result["summary"]] == [("brandgen-tiny", 1, 0)]
     assert result["status"].startswith("Done: 1 image(s)")

@@ -1,6 +1,6 @@
 """The app as a designer meets it: a real Chromium clicking through the four tabs of `python app.py`.
 
-Runs on the embedded default model (brandgen-tiny, 128x128) with the Draft preset so the module stays short on
+Runs on the embedded default model (brandgen-tiny, 256x256) with the Draft preset so the module stays short on
 a CPU. Each test opens a fresh page; the server (and so the gallery) is shared by the module.
 """
 
@@ -89,7 +89,7 @@ def test_a_lora_dropped_into_loras_is_found_and_used(page: Page, app_server: App
 
 def test_start_and_cancel_a_training_job(page: Page, app_server: AppServer):
     panel = open_tab(page, "Train LoRA")
-    expect(panel.get_by_label("Dataset folder (images + .txt captions)")).to_have_value("assets/brand_example/icons")
+    expect(panel.get_by_label("Dataset folder (images + .txt captions)")).to_have_value("assets/brand_example/icons_v2")
     panel.get_by_label("LoRA name").fill("e2e-brand")
     panel.get_by_role("button", name=re.compile("^Training settings")).click()
     max_steps, every = panel.get_by_label("Max steps (0 = epochs)"), panel.get_by_label("Checkpoint every N steps")
