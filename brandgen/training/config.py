@@ -38,7 +38,7 @@ class TrainConfig:
     name: str
     base_model: str = "brandgen-tiny"
     asset_type: str = "icons"
-    data_dir: str = "assets/brand_example/icons"
+    data_dir: str = "assets/brand_example/icons_v2"
     trigger: str = ""  # the LoRA's own trigger word; prepended to every caption that lacks it
     resolution: int = 0  # 0: the base model's native resolution
     bucketing: bool = False  # aspect-ratio buckets instead of a centre crop
