@@ -135,6 +135,30 @@ def test_context_captions_say_where_the_icon_goes_and_keep_everything_else():
     assert 0.2 <= changed / (len(plain) * 3) <= 0.4
 
 
+def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():
+    from brandgen.tiny.eval import color_family
+
+    plain = icon_data.make_variants([_meta(), _meta(None)], 60, 2, seed=9)
+    free = icon_data.make_variants([_meta(), _meta(None)], 60, 2, seed=9, any_colour=0.4)
+    palette = [rgb for rgb, _ in icon_data.COLORS.values()]
+    changed = [(old, new) for old, new in zip(plain, free) if old.fg != new.fg]
+    assert 0.25 <= len(changed) / len(plain) <= 0.55
+    off_palette = named = 0
+    for old, new in changed:
+        assert (old.icon, old.bg, old.scale, old.dx) == (new.icon, new.bg, new.scale, new.dx)
+        assert sum(abs(a - b) for a, b in zip(new.fg, new.bg)) > 160
+        off_palette += min(max(abs(a - b) for a, b in zip(new.fg, p)) for p in palette) > 14
+        words = (icon_data.hex_of(new.fg), color_family(new.fg))
+        for a, b in zip(old.captions, new.captions):  # only the colour words differ ("bell icon" names none)
+            assert a == b or any(w in b for w in words), (new.fg, a, b)
+        named += any(any(w in c for w in words) for c in new.captions)
+    assert off_palette > len(changed) // 2  # mostly colours the named palette never had
+    assert named > len(changed) // 2
+    for old, new in zip(plain, free):
+        if old.fg == new.fg:
+            assert old.captions == new.captions
+
+
 def test_composer_tints_the_mask_on_the_background():
     mask = np.zeros((1, 32, 32), np.uint8)
     mask[0, 8:24, 8:24] = 255

@@ -116,6 +116,16 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str
     return f"{colour} {word}"
 
 
+def _any_colour(bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
+    """A uniformly random colour that reads on `bg`, and its words: the hex, or the family the evaluator sees."""
+    from brandgen.tiny.eval import color_family
+
+    while True:
+        rgb = tuple(rng.randrange(256) for _ in range(3))
+        if sum(abs(a - b) for a, b in zip(rgb, bg)) > 160:
+            return rgb, hex_of(rgb) if rng.random() < 0.5 else color_family(rgb)
+
+
 def with_context(captions: list[str], share: float, rng: random.Random) -> list[str]:
     """About `share` of the captions with a context phrase before or after them (see make_variants)."""
     out = []
@@ -142,7 +152,8 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
 
 
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
-                  concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0) -> list[Variant]:
+                  concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
+                  any_colour: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -153,7 +164,11 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
     context: the share of captions that also say where the icon goes ("bell icon for a dashboard", "toolbar bell
     icon"). Many context words name icons themselves (menu, sidebar, dashboard), and run 5 drew an app window for
     "bell symbol for a mobile app": these captions teach that the icon asked for is the one drawn. Separate
-    generator too, so 0 keeps the captions of earlier runs."""
+    generator too, so 0 keeps the captions of earlier runs.
+
+    any_colour: the share of variants drawn in a uniformly random colour (named by its hex or its family) instead of
+    the 18 named ones: brand palettes are arbitrary, and run 5's VAE returned the LoRA demo's dark teal and coral as
+    navy-teal and orange-pink. Separate generator; 0 keeps earlier runs' variants."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -161,6 +176,10 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
         for v in range(per_icon * (concept_boost if m.get("concept") else 1)):
             rng = random.Random(seed * 1_000_003 + i * 131 + v)
             fg, bg, colour, background = _colour_and_background(rng)
+            if any_colour > 0:
+                free = random.Random(seed * 11_000_027 + i * 131 + v)
+                if free.random() < any_colour:
+                    fg, colour = _any_colour(bg, free)
             fg2 = None
             if two_tone > 0 and m.get("style") == "duotone":
                 extra = random.Random(seed * 7_000_003 + i * 131 + v)

@@ -105,7 +105,7 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
     k = dcfg.get("captions_per_image", 1)
     variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], k, dcfg["seed"], dcfg.get("concept_boost", 1),
-                                       dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0))
+                                       dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0), dcfg.get("any_colour", 0.0))
     source = icon_data.ImageSource(icon_data.Composer(masks, run.device, run.cfg["image_size"]), variants)
     if run.done("data"):
         return source, torch.load(ids_path).to(run.device), tok_dir
