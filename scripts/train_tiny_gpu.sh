@@ -16,7 +16,8 @@
 #       installs the wheels and copies the carried pack to /tmp, nothing else: a later call on the same (warm) machine
 #       then needs neither, so it can carry a 49 MB .work/init-model instead (pack + model are over the 64 MiB a call
 #       may carry; move assets/brandgen-tiny out of the tree for these calls too).
-# A carried .work/init-model (a saved model) is continued; otherwise a carried .work/text-init is the text encoder.
+# A carried .work/init-model (a saved model, or INIT_MODEL=DIR) is continued; otherwise a carried .work/text-init is
+# the text encoder.
 set -u
 MODE=${1:-train}; shift || true
 WORK=/tmp/work LOG=/tmp/work_log.txt PID=/tmp/train.pid PY=${PYTHON:-python3}
@@ -41,7 +42,8 @@ collect() {  # log, summary, eval, sheets and the model (in <= 15 MiB parts) int
 
 TRAIN=($PY -m brandgen.tiny.train --config brandgen/tiny/recipe.json --work-dir $WORK --out /tmp/model
        --samples $WORK/samples.png --eval 4 --set "data.pack=\"$PACK\"")
-if [ -f .work/init-model/model_index.json ]; then TRAIN+=(--init-model .work/init-model)
+INIT=${INIT_MODEL:-.work/init-model}  # INIT_MODEL=assets/brandgen-tiny continues the shipped model, no carry needed
+if [ -f "$INIT/model_index.json" ]; then TRAIN+=(--init-model "$INIT")
 elif [ -d .work/text-init ]; then TRAIN+=(--text-init .work/text-init); fi
 case "$MODE" in
 stage) ls -la $PACK; exit 0 ;;
