@@ -1,9 +1,9 @@
 """The fast path: everything that makes a resident pipeline generate faster on a CUDA GPU, in one place.
 
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
-quantization inside compiled code, and regional torch.compile (a DiT's repeated transformer blocks, a UNet's
-attention stacks, ResNets and samplers: one graph per module shape, the glue eager) with a persistent inductor
-cache. LoRAs merged into the weights (brandgen.lora_fuse, the default) keep fused QKV and the family's LoRA layers
+quantization inside compiled code (brandgen.quantization), and regional torch.compile (a DiT's repeated
+transformer blocks, a UNet's attention stacks, ResNets and samplers: one graph per module shape, the glue eager)
+with a persistent inductor cache. LoRAs merged into the weights (brandgen.lora_fuse, the default) keep fused QKV and the family's LoRA layers
 unquantized; the opt-in adapter slot of brandgen.lora_hotswap keeps QKV unfused so it reaches to_q/to_k/to_v.
 On CPU the GPU-only steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
@@ -218,15 +218,6 @@ def configure_compile_cache(cache_dir: str | Path) -> dict[str, Any]:
     return {"cache_dir": str(path), "fx_graph_cache": True, "autograd_cache": autograd}
 
 
-def torchao_missing_reason() -> str | None:
-    try:
-        import torchao.quantization  # noqa: F401
-    except ImportError:
-        return ("torchao is not installed: `pip install torchao` (a build matching your torch) to use fp8/int8 "
-                "weights; running in bf16 instead")
-    return None
-
-
 def lora_layer(name: str, targets: tuple[str, ...]) -> bool:
     """Whether a LoRA on the family's `targets` changes layer `name` (a fused projection counts for its parts)."""
     def hit(layer: str) -> bool:
@@ -236,67 +227,12 @@ def lora_layer(name: str, targets: tuple[str, ...]) -> bool:
     return hit(name) or any(hit(f"{parent}.{part}" if parent else part) for part in FUSED_PARTS.get(leaf, ()))
 
 
-def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] | None = None,
-                     keep: tuple[str, ...] = ()) -> str:
-    """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot.
-
-    `within`: module-name prefixes (the compiled regions) whose Linear layers are quantized; None = every one.
-    `keep`: LoRA target names left in bf16, because LoRAs are merged into them (lora_fuse; empty for the slot).
-    Outside compiled code a torchao weight runs through Python tensor-subclass dispatch on every call, which cost
-    more than fp8 saved (H100, docs/PERFORMANCE.md). With the slot style, LoRA target layers are quantized too: the
-    slot wraps them (peft's TorchaoLoraLinear) and adds its bf16 low-rank update to the fp8 base output."""
-    if kind == "none":
-        return "none"
-    reason = torchao_missing_reason()
-    if reason:
-        raise InvalidInput(reason)
-    from torchao.quantization import quantize_
-
-    if kind == "fp8":
-        if not torch.cuda.is_available() or torch.cuda.get_device_capability() < (8, 9):
-            raise InvalidInput("fp8 weights need an NVIDIA GPU with compute capability 8.9+ (Ada, Hopper).")
-        from torchao.quantization import Float8DynamicActivationFloat8WeightConfig, PerRow
-
-        # set_inductor_config=False: by default torchao switches on inductor's coordinate-descent tuning, which
-        # then benchmarks every kernel of the next compile (FLUX's first compiled call ran > 3 min on an H200,
-        # py-spy in CoordescTuner.autotune). The app's compile must stay seconds, as for bf16.
-        config = Float8DynamicActivationFloat8WeightConfig(granularity=PerRow(), set_inductor_config=False)
-    elif kind == "int8wo":
-        from torchao.quantization import Int8WeightOnlyConfig
-
-        config = Int8WeightOnlyConfig(set_inductor_config=False)
-    else:
-        raise InvalidInput(f"Unknown quantization {kind!r}; use one of {QUANTIZATIONS}.")
-
-    def chosen(name: str) -> bool:
-        inside = within is None or any(name.startswith(prefix + ".") for prefix in within)
-        return inside and not (keep and lora_layer(name, keep))
-
-    linears = [m for name, m in model.named_modules() if isinstance(m, torch.nn.Linear) and chosen(name)]
-    total = sum(1 for m in model.modules() if isinstance(m, torch.nn.Linear))
-    quantize_(model, config, filter_fn=lambda module, fqn: isinstance(module, torch.nn.Linear) and chosen(fqn))
-    if linears and all(type(m.weight.data) is torch.Tensor for m in linears):
-        # seen with torchao 0.18 on torch 2.11: its tensor subclasses failed to import and quantize_ did nothing
-        raise InvalidInput(f"torchao {_torchao_version()} left every Linear layer unquantized (it does not match "
-                           f"torch {torch.__version__}); install the torchao build made for this torch.")
-    outside = total - len(linears)
-    return f"{kind}: {len(linears)} Linear layers" + (
-        f", {outside} kept (outside compiled code{' or LoRA layers' if keep else ''})" if outside else "")
-
-
-def _torchao_version() -> str:
-    try:
-        import torchao
-
-        return getattr(torchao, "__version__", "?")
-    except Exception:  # noqa: BLE001 - only used in a message
-        return "?"
-
-
 def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: bool,
                      report: dict[str, Any], lora_targets: tuple[str, ...] = ()) -> dict[str, Any]:
     """The denoiser half of the fast path, in the order that keeps each step valid for the next.
     `lora_targets`: the family's LoRA layers, kept unquantized when LoRAs are merged into them."""
+    from brandgen.quantization import quantize_weights, torchao_missing_reason  # it imports this module
+
     applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
     if options.sdpa:
         report["attention_processors"] = ensure_sdpa(model)

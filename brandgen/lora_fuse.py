@@ -10,7 +10,7 @@ host memory), so switching never accumulates rounding.
 
 Fused QKV projections (acceleration.fuse_qkv) stay on: a LoRA on to_q/to_k/to_v (add_q_proj/...) goes into its
 rows of to_qkv (to_kv, to_added_qkv). Weights torchao quantized cannot take a merge, so performance mode keeps the
-family's LoRA layers unquantized (acceleration.quantize_weights' `keep`), and a LoRA on another quantized layer is
+family's LoRA layers unquantized (quantization.quantize_weights' `keep`), and a LoRA on another quantized layer is
 refused with the reason instead of being applied wrongly.
 """
 

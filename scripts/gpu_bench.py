@@ -44,6 +44,7 @@ from gpu_bench_models import (  # noqa: E402
 )
 
 from brandgen import acceleration as acc  # noqa: E402  (the app's fast path, measured as the app runs it)
+from brandgen import quantization  # noqa: E402
 from brandgen.attention import cudnn_attention_first  # noqa: E402
 
 
@@ -70,7 +71,7 @@ class Bench(BenchClock):
 
         meta = {"args": vars(self.args), "torch": torch.__version__, "diffusers": diffusers.__version__,
                 "python": platform.python_version(), "started": time.strftime("%Y-%m-%d %H:%M:%S"),
-                "torchao_missing": acc.torchao_missing_reason()}
+                "torchao_missing": quantization.torchao_missing_reason()}
         if torch.cuda.is_available():
             meta.update(gpu=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability()),
                         cuda=torch.version.cuda)
@@ -280,7 +281,7 @@ class Bench(BenchClock):
             "text_encoders_gb": round(te_gb, 1)}
         if self.device == "cuda":
             out["group_offload"] = self.group_offload(state, forward)
-        reason = acc.torchao_missing_reason()
+        reason = quantization.torchao_missing_reason()
         if self.device != "cuda" or torch.cuda.get_device_capability() < (8, 9):
             reason = "fp8 needs a CUDA GPU with compute capability 8.9+"
         if reason:
@@ -291,7 +292,7 @@ class Bench(BenchClock):
                 module._compiled_call_impl = None
         torch._dynamo.reset()
         self.free()
-        _, quant_s = self.timed(lambda: acc.quantize_weights(model, "fp8"))
+        _, quant_s = self.timed(lambda: quantization.quantize_weights(model, "fp8"))
         self.free()
         out["fp8_quantize_s"] = round(quant_s, 1)
         out["fp8_weights_gb"] = round(torch.cuda.memory_allocated() / 2**30, 2)

@@ -6,10 +6,9 @@ import numpy as np
 import pytest
 import torch
 
-from brandgen.acceleration import (
-    FastPathOptions, accelerate_model, apply_fast_path, compiled_modules, qkv_fused, torchao_missing_reason,
-)
+from brandgen.acceleration import FastPathOptions, accelerate_model, apply_fast_path, compiled_modules, qkv_fused
 from brandgen.errors import InvalidInput
+from brandgen.quantization import torchao_missing_reason
 from brandgen.generation import GenerationRequest
 from brandgen.lora_hotswap import HOTSWAP_ADAPTER
 from brandgen.manager import PipelineManager
@@ -126,7 +125,7 @@ def test_quantization_that_changes_nothing_is_reported(monkeypatch):
     import sys
     import types
 
-    from brandgen.acceleration import quantize_weights
+    from brandgen.quantization import quantize_weights
 
     fake = types.ModuleType("torchao")
     fake.__version__ = "0.0-mismatch"
@@ -151,7 +150,7 @@ def test_quantization_covers_the_compiled_regions_and_keeps_merge_targets(monkey
     import sys
     import types
 
-    from brandgen.acceleration import quantize_weights
+    from brandgen.quantization import quantize_weights
 
     class Quantized(torch.Tensor):
         pass

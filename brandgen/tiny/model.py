@@ -37,14 +37,17 @@ It exists so the app works offline and LoRA training can be tried on any machine
   `torch_dtype=torch.float32`: PyTorch's CPU kernels do not run this UNet in float16).
 - License: Apache-2.0, like the BrandGen repository.{notice}
 """
-CARD_DATA = {
-    "icons": ("icon-sets", "on real icons of permissively licensed sets (Tabler, Lucide, Phosphor, Fluent; brand and "
-              "logo icons left out), each tinted in many colours on plain backgrounds with captions from the icons' "
-              "names, tags and synonyms. It draws everyday UI icons by name in outline, filled, duotone and Fluent "
-              "styles, in named or hex colours.",
+CARD_DATA = {  # data kind -> (tag, what it learned from, licence note)
+    "icons": ("icon-sets",
+              ("on real icons of permissively licensed sets (Tabler, Lucide, Phosphor, Fluent; brand and logo icons "
+               "left out), each tinted in many colours on plain backgrounds with captions from the icons' names, "
+               "tags and synonyms. It draws everyday UI icons by name in outline, filled, duotone and Fluent "
+               "styles, in named or hex colours."),
               " The icon sets' licences (MIT, ISC) are reproduced in THIRD_PARTY_NOTICES.txt."),
-    "procedural": ("procedural-data", "on procedurally drawn flat icons (`brandgen/tiny/data.py`): colours, basic "
-                   "shapes, icon/logo styles and backgrounds.", " Data: synthetic only."),
+    "procedural": ("procedural-data",
+                   ("on procedurally drawn flat icons (`brandgen/tiny/data.py`): colours, basic shapes, icon/logo "
+                    "styles and backgrounds."),
+                   " Data: synthetic only."),
 }
 
 
