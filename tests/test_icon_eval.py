@@ -51,6 +51,23 @@ def test_evaluate_pipeline_reports_text_and_image_ranks(text_parts):
     assert summary["image_top5_given_text_top5"] == (sum(both) / len(both) if both else 0)
 
 
+def test_summary_breaks_top5_down_by_phrasing():
+    items = icon_eval.heldout_prompts(2)
+    phrasings = icon_eval.CONCEPTS["heldout_phrasings"]
+    assert {it["phrasing"] for it in items} == set(phrasings)
+    for it in items:
+        word = next(w for w in icon_eval.CONCEPTS["concepts"][it["concept"]]["words"]
+                    if it["phrasing"].format(word=w, color=it["color"]) == it["prompt"])
+        assert word
+    hits = {phrasings[0]: True, phrasings[1]: False}
+    rows = [{**it, "top1": False, "top5": hits.get(it["phrasing"], i % 2 == 0), "color_ok": True}
+            for i, it in enumerate(items)]
+    by = icon_eval.summarise(rows)["top5_by_phrasing"]
+    assert by[phrasings[0]] == 1.0 and by[phrasings[1]] == 0.0 and set(by) == set(phrasings)
+    rest = [r["top5"] for r in rows if r["phrasing"] == phrasings[2]]
+    assert by[phrasings[2]] == round(sum(rest) / len(rest), 4)
+
+
 class _ChannelSwapVAE:
     """Encodes to the pixels themselves and decodes with red and blue swapped: a VAE that loses hues."""
 

@@ -99,8 +99,9 @@ def heldout_prompts(per_concept: int = 4, seed: int = SEED) -> list[dict]:
         for j in range(per_concept):
             word = spec["words"][j % len(spec["words"])]
             color = EVAL_COLORS[(ci * per_concept + j) % len(EVAL_COLORS)]
-            prompt = phrasings[(ci + j) % len(phrasings)].format(word=word, color=color)
-            out.append({"concept": concept, "color": color, "prompt": prompt, "seed": seed + ci * 100 + j})
+            phrasing = phrasings[(ci + j) % len(phrasings)]
+            out.append({"concept": concept, "color": color, "prompt": phrasing.format(word=word, color=color),
+                        "seed": seed + ci * 100 + j, "phrasing": phrasing})
     rng.shuffle(out)
     return out
 
@@ -162,6 +163,11 @@ def summarise(results: list[dict], **extra) -> dict:
     out = {"n": len(results), **extra,
            "top1": sum(r["top1"] for r in results) / n, "top5": sum(r["top5"] for r in results) / n,
            "color_accuracy": sum(r["color_ok"] for r in results) / n}
+    if results and "phrasing" in results[0]:  # which wordings the model follows (run 5: 88% vs 26-30% top-5)
+        groups: dict[str, list[bool]] = {}
+        for r in results:
+            groups.setdefault(r["phrasing"], []).append(r["top5"])
+        out["top5_by_phrasing"] = {p: round(sum(v) / len(v), 4) for p, v in groups.items()}
     if results and "text_rank" in results[0]:
         text_hits = [r for r in results if r["text_rank"] <= 5]
         out["text_top1"] = sum(r["text_rank"] == 1 for r in results) / n
