@@ -95,3 +95,17 @@ def test_evaluate_pipeline_scores_a_pipeline():
     summary = tiny_eval.evaluate_pipeline(Renderer(), data.heldout_pairs(12), steps=2, batch=5)
     assert summary["n"] == 12 and summary["color_accuracy"] == summary["shape_accuracy"] == 1.0
     assert all(r["both_ok"] for r in summary["results"])
+
+
+def test_the_module_command_evaluates_the_shipped_icon_model_and_v1_shapes_on_request(monkeypatch, tmp_path):
+    """`python -m brandgen.tiny.eval` scores the shipped model (icon_eval); `--shapes` keeps v1's shape eval."""
+    from brandgen.tiny import icon_eval
+
+    calls = {}
+    monkeypatch.setattr(icon_eval, "main", lambda argv: calls.setdefault("icons", argv))
+    assert tiny_eval.main(["--per-concept", "1"]) == ["--per-concept", "1"]
+    monkeypatch.setattr(tiny_eval, "load_pipeline", lambda model, device: calls.setdefault("v1", model))
+    monkeypatch.setattr(tiny_eval, "evaluate_pipeline", lambda pipe, pairs, *a, **k: {"n": len(pairs), "results": []})
+    summary = tiny_eval.main(["--shapes", "--model", "old", "--n", "7", "--out", str(tmp_path / "r.json")])
+    assert calls == {"icons": ["--per-concept", "1"], "v1": "old"} and summary["n"] == 7
+    assert (tmp_path / "r.json").exists()

@@ -1,7 +1,10 @@
 """Does brandgen-tiny draw what was asked? Color family and shape read back with classic image analysis.
 
-    python -m brandgen.tiny.eval --model assets/brandgen-tiny --n 100 --out results.json [--grid PATH]
+    python -m brandgen.tiny.eval [--per-concept 4 --out r.json --sheet s.png]   # the shipped v2: held-out icons
+    python -m brandgen.tiny.eval --shapes --model V1_MODEL --n 100 --out results.json [--grid PATH]   # v1 shapes
 
+Without --shapes this runs brandgen.tiny.icon_eval (real icons by name, the shipped model). With --shapes it is
+v1's evaluation of procedural shapes:
 Background = median of the border; foreground = pixels far from it in Lab; the largest component's
 interior gives the color family, and its hole-filled silhouette, normalised to its bounding box, is
 matched by IoU against silhouettes rendered by data.py. No learned model is involved, so the metric
@@ -14,6 +17,7 @@ import argparse
 import functools
 import json
 import math
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -259,7 +263,14 @@ def report(summary: dict, out: str | None) -> dict:
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(description="Score brandgen-tiny on held-out 'a <color> <shape> icon' prompts")
+    """The shipped model's evaluation (icon_eval); `--shapes` for v1's 'a <color> <shape> icon' prompts."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if "--shapes" not in argv:
+        from brandgen.tiny import icon_eval  # it imports this module
+
+        return icon_eval.main(argv)
+    argv.remove("--shapes")
+    parser = argparse.ArgumentParser(description="Score brandgen-tiny v1 on held-out 'a <color> <shape> icon' prompts")
     parser.add_argument("--model", default="assets/brandgen-tiny")
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--out", default=None, help="write the results JSON here")
