@@ -93,8 +93,13 @@ def main(argv: list[str] | None = None) -> dict:
     args.trigger = args.trigger or trigger
     args.data = args.data or str(data_dir)
     args.resolution = args.resolution or (256 if args.example == "v2" else 128)
-    args.steps = args.steps or (600 if args.example == "v2" else 250)  # the Train tab's suggestion for the tiny model
-    args.lr = args.lr or (3e-4 if args.example == "v2" else 1e-3)
+    if args.example == "v2":  # what the Train tab suggests for a model of this size, epochs over these images
+        from brandgen.training.config import suggested_lora_settings
+
+        suggested = suggested_lora_settings(args.resolution)
+        args.steps = args.steps or suggested["epochs"] * args.images
+        args.lr = args.lr or suggested["lr"]
+    args.steps, args.lr = args.steps or 250, args.lr or 1e-3  # v1's figures
 
     import torch
     from diffusers import DiffusionPipeline

@@ -11,7 +11,7 @@ from PIL import Image
 
 from brandgen.errors import InvalidInput
 from brandgen.templates import load_asset_types
-from brandgen.training.config import TrainConfig
+from brandgen.training.config import TrainConfig, suggested_lora_settings
 from brandgen.training.dataset import (
     import_uploads,
     load_example,
@@ -130,6 +130,20 @@ def test_train_config_round_trips_json_and_rejects_bad_values(tmp_path: Path):
     assert TrainConfig(name="brand").validated().resolution == 0  # the model's native resolution
     with pytest.raises(InvalidInput, match="LoRA name"):
         TrainConfig(name="../evil").validated()
+
+
+def test_suggested_lora_settings_fit_the_model_size_and_validate():
+    """What the Train tab fills in when a model is chosen: the tiny model's measured settings (lr 3e-4, 24 epochs
+    of 25 icons = the 600 steps of scripts/bench_train_tiny.py), the design defaults for big models."""
+    from brandgen.registry import ModelRegistry
+
+    tiny = suggested_lora_settings(ModelRegistry.from_file().get("brandgen-tiny").native_resolution[0])
+    assert tiny == {"resolution": 256, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
+    big = suggested_lora_settings(1024)
+    assert (big["resolution"], big["rank"], big["lr"], big["convs"]) == (1024, 32, 1e-4, False)
+    for values in (tiny, big):
+        settings = {k: v for k, v in values.items() if k != "convs"}
+        assert TrainConfig(name="brand", **settings).validated().lr == values["lr"]
 
 
 def test_uploads_are_copied_with_safe_names_only(tmp_path: Path):

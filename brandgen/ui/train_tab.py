@@ -13,8 +13,7 @@ from PIL import Image
 
 from brandgen.manager import PipelineManager
 from brandgen.ownership import Access, private_gallery
-from brandgen.registry import ModelEntry
-from brandgen.training.config import TrainConfig
+from brandgen.training.config import TrainConfig, suggested_lora_settings
 from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
 from brandgen.training.export import push_to_hub
 from brandgen.training.families import UNET_CONV_TARGETS, get_family
@@ -24,17 +23,6 @@ from brandgen.ui.common import access_of, user_errors
 
 DEFAULT_DATA = "assets/brand_example/icons_v2"
 ICONS = {"queued": "⏳", "running": "🏃", "cancelling": "✋", "cancelled": "⏹️", "failed": "❌", "done": "✅"}
-
-
-def suggested_settings(entry: ModelEntry) -> dict[str, Any]:
-    """Small embedded models learn fast and cheaply; big ones use the design defaults (rank 32, lr 1e-4).
-
-    The tiny model's figures are scripts/bench_train_tiny.py's (docs/TINY_MODEL.md): 600 steps at lr 3e-4 move the
-    25-icon brand example into its palette in < 3 min on 2 CPU cores; lr 1e-3 drifts off it."""
-    size = entry.native_resolution[0]
-    if size <= 256:
-        return {"resolution": size, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
-    return {"resolution": size, "rank": 32, "alpha": 16, "lr": 1e-4, "epochs": 10, "convs": False}
 
 
 def config_from_ui(
@@ -168,7 +156,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     """Lay out the tab and wire its events; the job itself lives in `jobs`, owned by the app."""
     entries = manager.registry.entries()
     default = manager.registry.get(manager.registry.default_id)
-    start_values = suggested_settings(default)
+    start_values = suggested_lora_settings(default.native_resolution[0])
 
     with gr.Row():
         with gr.Column(scale=2):
@@ -302,7 +290,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         return (str(dest), *validate(str(dest), kind, size, small))
 
     def on_model(model_id: str) -> list:
-        values = suggested_settings(manager.registry.get(model_id))
+        values = suggested_lora_settings(manager.registry.get(model_id).native_resolution[0])
         return [values["resolution"], values["rank"], values["alpha"], values["lr"], values["epochs"], values["convs"]]
 
     @user_errors
