@@ -19,6 +19,7 @@ import torch.nn.functional as F
 
 from brandgen.tiny import icon_sets
 from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES
+from brandgen.tiny.eval import color_family
 
 CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
@@ -118,8 +119,6 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str
 
 def _any_colour(bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
     """A uniformly random colour that reads on `bg`, and its words: the hex, or the family the evaluator sees."""
-    from brandgen.tiny.eval import color_family
-
     while True:
         rgb = tuple(rng.randrange(256) for _ in range(3))
         if sum(abs(a - b) for a, b in zip(rgb, bg)) > 160:

@@ -51,6 +51,11 @@ CARD_DATA = {  # data kind -> (tag, what it learned from, licence note)
 }
 
 
+def trained_on(cfg: dict) -> str:
+    """The CARD_DATA kind of a training config: an icon pack, or the procedural shapes (v1, --smoke)."""
+    return "icons" if cfg["data"].get("pack") else "procedural"
+
+
 def text_config_for(cfg: dict, tokenizer: CLIPTokenizer) -> CLIPTextConfig:
     """The recipe's text encoder sized to the tokenizer (vocabulary, special ids, max length)."""
     return CLIPTextConfig(

@@ -39,7 +39,7 @@ def snapshot(work_dir: str | Path, out: str | Path) -> dict:
     with torch.no_grad():
         for param, ema in zip(trained, ckpt["ema"], strict=True):
             param.copy_(ema)
-    model.save_pipeline(model.assemble_pipeline(comps), out, data="icons" if cfg["data"].get("pack") else "procedural")
+    model.save_pipeline(model.assemble_pipeline(comps), out, data=model.trained_on(cfg))
     return {"step": ckpt["step"], "elapsed": round(ckpt["elapsed"], 1), "out": str(out)}
 
 

@@ -355,7 +355,7 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     stage_unet(run, comps, latents, ids)
     t0 = time.time()
     pipe = model.assemble_pipeline(comps).to("cpu", torch.float32)
-    model.save_pipeline(pipe, out, data="icons" if cfg["data"].get("pack") else "procedural")
+    model.save_pipeline(pipe, out, data=model.trained_on(cfg))
     total, largest = model.folder_size(out)
     counts = model.parameter_counts(pipe)
     summary = {"out": str(out), "bytes": total, "largest_file": largest, "params": counts,
