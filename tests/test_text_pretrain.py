@@ -119,3 +119,29 @@ def test_recipe_text_stage_trains_inside_the_run_and_the_unet_adapts_it_when_ask
     shipped = load_file(tmp_path / "model" / "text_encoder" / "model.safetensors")
     init = load_file(tmp_path / "w" / "text_init" / "text_encoder" / "model.safetensors")
     assert any(not torch.equal(shipped[k], init[k]) for k in init)  # trained on at half the UNet's LR
+
+
+def test_text_pretraining_reads_the_same_variants_as_the_unet_stage(monkeypatch, tmp_path):
+    """Both stages take the data section whole: two-tone, context and free-colour captions reach the text
+    encoder too (it once left out two_tone, so "teal and orange" was never in its training captions)."""
+    cfg = train.load_config(RECIPE, smoke=True)
+    masks, meta = concept_pack()
+    for m in meta:
+        m.update(set="phosphor", style="duotone")
+    cfg["data"].update(two_tone=0.5, context=0.3, any_colour=0.2)
+    seen: list[list[str]] = []
+
+    def stop(_tokenizer, captions):
+        seen.append(list(captions))
+        raise InterruptedError
+
+    monkeypatch.setattr(text_pretrain.tiny_tokenizer, "encode_padded", stop)
+    tok = text_pretrain.recipe_tokenizer(cfg, meta, tmp_path / "tokenizer")
+    with pytest.raises(InterruptedError):
+        text_pretrain.pretrain(cfg, masks, meta, tok, tmp_path / "init", tmp_path / "ckpt.pt", seconds=1,
+                               max_steps=1, log=lambda _: None)
+    expected = [c for v in icon_data.variants_for(meta, cfg["data"]) for c in v.captions]
+    assert seen == [expected]
+    plain = dict(cfg["data"], two_tone=0.0)
+    assert expected != [c for v in icon_data.variants_for(meta, plain) for c in v.captions]
+    assert any(" and " in c for c in expected)

@@ -193,6 +193,14 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
     return out
 
 
+def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
+    """The variants a recipe's data section asks for: text pretraining and the UNet stage must read the same
+    ones (the text stage once left out two_tone, so its encoder never saw "teal and orange" captions)."""
+    return make_variants(meta, dcfg["variants_per_icon"], dcfg.get("captions_per_image", 1), dcfg["seed"],
+                         dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
+                         dcfg.get("any_colour", 0.0))
+
+
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(fill alpha, line alpha) in [0, 1] from uint8 duotone masks [B, 1, H, W]: the fill is the 20% level grown
     by 2 px, so the line's anti-aliased edges over the fill stay inside it and edges over the background stay

@@ -179,9 +179,7 @@ def pretrain(cfg: dict, masks: np.ndarray, meta: list[dict], tokenizer: CLIPToke
     torch.manual_seed(cfg["seed"])
     dev = torch.device(device)
     dcfg = cfg["data"]
-    variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], dcfg.get("captions_per_image", 1),
-                                       dcfg["seed"], dcfg.get("concept_boost", 1), context=dcfg.get("context", 0.0),
-                                       any_colour=dcfg.get("any_colour", 0.0))
+    variants = icon_data.variants_for(meta, dcfg)
     k = len(variants[0].captions)
     ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, [c for v in variants for c in v.captions]))
     ids = ids.view(len(variants), k, -1).long()

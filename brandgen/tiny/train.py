@@ -103,9 +103,7 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     captions [N, K, 77]. The variant table is rebuilt from the seed on resume (it is deterministic)."""
     dcfg, t0 = run.cfg["data"], time.time()
     ids_path, tok_dir = run.work / "caption_ids.pt", run.work / "tokenizer"
-    k = dcfg.get("captions_per_image", 1)
-    variants = icon_data.make_variants(meta, dcfg["variants_per_icon"], k, dcfg["seed"], dcfg.get("concept_boost", 1),
-                                       dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0), dcfg.get("any_colour", 0.0))
+    variants = icon_data.variants_for(meta, dcfg)
     source = icon_data.ImageSource(icon_data.Composer(masks, run.device, run.cfg["image_size"]), variants)
     if run.done("data"):
         return source, torch.load(ids_path).to(run.device), tok_dir
@@ -117,6 +115,7 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     else:
         tokenizer = text_pretrain.recipe_tokenizer(run.cfg, meta, tok_dir)
     flat = [c for v in variants for c in v.captions]
+    k = len(variants[0].captions)
     ids = torch.from_numpy(tiny_tokenizer.encode_padded(tokenizer, flat)).view(len(variants), k, -1)
     torch.save(ids, ids_path)
     (run.work / "captions_sample.json").write_text(json.dumps([v.captions for v in variants[::97][:500]], indent=0))
