@@ -232,6 +232,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perf-compile-mode", default="default",
                         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                         help="recipe d's torch.compile mode (reduce-overhead: CUDA graphs)")
+    parser.add_argument("--perf-compile", default="regional", choices=("regional", "full"),
+                        help="recipe d: compile regions (the default; the Fast preset's step cache needs them) or "
+                             "the whole denoiser (BRANDGEN_COMPILE)")
     parser.add_argument("--unet-regions", default="layers", choices=("layers", "blocks"),
                         help="recipe d: what regional compile compiles in a UNet (FastPathOptions.unet_regions)")
     parser.add_argument("--hotswap", default="merge", choices=("merge", "slot"),

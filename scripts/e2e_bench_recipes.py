@@ -122,7 +122,8 @@ class ManagerRecipe:
         fast = None
         if self.kind == "d":  # exactly what BRANDGEN_PERFORMANCE=1 starts the app with
             env = {"BRANDGEN_PERFORMANCE": "1", "BRANDGEN_QUANTIZATION": args.quantization,
-                   "BRANDGEN_COMPILE_MODE": args.perf_compile_mode, "BRANDGEN_LORA_HOTSWAP": args.hotswap}
+                   "BRANDGEN_COMPILE_MODE": args.perf_compile_mode, "BRANDGEN_LORA_HOTSWAP": args.hotswap,
+                   "BRANDGEN_COMPILE": args.perf_compile}
             fast = options_from_env(env, cache_default=Path(args.cache_dir) if args.cache_dir else None)
             fast = replace(fast, unet_regions=args.unet_regions)
             if tiny:  # the same code path on the CPU, with dynamo's eager backend
