@@ -3,8 +3,8 @@
 bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets, optional torchao weight
 quantization inside compiled code (brandgen.quantization), and regional torch.compile (a DiT's repeated
 transformer blocks, a UNet's attention stacks, ResNets and samplers: one graph per module shape, the glue eager)
-with a persistent inductor cache. LoRAs merged into the weights (brandgen.lora_fuse, the default) keep fused QKV
-and the family's LoRA layers unquantized; the opt-in adapter slot of brandgen.lora_hotswap keeps QKV unfused so it
+with a persistent inductor cache. LoRAs merged into the weights (brandgen.lora_fuse, the default) keep fused QKV;
+fp8 quantizes the LoRA layers too (the merge requantizes them), int8 leaves them bf16; the opt-in adapter slot of brandgen.lora_hotswap keeps QKV unfused so it
 reaches to_q/to_k/to_v.
 On CPU the GPU-only steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
@@ -28,6 +28,7 @@ COMPILE_MODES = ("off", "regional", "full")
 TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUANTIZATIONS = ("none", "fp8", "int8wo")
 HOTSWAP_STYLES = ("merge", "slot")
+MERGEABLE_QUANTIZATIONS = ("fp8",)  # per-row fp8 weights take a LoRA merge (lora_fuse.Fp8Rows); int8 does not
 FUSED_PARTS = {"to_qkv": ("to_q", "to_k", "to_v"), "to_kv": ("to_k", "to_v"),
                "to_added_qkv": ("add_q_proj", "add_k_proj", "add_v_proj")}  # fused projection -> layers it joins
 DENOISER_NAMES = ("transformer", "unet")
@@ -270,7 +271,8 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
     else:
         within = (tuple(name for name, _ in region_modules(model, options.unet_regions))
                   if options.compile == "regional" and region_names(model, options.unet_regions) else None)
-        keep = lora_targets if options.lora_hotswap and options.hotswap_style == "merge" else ()
+        merged = options.lora_hotswap and options.hotswap_style == "merge"
+        keep = lora_targets if merged and options.quantization not in MERGEABLE_QUANTIZATIONS else ()
         report["quantization"] = quantize_weights(model, options.quantization, within, keep)
         applied.append(f"quantization:{options.quantization}")
     if options.compile == "off":

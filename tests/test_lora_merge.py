@@ -169,3 +169,54 @@ def test_a_refused_lora_keeps_the_active_ones_and_the_next_request_gets_what_it_
     assert fast._loaded.active == (("a_peft", 1.0),)  # what the weights still hold
     assert np.array_equal(_pixels(fast.generate(_req())), base)
     assert np.array_equal(_pixels(fast.generate(_req(loras=(("a_peft", 1.0),)))), with_a)
+
+
+def _fp8(layer: torch.nn.Linear) -> None:
+    """The weight as BRANDGEN_QUANTIZATION=fp8 leaves it: torchao's Float8Tensor with one scale per row."""
+    from torchao.quantization import PerRow
+    from torchao.quantization.quantize_.workflows.float8.float8_tensor import Float8Tensor
+
+    layer.weight = torch.nn.Parameter(Float8Tensor.from_hp(layer.weight.data, granularity=PerRow()),
+                                      requires_grad=False)
+
+
+def _fp8_state(layer: torch.nn.Linear) -> tuple[torch.Tensor, torch.Tensor]:
+    return layer.weight.qdata.clone(), layer.weight.scale.clone()
+
+
+def test_a_lora_merges_into_per_row_fp8_weights_and_switches_without_recompiling():
+    """fp8 LoRA layers take the merge: dequantize W0, add the deltas, one requantization into the weight's own
+    qdata and scale, so a compiled forward reads the new weights with no recompilation; W0 comes back exactly."""
+    model = _model()
+    _fp8(model.lin)
+    _fp8(model.attn.to_qkv)
+    w0 = {"lin": _fp8_state(model.lin), "qkv": _fp8_state(model.attn.to_qkv)}
+    deq0 = {k: q.float() * s for k, (q, s) in w0.items()}
+    a = _lora("a", {"lin": ((2, 5), (7, 2)), "attn.to_k": ((3, 4), (2, 3)), "conv": ((2, 4, 3, 3), (6, 2, 1, 1))}, 1)
+    b = _lora("b", {"lin": ((4, 5), (7, 4))}, 2)
+    fuser = _fuser(model, {"a": a, "b": b})
+    lin = torch.compile(model.lin, backend="aot_eager", fullgraph=True)
+    x = torch.randn(3, 5)
+    lin(x)
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        fuser.set([(Path("a"), 0.5, "a"), (Path("b"), -1.0, "b")])
+        fa, fb = a.factors["unet"], b.factors["unet"]
+        want = deq0["lin"] + 0.5 * _delta(fa["lin"], (7, 5)) - _delta(fb["lin"], (7, 5))
+        got = model.lin.weight.dequantize().float()
+        assert model.lin.weight.qdata.dtype == torch.float8_e4m3fn
+        # e4m3 keeps 3 mantissa bits: each weight within 1/16 of its row's largest magnitude
+        assert ((got - want).abs() <= want.abs().amax(dim=1, keepdim=True) / 16).all()
+        assert (got - deq0["lin"]).abs().mean() > 0.1, "the LoRA shows"
+        out = lin(x)
+        assert torch.allclose(out.float(), x @ got.t() + model.lin.bias, atol=0.05, rtol=0.05)
+        qkv = model.attn.to_qkv.weight  # to_k's rows are 4..5: only they (and their scales) change
+        assert torch.equal(qkv.qdata[:4], w0["qkv"][0][:4]) and torch.equal(qkv.qdata[6:], w0["qkv"][0][6:])
+        assert torch.equal(qkv.scale[:4], w0["qkv"][1][:4]) and torch.equal(qkv.scale[6:], w0["qkv"][1][6:])
+        rows = qkv.dequantize().float()[4:6]
+        want_rows = deq0["qkv"][4:6] + 0.5 * _delta(fa["attn.to_k"], (2, 4))
+        assert ((rows - want_rows).abs() <= want_rows.abs().amax(dim=1, keepdim=True) / 16).all()
+        fuser.set([(Path("b"), 1.0, "b")])  # to_qkv goes back to its fp8 W0 bit for bit
+        assert torch.equal(qkv.qdata, w0["qkv"][0]) and torch.equal(qkv.scale, w0["qkv"][1])
+        fuser.reset()
+        assert torch.equal(model.lin.weight.qdata, w0["lin"][0]) and torch.equal(model.lin.weight.scale, w0["lin"][1])
+        assert torch.equal(lin(x), model.lin(x))
