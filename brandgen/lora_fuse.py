@@ -221,6 +221,10 @@ class LoraFuser:
             copy = weight.clone_to(keep_on) if isinstance(weight, Fp8Rows) else weight.detach().to(keep_on, copy=True)
             self._base[key] = copy.pin_memory() if keep_on.type == "cpu" and device.type == "cuda" else copy
 
+    def read_ahead(self, items: Sequence[tuple[Path, str]]) -> int:
+        """Read LoRA files into the cache before their first switch (LoraCache.read_ahead)."""
+        return self._cache.read_ahead(items)
+
     def _factors(self, path: Path, name: str) -> LoraFactors:
         return self._cache.get(path, name)
 

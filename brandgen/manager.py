@@ -21,6 +21,7 @@ from brandgen.device import (
 )
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
+from brandgen.lora_hotswap import read_ahead_in_background
 from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
@@ -77,6 +78,7 @@ class PipelineManager:
         self.asset_types: dict[str, AssetType] = load_asset_types()
         self.presets: dict[str, QualityPreset] = load_quality_presets()
         self.lora_library = LoraLibrary(self.paths.loras)
+        self.read_ahead: threading.Thread | None = None  # performance mode: LoRA files read after a model load
         self.upscaler = upscaler or LanczosUpscaler()
         self.fuse_single_lora = fuse_single_lora
         self.prime_on_load = prime_on_load  # a 1-step image at load on the CPU (warmup.prime)
@@ -168,6 +170,8 @@ class PipelineManager:
                 self.stage = ""
             self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start,
                                    hotswap=hotswap)
+            if hotswap is not None:
+                self.read_ahead = read_ahead_in_background(hotswap, self.lora_library, entry.family)
             return entry
 
     swap_model = load_model

@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import torch
 
-from brandgen.lora_hotswap import PackedLora
+import brandgen.lora_hotswap as hot
+from brandgen.lora_hotswap import CACHED_LORAS, LoraCache, PackedLora
 from brandgen.loras import LoraFactors
 
 
@@ -34,3 +35,27 @@ def test_packed_lora_round_trips_every_factor_as_views_of_one_buffer():
 def test_an_empty_lora_packs_to_nothing():
     packed = PackedLora.of(LoraFactors("empty", {}), torch.float32, None)
     assert packed.flat is None and packed.to(torch.device("cpu")).factors == {}
+
+
+def test_read_ahead_fills_free_places_only_and_never_evicts_a_lora_in_use(tmp_path, monkeypatch):
+    reads: list[str] = []
+
+    def read(pipe, path, name, *args):
+        reads.append(name)
+        return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2), torch.ones(2, 1))}})
+
+    monkeypatch.setattr(hot, "read_lora_factors", read)
+    files = []
+    for i in range(CACHED_LORAS + 2):
+        files.append(tmp_path / f"l{i}.safetensors")
+        files[-1].write_bytes(b"x" * (i + 1))
+    cache = LoraCache(None, torch.nn.Linear(2, 2))
+    cache.get(files[0], "l0")  # the LoRA in use
+    assert cache.read_ahead([(f, f.stem) for f in files[1:]]) == CACHED_LORAS - 1
+    assert reads == [f"l{i}" for i in range(CACHED_LORAS)]
+    cache.get(files[1], "l1")  # read ahead: no second read
+    cache.get(files[-1], files[-1].stem)  # a new one evicts the least recent read-ahead, not the one in use
+    assert len(reads) == CACHED_LORAS + 1
+    cache.get(files[0], "l0")
+    cache.get(files[1], "l1")
+    assert len(reads) == CACHED_LORAS + 1, "the LoRAs in use stayed cached"
