@@ -186,6 +186,9 @@ class PipelineManager:
 
     def unload(self) -> None:
         with self.lock:
+            if self.read_ahead is not None:  # it holds the pipeline: wait (a few file reads), then free it
+                self.read_ahead.join()
+                self.read_ahead = None
             self._loaded = None
             free_memory()
 

@@ -4,6 +4,7 @@ manager in performance mode (compiled on CPU with dynamo's eager backend) matchi
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -252,3 +253,16 @@ def test_performance_mode_reads_the_librarys_loras_ahead_so_a_first_switch_reads
     assert reads == []
     with pytest.raises(LoraError, match="broken"):  # the skipped file still gets its own message at use
         fast.generate(_req(loras=(("broken", 1.0),)))
+    monkeypatch.undo()
+    real = hot.read_lora_factors
+
+    def slow(*args, **kwargs):
+        time.sleep(0.3)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(hot, "read_lora_factors", slow)
+    fast.unload()
+    fast.load_model("tiny-sd15")
+    thread = fast.read_ahead
+    fast.unload()  # a load of another model must not find the old pipeline still held by the reading thread
+    assert not thread.is_alive() and fast.read_ahead is None
