@@ -48,10 +48,6 @@ class Fp8Rows:
     scale: torch.Tensor  # [out, 1] float32
 
     @property
-    def shape(self) -> torch.Size:
-        return self.qdata.shape
-
-    @property
     def device(self) -> torch.device:
         return self.qdata.device
 

@@ -291,7 +291,7 @@ def read_ahead_in_background(switcher: Any, library: Any, family: str) -> thread
     cache: performance mode calls it after a model load, so the designer's first switch to a LoRA skips the read."""
     def run() -> None:
         try:
-            infos = [i for i in library.scan() if not i.base_family or i.base_family == family]
+            infos = [i for i in library.scan() if i.fits(family)]
             infos.sort(key=lambda i: i.path.stat().st_mtime, reverse=True)
             switcher.read_ahead([(i.path, i.name) for i in infos])
         except Exception as exc:  # noqa: BLE001 - a convenience: a switch reads what this did not

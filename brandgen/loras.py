@@ -45,6 +45,10 @@ class LoraInfo:
     def base_family(self) -> str | None:
         return self.metadata.get("brandgen.base_family")
 
+    def fits(self, family: str) -> bool:
+        """Whether it may go on a model of `family`: a LoRA that does not name its base family is tried anywhere."""
+        return not self.base_family or self.base_family == family
+
     @property
     def trigger(self) -> str:
         return self.metadata.get("brandgen.trigger", "")

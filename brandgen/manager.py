@@ -287,11 +287,9 @@ class PipelineManager:
         info = self.lora_library.get(name)
         if info.adapter_name in loaded.loras:
             return info
-        family = info.base_family
-        if family and family != loaded.entry.family:
-            raise LoraError(
-                f"LoRA {name!r} was trained for {family} models; {loaded.entry.label} is {loaded.entry.family}."
-            )
+        if not info.fits(loaded.entry.family):
+            raise LoraError(f"LoRA {name!r} was trained for {info.base_family} models; {loaded.entry.label} is "
+                            f"{loaded.entry.family}.")
         if loaded.hotswap is not None:
             return info  # set_loras loads it into the hotswap slot
         pipe = loaded.pipe
