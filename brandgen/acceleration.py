@@ -4,8 +4,8 @@ bf16 weights, PyTorch SDPA attention, fused QKV projections, channels_last UNets
 quantization inside compiled code (brandgen.quantization), and regional torch.compile (a DiT's repeated
 transformer blocks, a UNet's attention stacks, ResNets and samplers: one graph per module shape, the glue eager)
 with a persistent inductor cache. LoRAs merged into the weights (brandgen.lora_fuse, the default) keep fused QKV;
-fp8 quantizes the LoRA layers too (the merge requantizes them), int8 leaves them bf16; the opt-in adapter slot of brandgen.lora_hotswap keeps QKV unfused so it
-reaches to_q/to_k/to_v.
+fp8 quantizes the LoRA layers too (the merge requantizes them), int8 leaves them bf16; the opt-in adapter slot of
+brandgen.lora_hotswap keeps QKV unfused so it reaches to_q/to_k/to_v.
 On CPU the GPU-only steps are skipped and the report says why.
 The same functions back PipelineManager and scripts/gpu_bench.py, so the benchmark measures what the app runs.
 """

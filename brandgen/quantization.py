@@ -1,7 +1,8 @@
 """torchao weight quantization of a denoiser's Linear layers (fp8 on Ada/Hopper GPUs, int8 weight-only).
 
 Used by the fast path (brandgen.acceleration.accelerate_model) inside regionally compiled code, where a quantized
-weight costs no Python dispatch per call. Layers that take merged LoRAs stay bf16 (brandgen.lora_fuse).
+weight costs no Python dispatch per call. With merged LoRAs (brandgen.lora_fuse), fp8 layers take the merge by
+requantization; int8 ones cannot, so the fast path passes the LoRA layers as `keep` for int8 only.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def quantize_weights(model: torch.nn.Module, kind: str, within: tuple[str, ...] 
     """Quantize the denoiser's Linear weights in place with torchao; raises InvalidInput when it cannot.
 
     `within`: module-name prefixes (the compiled regions) whose Linear layers are quantized; None = every one.
-    `keep`: LoRA target names left in bf16, because LoRAs are merged into them (lora_fuse; empty for the slot).
+    `keep`: LoRA target names left in bf16, because LoRAs are merged into them (int8; empty for fp8 and the slot).
     Outside compiled code a torchao weight runs through Python tensor-subclass dispatch on every call, which cost
     more than fp8 saved (H100, docs/PERFORMANCE.md). With the slot style, LoRA target layers are quantized too: the
     slot wraps them (peft's TorchaoLoraLinear) and adds its bf16 low-rank update to the fp8 base output."""

@@ -135,10 +135,10 @@ class ManagerRecipe:
         stages: list[str] = []
         self.manager.load_model(entry.id, progress=lambda done, total: stages.append(
             f"{self.manager.stage} {done}/{total}"))
-        waited = time.perf_counter()
-        if self.manager.read_ahead is not None:  # the app reads the library's LoRAs after a load; let it finish
-            self.manager.read_ahead.join()   # so it does not overlap the timed calls
-        waited = time.perf_counter() - waited
+        start = time.perf_counter()
+        if self.manager.read_ahead is not None:  # the app reads the library's LoRAs after a load: let it finish,
+            self.manager.read_ahead.join()  # so it does not overlap the timed calls
+        waited = time.perf_counter() - start
         self.manager.set_loras(((self.active, 1.0),))
         return {"fast_path_report": self.manager.fast_path_report, "progress": stages,
                 "dtype": str(device.dtype), "lora_read_ahead_wait_s": round(waited, 2)}
