@@ -167,14 +167,25 @@ def unfuse_qkv(model: torch.nn.Module) -> bool:
     return True
 
 
-def _compile_kwargs(mode: str | None, fullgraph: bool, backend: str) -> dict[str, Any]:
-    return {"fullgraph": fullgraph, "backend": backend, **({"mode": mode} if mode not in (None, "default") else {})}
+# Inductor settings diffusers' torch.compile guide gives for UNets: 1x1 convolutions as matmuls (channels_last),
+# no epilogue fusion. The expert recipe of scripts/e2e_bench.py uses them too, so both compile the same way.
+UNET_INDUCTOR_OPTIONS = {"conv_1x1_as_mm": True, "epilogue_fusion": False}
+
+
+def _compile_kwargs(mode: str | None, fullgraph: bool, backend: str,
+                    model: torch.nn.Module | None = None) -> dict[str, Any]:
+    kwargs: dict[str, Any] = {"fullgraph": fullgraph, "backend": backend}
+    if mode not in (None, "default"):
+        kwargs["mode"] = mode  # torch.compile takes a mode or inductor options, not both
+    elif backend == "inductor" and type(model).__name__ == "UNet2DConditionModel":
+        kwargs["options"] = dict(UNET_INDUCTOR_OPTIONS)
+    return kwargs
 
 
 def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
                     backend: str = "inductor", unet_regions: str = "layers") -> int:
     """Regional compilation: compile each repeated block once (they share one graph), leave the glue eager."""
-    kwargs = _compile_kwargs(mode, fullgraph, backend)
+    kwargs = _compile_kwargs(mode, fullgraph, backend, model)
     names = region_names(model, unet_regions)
     if not names:
         raise ValueError(f"{type(model).__name__} declares no repeated blocks to compile; use compile='full'.")
@@ -188,7 +199,7 @@ def compile_regions(model: torch.nn.Module, mode: str | None = None, fullgraph: 
 
 def compile_full(model: torch.nn.Module, mode: str | None = None, fullgraph: bool = True,
                  backend: str = "inductor") -> int:
-    model.compile(**_compile_kwargs(mode, fullgraph, backend))
+    model.compile(**_compile_kwargs(mode, fullgraph, backend, model))
     return 1
 
 

@@ -226,6 +226,36 @@ def test_unet_regions_are_its_layers_or_blocks_and_dits_keep_their_repeated_bloc
         "single_transformer_blocks.0", "single_transformer_blocks.1", "transformer_blocks.0"]
 
 
+def test_unet_compiles_with_the_guides_inductor_options_and_modes_without_them(monkeypatch):
+    """A UNet compiled by inductor in the default mode gets conv_1x1_as_mm / no epilogue fusion (as the expert recipe
+    does); a named mode (torch.compile refuses mode and options together), another backend or a DiT gets none."""
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    from brandgen.acceleration import UNET_INDUCTOR_OPTIONS, compile_full, compile_regions
+
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2)
+    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                                 axes_dims_rope=(2, 2, 4))
+    seen: list[dict] = []
+    real_compile = torch.compile
+    monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
+    compile_full(unet)
+    compile_full(unet, mode="reduce-overhead")
+    compile_full(unet, backend="eager")
+    compile_full(dit)
+    compile_regions(unet)
+    assert seen[0]["options"] == UNET_INDUCTOR_OPTIONS and "mode" not in seen[0]
+    assert seen[1]["mode"] == "reduce-overhead" and "options" not in seen[1]
+    assert all("options" not in kw for kw in seen[2:4])
+    assert all(kw.get("options") == UNET_INDUCTOR_OPTIONS for kw in seen[4:]) and len(seen) > 5
+    for kw in seen:  # torch.compile accepts every combination made
+        real_compile(torch.nn.Identity(), **kw)
+
+
 def _with_text_encoder_part(pipe, path, seed: int = 5) -> None:
     """Add kohya `lora_te_` layers (A1111 LoRAs often train CLIP too) to a kohya file."""
     from safetensors.torch import load_file, save_file
