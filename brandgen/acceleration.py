@@ -24,7 +24,7 @@ from brandgen.errors import InvalidInput
 
 log = logging.getLogger(__name__)
 
-COMPILE_MODES = ("off", "regional", "full")
+COMPILE_MODES = ("off", "auto", "regional", "full")  # auto: see compile_choice
 TORCH_COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 QUANTIZATIONS = ("none", "fp8", "int8wo")
 HOTSWAP_STYLES = ("merge", "slot")
@@ -69,6 +69,20 @@ def region_modules(model: torch.nn.Module, unet_regions: str = "layers") -> list
     return found
 
 
+def compile_choice(model: torch.nn.Module, compile: str) -> str:
+    """What `compile="auto"` compiles: a UNet whole, a DiT by its repeated blocks (a named choice stays).
+
+    SDXL on an H100 (scripts/e2e_bench.py, docs/PERFORMANCE.md run 4): the whole UNet ran a 1024² image in 1.08 s,
+    what the expert's compile gives, after 4.4 min of cold compile at load (1 min from the cache); its layer regions
+    ran 1.96 s (1.39 s with the Fast preset) after 6.6 min. FLUX's transformer blocks regionally ran 3.86 s, the
+    expert's whole-model compile 3.85 s, and regions keep compile short and the DiT step cache simple."""
+    if compile != "auto":
+        return compile
+    if type(model).__name__ == "UNet2DConditionModel" or not region_names(model):
+        return "full"
+    return "regional"
+
+
 @dataclass(frozen=True)
 class FastPathOptions:
     """Which speed-ups to apply; the defaults are the recipe measured in docs/perf/benchmark.md."""
@@ -77,7 +91,7 @@ class FastPathOptions:
     sdpa: bool = True
     fuse_qkv: bool = True
     channels_last: bool = True
-    compile: str = "regional"
+    compile: str = "auto"  # off, auto (compile_choice), regional or full
     compile_mode: str | None = None  # torch.compile mode; None = inductor's default
     fullgraph: bool = True
     compile_vae: bool = False
@@ -247,6 +261,7 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
     from brandgen.quantization import quantize_weights, torchao_missing_reason  # it imports this module
 
     applied, skipped = report.setdefault("applied", []), report.setdefault("skipped", {})
+    compiling = compile_choice(model, options.compile)
     if options.sdpa:
         report["attention_processors"] = ensure_sdpa(model)
         applied.append("sdpa")
@@ -281,24 +296,27 @@ def accelerate_model(model: torch.nn.Module, options: FastPathOptions, gpu_ok: b
         log.warning(reason)
     else:
         within = (tuple(name for name, _ in region_modules(model, options.unet_regions))
-                  if options.compile == "regional" and region_names(model, options.unet_regions) else None)
+                  if compiling == "regional" and region_names(model, options.unet_regions) else None)
         merged = options.lora_hotswap and options.hotswap_style == "merge"
         keep = lora_targets if merged and options.quantization not in MERGEABLE_QUANTIZATIONS else ()
         report["quantization"] = quantize_weights(model, options.quantization, within, keep)
         applied.append(f"quantization:{options.quantization}")
-    if options.compile == "off":
+    if compiling == "off":
         skipped["compile"] = "off"
     elif not gpu_ok:
         skipped["compile"] = "CPU: compile time outweighs the gain (set allow_cpu for smoke tests)"
     else:
         try:
-            if options.compile == "regional":
+            if compiling == "regional":
                 report["compiled_regions"] = compile_regions(model, options.compile_mode, options.fullgraph,
                                                              options.compile_backend, options.unet_regions)
             else:
+                from brandgen.step_cache import tap_whole_unet
+
+                report["step_cache_taps"] = tap_whole_unet(model)  # the Fast preset on a UNet compiled whole
                 report["compiled_regions"] = compile_full(model, options.compile_mode, options.fullgraph,
                                                           options.compile_backend)
-            applied.append(f"compile:{options.compile}")
+            applied.append(f"compile:{compiling}")
         except ValueError as exc:
             skipped["compile"] = str(exc)
     return report

@@ -82,7 +82,7 @@ def options_from_env(env: Mapping[str, str] | None = None, cache_default: Path |
     cache = env.get(ENV_CACHE, "").strip() or (str(cache_default) if cache_default else None)
     hotswap, style = _hotswap(env)
     return FastPathOptions(
-        compile=_choice(env, ENV_COMPILE, COMPILE_MODES, "regional"),
+        compile=_choice(env, ENV_COMPILE, COMPILE_MODES, "auto"),
         compile_mode=_compile_mode(env),
         quantization=_choice(env, ENV_QUANTIZATION, QUANTIZATIONS, "none"),
         lora_hotswap=hotswap,

@@ -8,6 +8,10 @@ computed on the last full step, and recompute only its cheap shallow part.
   step only the first transformer block runs; the output of the whole stack is that block's fresh output plus the
   residual (stack output - first block output) of the last full step.
 
+A UNet compiled whole (performance mode's default for UNets) is cached too: forward hooks installed before its
+compilation (`tap_whole_unet`) hand out, from inside the compiled graph, what a cached step reuses; on a Fast call
+full steps run the compiled graph unchanged and cached steps run the few shallow blocks eagerly.
+
 Full steps follow a fixed schedule (every `interval`-th step from step 0), not a similarity threshold, so the
 speed-up is the same for every prompt and for random benchmark weights, and the cost is a measured image
 difference (docs/PERFORMANCE.md). Everything is installed for one pipeline call and removed after it: block lists
@@ -170,11 +174,41 @@ def _dit_plan(model: torch.nn.Module, names: tuple[str, ...], schedule: _Schedul
     return [(name, _Yielding(blocks, choose(i))) for i, (name, blocks) in enumerate(zip(names, lists))]
 
 
+TAPS = "_brandgen_step_taps"  # attribute of a whole-compiled UNet: what its taps saw in the last step
+
+
+def tap_whole_unet(unet: torch.nn.Module) -> bool:
+    """Before a UNet is compiled whole: forward hooks that keep the deep down blocks' outputs and the penultimate
+    up block's, which a cached step reuses. Dynamo traces them into the graph as extra outputs, so the Fast preset
+    needs no second graph and nothing recompiles. Returns whether the taps were installed."""
+    if (type(unet).__name__ != "UNet2DConditionModel" or len(unet.down_blocks) < 2 or len(unet.up_blocks) < 2
+            or TAPS in unet.__dict__):
+        return False
+    keys = [f"down{i}" for i in range(1, len(unet.down_blocks))] + ["deep"]
+    taps: dict[str, Any] = dict.fromkeys(keys)  # fixed keys: dynamo guards on the dict's keys, not on values
+
+    def keep(key: str) -> Callable[..., None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
+            taps[key] = output
+        return hook
+
+    for i, block in enumerate(unet.down_blocks):
+        if i:
+            block.register_forward_hook(keep(f"down{i}"))
+    unet.up_blocks[-2].register_forward_hook(keep("deep"))
+    unet.__dict__[TAPS] = taps
+    return True
+
+
+def _whole(denoiser: torch.nn.Module) -> bool:
+    return getattr(denoiser, "_compiled_call_impl", None) is not None
+
+
 def check_supported(denoiser: torch.nn.Module | None) -> str | None:
     """None when the Fast preset can cache this denoiser, else the reason it cannot."""
     if denoiser is None:
         return "the pipeline has no unet or transformer"
-    if getattr(denoiser, "_compiled_call_impl", None) is not None:
+    if _whole(denoiser) and TAPS not in denoiser.__dict__:
         return "the whole denoiser is compiled as one graph (use regional compilation)"
     name = type(denoiser).__name__
     if name != "UNet2DConditionModel" and name not in DIT_STACKS:
@@ -194,6 +228,10 @@ def step_cache(denoiser: torch.nn.Module, interval: int) -> Iterator[CacheStats]
         raise StepCacheUnsupported(f"interval {interval}: every step would be computed")
     schedule, store = _Schedule(interval), {}
     name = type(denoiser).__name__
+    if _whole(denoiser):
+        with _whole_unet_cache(denoiser, schedule, store):
+            yield schedule.stats
+        return
     plan = (_unet_plan(denoiser, schedule, store) if name == "UNet2DConditionModel"
             else _dit_plan(denoiser, DIT_STACKS[name], schedule, store))
     originals = [(attr, getattr(denoiser, attr)) for attr, _ in plan]
@@ -219,19 +257,59 @@ def step_cache(denoiser: torch.nn.Module, interval: int) -> Iterator[CacheStats]
 
 
 @contextlib.contextmanager
+def _whole_unet_cache(unet: torch.nn.Module, schedule: _Schedule, store: dict[str, Any]) -> Iterator[None]:
+    """DeepCache on a UNet compiled whole: the compiled call is wrapped for this pipeline call only. A full step
+    runs the graph as compiled and keeps what its taps saw; a cached step runs the UNet's eager forward with the
+    deep blocks standing in (the same plan as regional compilation uses), so only shallow blocks compute."""
+    compiled, taps, mid = unet._compiled_call_impl, unet.__dict__[TAPS], unet.mid_block
+    plan = _unet_plan(unet, schedule, store)
+    originals = [(attr, unet._modules[attr]) for attr, _ in plan]
+
+    def call(*args: Any, **kwargs: Any) -> Any:
+        schedule.advance()
+        if schedule.full:
+            out = compiled(*args, **kwargs)
+            store.update({key: _clone(value) if key == "deep" else value for key, value in taps.items()
+                          if value is not None})
+            schedule.filled = True
+            return out
+        for attr, replacement in plan:
+            unet._modules[attr] = replacement
+        unet._modules["mid_block"] = None
+        try:
+            return unet._call_impl(*args, **kwargs)
+        finally:
+            for attr, original in originals:
+                unet._modules[attr] = original
+            unet._modules["mid_block"] = mid
+
+    unet._compiled_call_impl = call
+    try:
+        yield
+    finally:
+        unet._compiled_call_impl = compiled
+        store.clear()
+
+
+@contextlib.contextmanager
 def for_preset(pipe: Any, interval: int, notes: list[str]) -> Iterator[CacheStats | None]:
     """The manager's entry point: step caching for a preset that asks for it, else nothing. A model that cannot
     be cached runs every step, and `notes` tells the user why the Fast preset was not faster."""
-    if interval < 2:
-        yield None
-        return
     from brandgen.acceleration import find_denoiser
 
     denoiser = find_denoiser(pipe)[1]
-    reason = check_supported(denoiser)
-    if reason or denoiser is None:
-        notes.append(f"Step caching is off for this model ({reason}): every step was computed in full.")
-        yield None
-        return
-    with step_cache(denoiser, interval) as stats:
-        yield stats
+    try:
+        if interval < 2:
+            yield None
+            return
+        reason = check_supported(denoiser)
+        if reason or denoiser is None:
+            notes.append(f"Step caching is off for this model ({reason}): every step was computed in full.")
+            yield None
+            return
+        with step_cache(denoiser, interval) as stats:
+            yield stats
+    finally:
+        if denoiser is not None and TAPS in denoiser.__dict__:
+            taps = denoiser.__dict__[TAPS]  # a whole-compiled UNet's taps: no activations kept between calls
+            taps.update(dict.fromkeys(taps))

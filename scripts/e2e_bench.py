@@ -7,7 +7,7 @@ diffusers folders under --work-dir; scripts/e2e_bench_models.py) it times, with 
   b  expert resident recipe as diffusers' docs teach it: bf16, LoRA fused then unloaded, fuse_qkv_projections,
      channels_last (UNet, VAE), torch.compile of the whole denoiser with fullgraph=True (--expert-mode)
   c  PipelineManager, plain (resident, single LoRA fused)
-  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: regional compile, LoRAs merged into the weights
+  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: a UNet compiled whole, a DiT by its blocks, LoRAs merged into the weights
      or the peft slot (--hotswap), warm-up at load, --quantization), at the Standard and the Fast preset (step cache)
 Per recipe: load time (for d it includes the compile warm-up), 1 image and 4 images: first call and median of
 --warm warm calls (28 steps, 1024², CFG 7.5 for SDXL, guidance 3.5 for FLUX); LoRA switches A->B->A for LoRAs in
@@ -137,6 +137,7 @@ def psnr(a: Any, b: Any) -> float | None:
 IMAGE_PAIRS = {  # what each difference measures (same prompt, seed, LoRA and steps)
     "b_vs_c": ("b/one_image", "c/one_image"),  # expert compile + fused QKV vs plain bf16
     "d_vs_c": ("d/one_image", "c/one_image"),  # performance mode (fp8 if asked, compile, LoRA slot) vs plain bf16
+    "d_vs_b": ("d/one_image", "b/one_image"),  # performance mode (fp8 if asked) vs the expert's bf16 graph
     "d_fast_vs_d": ("d/one_image_fast", "d/one_image"),  # the Fast preset's step cache
     "d_fast_vs_c": ("d/one_image_fast", "c/one_image"),
 }
@@ -232,9 +233,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--perf-compile-mode", default="default",
                         choices=("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
                         help="recipe d's torch.compile mode (reduce-overhead: CUDA graphs)")
-    parser.add_argument("--perf-compile", default="regional", choices=("regional", "full"),
-                        help="recipe d: compile regions (the default; the Fast preset's step cache needs them) or "
-                             "the whole denoiser (BRANDGEN_COMPILE)")
+    parser.add_argument("--perf-compile", default="auto", choices=("auto", "regional", "full"),
+                        help="recipe d (BRANDGEN_COMPILE): auto (the app's default: a UNet whole, a DiT's repeated "
+                             "blocks), regions, or the whole denoiser")
     parser.add_argument("--unet-regions", default="layers", choices=("layers", "blocks"),
                         help="recipe d: what regional compile compiles in a UNet (FastPathOptions.unet_regions)")
     parser.add_argument("--hotswap", default="merge", choices=("merge", "slot"),

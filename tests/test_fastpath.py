@@ -69,15 +69,41 @@ def test_compile_off_leaves_modules_untouched(manager: PipelineManager):
     assert report["skipped"]["compile"] == "off" and report["skipped"]["fuse_qkv"] == "off"
 
 
-def test_regional_compile_path_on_cpu(manager: PipelineManager):
-    """The compile code path itself, with dynamo's eager backend so it takes seconds on CPU."""
+@pytest.mark.parametrize("compile", ["regional", "auto"])
+def test_compile_paths_on_cpu(manager: PipelineManager, compile: str):
+    """The compile code path itself, with dynamo's eager backend so it takes seconds on CPU; `auto` compiles a
+    UNet whole."""
     plain = _pixels(manager.generate(_req()))
-    fast = _fast_manager(manager, allow_cpu=True, bf16=False, compile_backend="eager", fuse_qkv=False)
+    fast = _fast_manager(manager, allow_cpu=True, bf16=False, compile_backend="eager", fuse_qkv=False,
+                         compile=compile)
     result = fast.generate(_req())
     report = fast.fast_path_report
-    assert "compile:regional" in report["applied"]
-    assert report["compiled_regions"] == compiled_modules(fast.pipeline.unet) > 0
+    unet = fast.pipeline.unet
+    if compile == "regional":
+        assert "compile:regional" in report["applied"]
+        assert report["compiled_regions"] == compiled_modules(unet) > 1
+    else:
+        assert "compile:full" in report["applied"] and report["compiled_regions"] == 1
+        assert unet._compiled_call_impl is not None and compiled_modules(unet) == 1
     assert np.abs(_pixels(result) - plain).max() <= 1.0
+
+
+def test_auto_compile_takes_a_unet_whole_and_a_dit_by_its_blocks():
+    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
+
+    from brandgen.acceleration import compile_choice
+
+    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2)
+    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
+                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
+                                 axes_dims_rope=(2, 2, 4))
+    assert compile_choice(unet, "auto") == "full" and compile_choice(dit, "auto") == "regional"
+    assert compile_choice(torch.nn.Linear(2, 2), "auto") == "full"  # nothing known to compile by regions
+    for named in ("off", "regional", "full"):
+        assert compile_choice(unet, named) == compile_choice(dit, named) == named
 
 
 def test_missing_torchao_is_reported_not_fatal(manager: PipelineManager, monkeypatch):

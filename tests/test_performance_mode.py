@@ -31,7 +31,7 @@ def test_off_unless_asked_and_the_defaults_when_on(tmp_path: Path):
     assert options_from_env({}) is None
     assert options_from_env({"BRANDGEN_PERFORMANCE": "0"}) is None
     on = options_from_env({"BRANDGEN_PERFORMANCE": "yes"}, cache_default=tmp_path / "cache")
-    assert on == FastPathOptions(compile="regional", quantization="none", lora_hotswap=True,
+    assert on == FastPathOptions(compile="auto", quantization="none", lora_hotswap=True,
                                  cache_dir=str(tmp_path / "cache"))
 
 
@@ -54,7 +54,7 @@ def test_the_lora_switcher_is_merge_by_default_or_the_slot(value: str, on: bool,
 @pytest.mark.parametrize("name,value,hint", [
     ("BRANDGEN_PERFORMANCE", "fast", "use 1 or 0"),
     ("BRANDGEN_QUANTIZATION", "int4", "none, fp8, int8wo"),
-    ("BRANDGEN_COMPILE", "turbo", "off, regional, full"),
+    ("BRANDGEN_COMPILE", "turbo", "off, auto, regional, full"),
     ("BRANDGEN_LORA_HOTSWAP", "maybe", "slot"),
     ("BRANDGEN_COMPILE_MODE", "ludicrous", "default, reduce-overhead, max-autotune"),
 ])

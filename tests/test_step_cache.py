@@ -11,11 +11,11 @@ import torch
 from diffusers import DiffusionPipeline, UNet2DConditionModel
 
 import tiny_pipelines
-from brandgen.acceleration import compile_regions, find_denoiser
+from brandgen.acceleration import compile_full, compile_regions, find_denoiser
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
-from brandgen.step_cache import StepCacheUnsupported, for_preset, step_cache
+from brandgen.step_cache import TAPS, StepCacheUnsupported, for_preset, step_cache, tap_whole_unet
 
 BUILDERS = {"sd15": tiny_pipelines.build_sd15, "sdxl": tiny_pipelines.build_sdxl,
             "flux": tiny_pipelines.build_flux, "sd3": tiny_pipelines.build_sd3}
@@ -128,6 +128,38 @@ def test_regionally_compiled_blocks_do_not_recompile_for_cached_steps(pipe):
             module._compiled_call_impl = None
         torch._dynamo.reset()
     np.testing.assert_allclose(compiled, eager, atol=1e-5)
+
+
+@pytest.mark.parametrize("pipe", ["sd15", "sdxl"], indirect=True)
+def test_a_unet_compiled_whole_caches_steps_like_the_eager_unet_without_recompiling(pipe):
+    """Performance mode compiles a UNet whole: the taps traced into its graph let the Fast preset cache steps with
+    the same result as the eager step cache, after a warm-up of Standard calls only; Standard is unchanged."""
+    denoiser = find_denoiser(pipe)[1]
+    standard = run(pipe, steps=4)
+    with step_cache(denoiser, interval=2) as eager_stats:
+        eager = run(pipe, steps=4)
+    torch._dynamo.reset()
+    assert tap_whole_unet(denoiser) and not tap_whole_unet(denoiser)  # once
+    compile_full(denoiser, backend="eager")
+    notes: list[str] = []
+    try:
+        run(pipe, steps=2)  # the load-time warm-up
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            with for_preset(pipe, 2, notes) as stats:
+                compiled = run(pipe, steps=4)
+            assert not any(v is not None for v in denoiser.__dict__[TAPS].values())  # no activations kept
+            again = run(pipe, steps=4)
+    finally:
+        denoiser._compiled_call_impl = None
+        torch._dynamo.reset()
+        for block in [*denoiser.down_blocks, *denoiser.up_blocks]:
+            block._forward_hooks.clear()
+        del denoiser.__dict__[TAPS]
+    assert notes == [] and stats.to_dict() == eager_stats.to_dict() == {"interval": 2, "full_steps": 2,
+                                                                       "cached_steps": 2}
+    np.testing.assert_allclose(compiled, eager, atol=1e-5)
+    np.testing.assert_allclose(again, standard, atol=1e-5)
+    assert not np.allclose(compiled, standard, atol=1e-3)
 
 
 def test_what_cannot_be_cached_says_why():
