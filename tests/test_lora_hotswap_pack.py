@@ -59,3 +59,29 @@ def test_read_ahead_fills_free_places_only_and_never_evicts_a_lora_in_use(tmp_pa
     cache.get(files[0], "l0")
     cache.get(files[1], "l1")
     assert len(reads) == CACHED_LORAS + 1, "the LoRAs in use stayed cached"
+
+
+def test_the_cache_keeps_to_its_memory_budget_without_dropping_the_lora_in_use(tmp_path, monkeypatch):
+    """A library of large LoRAs (FLUX: ~0.5 GB each) is read ahead only up to the host-memory budget, and a switch
+    to a new LoRA evicts the least recent ones until the cache fits again, never the LoRA just asked for."""
+    reads: list[str] = []
+
+    def read(pipe, path, name, *args):
+        reads.append(name)
+        width = int(name[1:]) + 1  # l0: 4 floats ... l3: 16 floats
+        return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2 * width), torch.ones(2 * width, 1))}})
+
+    monkeypatch.setattr(hot, "read_lora_factors", read)
+    files = []
+    for i in range(4):
+        files.append(tmp_path / f"l{i}.safetensors")
+        files[-1].write_bytes(b"x" * (i + 1))
+    cache = LoraCache(None, torch.nn.Linear(2, 2), max_bytes=4 * (4 + 8))  # float32: l0 and l1 fit, not l2
+    cache.get(files[0], "l0")
+    assert cache.read_ahead([(f, f.stem) for f in files[1:]]) == 1 and cache.nbytes() == 48
+    assert reads == ["l0", "l1", "l2"]  # l2 was read, did not fit, and stopped the read-ahead
+    cache.get(files[3], "l3")  # 64 bytes alone: bigger than the budget, still served and kept
+    assert cache.nbytes() == 64 and cache.get(files[3], "l3").factors["unet"]["lin"][0].shape == (1, 8)
+    assert reads == ["l0", "l1", "l2", "l3"]
+    cache.get(files[0], "l0")  # back under budget: l3 makes way
+    assert cache.nbytes() == 16 and reads[-1] == "l0"
