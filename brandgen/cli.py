@@ -179,7 +179,7 @@ QUANTIZATION_CHOICES = ("none", "fp8", "int8wo")  # acceleration.QUANTIZATIONS, 
 def add_performance_flags(parser: argparse.ArgumentParser) -> None:
     # torch must not be imported while the parser is built: on ZeroGPU `spaces` has to come first (_serve)
     parser.add_argument("--performance", action="store_true",
-                        help="GPU performance mode: resident bf16, compiled blocks, LoRA hotswap "
+                        help="GPU performance mode: resident bf16, compiled at load, LoRAs merged "
                              "(env BRANDGEN_PERFORMANCE=1; see README)")
     parser.add_argument("--quantization", choices=QUANTIZATION_CHOICES, default=None,
                         help="with --performance: torchao weights (env BRANDGEN_QUANTIZATION)")

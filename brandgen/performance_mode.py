@@ -95,7 +95,7 @@ def describe(options: FastPathOptions | None, report: Mapping[str, Any]) -> str:
     """One Markdown line for the Generate tab: off (and how to turn it on), waiting for a model, or what applied."""
     if options is None:
         return (f"**Performance mode:** off. On a GPU, start the app with `{ENV_ON}=1` (or `brandgen serve "
-                "--performance`) to keep models resident in bf16 with compiled blocks.")
+                "--performance`) to keep models resident in bf16, compiled at load.")
     if not report:
         return "**Performance mode:** on; applied when the next model loads."
     applied = ", ".join(report.get("applied", [])) or "nothing"
