@@ -200,6 +200,13 @@ def tap_whole_unet(unet: torch.nn.Module) -> bool:
     return True
 
 
+def release_taps(denoiser: torch.nn.Module | None) -> None:
+    """Drop what a whole-compiled UNet's taps hold (activations of the last step), keeping the keys."""
+    taps = getattr(denoiser, "__dict__", {}).get(TAPS)
+    if taps is not None:
+        taps.update(dict.fromkeys(taps))
+
+
 def _whole(denoiser: torch.nn.Module) -> bool:
     return getattr(denoiser, "_compiled_call_impl", None) is not None
 
@@ -310,6 +317,4 @@ def for_preset(pipe: Any, interval: int, notes: list[str]) -> Iterator[CacheStat
         with step_cache(denoiser, interval) as stats:
             yield stats
     finally:
-        if denoiser is not None and TAPS in denoiser.__dict__:
-            taps = denoiser.__dict__[TAPS]  # a whole-compiled UNet's taps: no activations kept between calls
-            taps.update(dict.fromkeys(taps))
+        release_taps(denoiser)  # no activations kept between calls
