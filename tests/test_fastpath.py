@@ -30,6 +30,23 @@ def _fast_manager(manager: PipelineManager, **options) -> PipelineManager:
                            fast_path=FastPathOptions(**options))
 
 
+def _tiny_unet() -> torch.nn.Module:
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
+                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
+                                attention_head_dim=2)
+
+
+def _tiny_flux(single_layers: int) -> torch.nn.Module:
+    from diffusers import FluxTransformer2DModel
+
+    return FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=single_layers,
+                                  attention_head_dim=8, num_attention_heads=2, joint_attention_dim=16,
+                                  pooled_projection_dim=16, axes_dims_rope=(2, 2, 4))
+
+
 @pytest.mark.parametrize("field,value,match", [
     ("compile", "turbo", "compile must be one of"), ("compile_mode", "fastest", "compile_mode"),
     ("quantization", "int4", "quantization"), ("hotswap_rank", 0, "hotswap_rank"),
@@ -89,17 +106,10 @@ def test_compile_paths_on_cpu(manager: PipelineManager, compile: str):
 
 
 def test_auto_compile_takes_a_unet_whole_and_a_dit_by_its_blocks():
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
     from brandgen.acceleration import compile_choice
 
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                attention_head_dim=2)
-    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-                                 axes_dims_rope=(2, 2, 4))
+    unet = _tiny_unet()
+    dit = _tiny_flux(1)
     assert compile_choice(unet, "auto") == "full" and compile_choice(dit, "auto") == "regional"
     assert compile_choice(torch.nn.Linear(2, 2), "auto") == "full"  # nothing known to compile by regions
     for named in ("off", "regional", "full"):
@@ -226,14 +236,9 @@ def test_quantization_covers_the_compiled_regions_and_keeps_merge_targets(monkey
 def test_unet_regions_are_its_layers_or_blocks_and_dits_keep_their_repeated_blocks():
     """A UNet compiles as its attention stacks, ResNets and samplers by default (each outermost once; modules of one
     shape share a graph), or as its down/mid/up blocks; a DiT's repeated transformer blocks stay the regions."""
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
     from brandgen.acceleration import region_modules
 
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                attention_head_dim=2)
+    unet = _tiny_unet()
     layers = dict(region_modules(unet))
     kinds = {type(m).__name__ for m in unet.modules()}
     want = {n for n, m in unet.named_modules() if type(m).__name__ in ("Transformer2DModel", "ResnetBlock2D",
@@ -245,9 +250,7 @@ def test_unet_regions_are_its_layers_or_blocks_and_dits_keep_their_repeated_bloc
     expected = [f"down_blocks.{i}" for i in range(len(unet.down_blocks))] + ["mid_block"] + [
         f"up_blocks.{i}" for i in range(len(unet.up_blocks))]
     assert sorted(name for name, _ in region_modules(unet, "blocks")) == sorted(expected)
-    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=2, attention_head_dim=8,
-                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-                                 axes_dims_rope=(2, 2, 4))
+    dit = _tiny_flux(2)
     assert sorted(name for name, _ in region_modules(dit)) == [
         "single_transformer_blocks.0", "single_transformer_blocks.1", "transformer_blocks.0"]
 
@@ -255,17 +258,10 @@ def test_unet_regions_are_its_layers_or_blocks_and_dits_keep_their_repeated_bloc
 def test_unet_compiles_with_the_guides_inductor_options_and_modes_without_them(monkeypatch):
     """A UNet compiled by inductor in the default mode gets conv_1x1_as_mm / no epilogue fusion (as the expert recipe
     does); a named mode (torch.compile refuses mode and options together), another backend or a DiT gets none."""
-    from diffusers import FluxTransformer2DModel, UNet2DConditionModel
-
     from brandgen.acceleration import UNET_INDUCTOR_OPTIONS, compile_full, compile_regions
 
-    unet = UNet2DConditionModel(sample_size=8, block_out_channels=(8, 16), layers_per_block=1, norm_num_groups=4,
-                                down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-                                up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"), cross_attention_dim=8,
-                                attention_head_dim=2)
-    dit = FluxTransformer2DModel(patch_size=1, in_channels=4, num_layers=1, num_single_layers=1, attention_head_dim=8,
-                                 num_attention_heads=2, joint_attention_dim=16, pooled_projection_dim=16,
-                                 axes_dims_rope=(2, 2, 4))
+    unet = _tiny_unet()
+    dit = _tiny_flux(1)
     seen: list[dict] = []
     real_compile = torch.compile
     monkeypatch.setattr(torch.nn.Module, "compile", lambda self, **kw: seen.append(kw))
