@@ -12,7 +12,7 @@ import torch
 from diffusers import FluxPipeline, StableDiffusionXLPipeline
 
 import tiny_pipelines
-from brandgen.acceleration import compile_regions, fuse_qkv
+from brandgen.acceleration import FastPathOptions, accelerate_model
 from brandgen.errors import LoraError
 from brandgen.lora_fuse import LoraFuser
 from brandgen.lora_hotswap import LoraHotswapper
@@ -90,13 +90,18 @@ def _switch_without_recompiling(case: dict, style: str) -> None:
     pipe = case["cls"].from_pretrained(case["folder"])
     pipe.set_progress_bar_config(disable=True)
     denoiser = pipe.unet if case["family"] == "sdxl" else pipe.transformer
-    if style == "merge":  # performance mode's default: fused QKV stays on, LoRAs go into its rows
-        assert fuse_qkv(denoiser) > 0
-        hotswap = LoraFuser(pipe)
-    else:
+    if style == "slot":
         hotswap = LoraHotswapper(pipe, target_rank=8, targets=FAMILIES[case["family"]].default_targets)
         assert hotswap.prepare() > 10
-    assert compile_regions(denoiser, backend="eager") > 0  # dynamo's guards are what recompiles; eager keeps CI fast
+    # performance mode's own denoiser path (auto compile: the UNet whole, with step-cache taps; the DiT by its
+    # blocks), with dynamo's eager backend: its guards are what recompiles, and eager keeps CI fast
+    options = FastPathOptions(bf16=False, channels_last=False, compile_backend="eager", allow_cpu=True,
+                              lora_hotswap=True, hotswap_style=style)
+    report = accelerate_model(denoiser, options, gpu_ok=True, report={})
+    assert f"compile:{'full' if case['family'] == 'sdxl' else 'regional'}" in report["applied"]
+    if style == "merge":  # performance mode's default: fused QKV stays on, LoRAs go into its rows
+        assert report["fused_attention_modules"] > 0
+        hotswap = LoraFuser(pipe)
     warm = warm_up(pipe, SIDE, SIDE, case["guidance"])
     assert warm["graphs_compiled"] > 0
     graphs = compiled_graphs()
