@@ -38,6 +38,9 @@ from brandgen.loras import LoraFactors
 log = logging.getLogger(__name__)
 
 HOST_MARGIN = 2 * 2**30  # free accelerator memory left after keeping W0 copies there
+# fp8 rows are merged in bf16: its rounding (2^-9) is far below e4m3's step (2^-4), and float32 intermediates
+# doubled the memory traffic of a switch (FLUX fp8: 169 ms back to a cached LoRA vs 40 ms in bf16, H100 run 4)
+MERGE_DTYPE = torch.bfloat16
 
 
 @dataclass(frozen=True)
@@ -67,16 +70,19 @@ class Fp8Rows:
     def nbytes(self) -> int:
         return self.qdata.numel() * self.qdata.element_size() + self.scale.numel() * self.scale.element_size()
 
-    def dequantize(self, device: torch.device) -> torch.Tensor:
-        """float32 rows, on `device` (the kept W0 may live in host memory)."""
-        return self.qdata.to(device, non_blocking=True).float() * self.scale.to(device, non_blocking=True).float()
+    def dequantize(self, device: torch.device, dtype: torch.dtype = MERGE_DTYPE) -> torch.Tensor:
+        """The rows in `dtype`, on `device` (the kept W0 may live in host memory)."""
+        rows = self.qdata.to(device, non_blocking=True).to(dtype)
+        return rows.mul_(self.scale.to(device, non_blocking=True).to(dtype).view(-1, 1))
 
     def store(self, weight: torch.Tensor) -> None:
-        """Quantize float rows into qdata and scale in place: each row's largest magnitude maps to the format's max."""
+        """Quantize rows into qdata and scale, consuming `weight` (divided in place): each row's largest magnitude
+        maps to the format's max. Four passes over the weight, none in float32 (the merge is memory-bound)."""
         top = torch.finfo(self.qdata.dtype).max
-        scale = (weight.abs().amax(dim=1, keepdim=True) / top).clamp_min(torch.finfo(torch.float32).tiny)
-        self.qdata.copy_((weight / scale).clamp_(-top, top).to(self.qdata.dtype))
-        self.scale.copy_(scale.view(self.scale.shape).to(self.scale.dtype))
+        amax = torch.linalg.vector_norm(weight, ord=float("inf"), dim=1, keepdim=True, dtype=torch.float32)
+        scale = (amax / top).clamp_min(torch.finfo(torch.float32).tiny).to(weight.dtype)
+        self.qdata.copy_(weight.div_(scale).clamp_(-top, top))
+        self.scale.copy_(scale.view(self.scale.shape).to(self.scale.dtype))  # the scale the rows were divided by
 
 
 Target = torch.Tensor | Fp8Rows
@@ -184,7 +190,7 @@ class LoraFuser:
             merge_target(getattr(self.pipe, component), module).copy_(self._base[key], non_blocking=True)
         for key, parts in plan.items():
             target = targets[key]
-            if isinstance(target, Fp8Rows):  # merge in float32, then one rounding to fp8
+            if isinstance(target, Fp8Rows):  # merge in bf16, then one rounding to fp8
                 weight = self._base[key].dequantize(target.device)
             else:
                 weight = target
