@@ -7,8 +7,9 @@ diffusers folders under --work-dir; scripts/e2e_bench_models.py) it times, with 
   b  expert resident recipe as diffusers' docs teach it: bf16, LoRA fused then unloaded, fuse_qkv_projections,
      channels_last (UNet, VAE), torch.compile of the whole denoiser with fullgraph=True (--expert-mode)
   c  PipelineManager, plain (resident, single LoRA fused)
-  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: a UNet compiled whole, a DiT by its blocks, LoRAs merged into the weights
-     or the peft slot (--hotswap), warm-up at load, --quantization), at the Standard and the Fast preset (step cache)
+  d  PipelineManager, performance mode (BRANDGEN_PERFORMANCE=1: a UNet compiled whole, a DiT by its blocks, LoRAs
+     merged into the weights or the peft slot (--hotswap), warm-up at load, --quantization), at the Standard and the
+     Fast preset (step cache)
 Per recipe: load time (for d it includes the compile warm-up), 1 image and 4 images: first call and median of
 --warm warm calls (28 steps, 1024², CFG 7.5 for SDXL, guidance 3.5 for FLUX); LoRA switches A->B->A for LoRAs in
 diffusers, peft, kohya and the project's trainer formats (c, d; a reloads); dynamo graphs compiled and graph

@@ -36,7 +36,8 @@ def test_e2e_bench_tiny_runs_every_recipe(tmp_path: Path):
                   perf["switch_diffusers"]]
         assert [p["graphs_compiled"] for p in phases] == [0] * 5, "no recompiles after the warm-up, Fast included"
         psnr = res["image_psnr_db"]
-        assert psnr["d_vs_c"] > 60 and psnr["d_vs_b"] > 60 and 20 < psnr["d_fast_vs_d"] < 99  # same maths in fp32; the cache changes it
+        assert psnr["d_vs_c"] > 60 and psnr["d_vs_b"] > 60  # the same maths in fp32
+        assert 20 < psnr["d_fast_vs_d"] < 99  # the step cache changes the image, a little
         switch = perf["switch_diffusers"]
         assert len(switch["switch_ms"]) == 3 and switch["pixel_means"][0] != switch["pixel_means"][1]
         assert switch["pixel_means"][0] == switch["pixel_means"][2]  # A -> B -> A comes back to A
