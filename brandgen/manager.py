@@ -218,6 +218,16 @@ class PipelineManager:
     def list_loras(self) -> list[LoraInfo]:
         return self.lora_library.scan()
 
+    def read_loras_ahead(self) -> bool:
+        """Performance mode, after the LoRA list is refreshed: read files added since the load into the switch
+        cache in the background, as the load did for the rest. Returns whether a read-ahead started."""
+        with self.lock:
+            loaded = self._loaded
+            if loaded is None or loaded.hotswap is None or (self.read_ahead and self.read_ahead.is_alive()):
+                return False
+            self.read_ahead = read_ahead_in_background(loaded.hotswap, self.lora_library, loaded.entry.family)
+            return True
+
     def set_loras(self, wanted: list[tuple[str, float]] | tuple[tuple[str, float], ...]) -> list[str]:
         """Make exactly `wanted` active with those weights; a single LoRA is fused for full speed.
 

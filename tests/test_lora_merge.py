@@ -254,6 +254,13 @@ def test_performance_mode_reads_the_librarys_loras_ahead_so_a_first_switch_reads
     with pytest.raises(LoraError, match="broken"):  # the skipped file still gets its own message at use
         fast.generate(_req(loras=(("broken", 1.0),)))
     monkeypatch.undo()
+    write_formats(manager.pipeline, "sd15", loras, "late", ("to_q", "to_v"), rank=4, seed=4)  # added while running
+    assert fast.read_loras_ahead()  # the Generate tab's "Refresh LoRA list"
+    fast.read_ahead.join(timeout=120)
+    monkeypatch.setattr(hot, "read_lora_factors", no_file_read)
+    got, want = (m.generate(_req(loras=(("late_peft", 1.0),))) for m in (fast, manager))
+    assert reads == [] and np.abs(_pixels(got) - _pixels(want)).max() <= 2
+    monkeypatch.undo()
     real = hot.read_lora_factors
 
     def slow(*args, **kwargs):

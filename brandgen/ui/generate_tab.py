@@ -191,6 +191,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
 
     def refresh_loras() -> list:
         choices = lora_choices(manager)
+        manager.read_loras_ahead()  # performance mode: new files switch without a file read too
         problems = manager.lora_library.problems
         text = f"{len(choices) - 1} LoRA(s) found." + "".join(f"\n- ⚠️ {n}: {p}" for n, p in problems.items())
         return [gr.Dropdown(choices=choices) for _ in slots] + [text]
