@@ -14,15 +14,16 @@ from typing import Any, ClassVar
 import torch
 
 from brandgen import __version__
-from brandgen.acceleration import FastPathOptions, apply_fast_path, prepare_for_lora
+from brandgen.acceleration import FastPathOptions, apply_fast_path
 from brandgen.device import (
     MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_memory_after, free_vram_gb, is_out_of_memory,
     peak_memory_gb, reset_peak_memory,
 )
-from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
+from brandgen.errors import Cancelled, InvalidInput, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
+from brandgen.lora_adapters import ensure_adapter, switch
 from brandgen.lora_hotswap import read_ahead_in_background
-from brandgen.loras import LoraInfo, LoraLibrary, read_lora_factors
+from brandgen.loras import LoraInfo, LoraLibrary
 from brandgen.model_loading import availability, load_pipeline
 from brandgen.paths import AppPaths
 from brandgen.performance_mode import StageFn, options_from_env, prepare_performance
@@ -239,9 +240,8 @@ class PipelineManager:
             loaded = self._require_loaded()
             if wanted == loaded.active:
                 return []
-            pipe = loaded.pipe
             if loaded.hotswap is not None:  # switched in place (merged, or the slot): no recompiles
-                infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
+                infos = [ensure_adapter(loaded, self.lora_library, name) for name, _ in wanted]
                 previous = loaded.active
                 try:
                     note = loaded.hotswap.set([(info.path, w, info.name) for info, (_, w) in zip(infos, wanted)])
@@ -251,37 +251,9 @@ class PipelineManager:
                 loaded.active = wanted
                 return [note] if note else []
             # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
-            infos = [self._ensure_adapter(loaded, name) for name, _ in wanted]
-            try:
-                if loaded.fused:
-                    pipe.unfuse_lora()
-                    loaded.fused = False
-                if not wanted:
-                    if loaded.loras:
-                        pipe.disable_lora()
-                else:
-                    pipe.enable_lora()
-                    pipe.set_adapters([info.adapter_name for info in infos], adapter_weights=[w for _, w in wanted])
-                    if len(wanted) == 1 and self.fuse_single_lora:
-                        pipe.fuse_lora(adapter_names=[infos[0].adapter_name], lora_scale=1.0)
-                        loaded.fused = True
-            except Exception:
-                self._fall_back_to_base(loaded)
-                raise
-            loaded.active = wanted
+            infos = [ensure_adapter(loaded, self.lora_library, name) for name, _ in wanted]
+            switch(loaded, infos, wanted, self.fuse_single_lora)
             return []
-
-    @staticmethod
-    def _fall_back_to_base(loaded: _Loaded) -> None:
-        """After a failed switch, leave a known state (no LoRA active) instead of a stale `active`."""
-        try:
-            if loaded.fused:
-                loaded.pipe.unfuse_lora()
-            if loaded.loras:
-                loaded.pipe.disable_lora()
-        except Exception:  # noqa: BLE001 - best effort; the original error is what the user sees
-            log.exception("could not switch LoRAs off after a failed switch")
-        loaded.active, loaded.fused = (), False
 
     def unload_loras(self) -> None:
         with self.lock:
@@ -292,44 +264,6 @@ class PipelineManager:
                 loaded.hotswap.reset()
             loaded.loras.clear()
             loaded.active, loaded.fused = (), False
-
-    def _ensure_adapter(self, loaded: _Loaded, name: str) -> LoraInfo:
-        info = self.lora_library.get(name)
-        if info.adapter_name in loaded.loras:
-            return info
-        if not info.fits(loaded.entry.family):
-            raise LoraError(f"LoRA {name!r} was trained for {info.base_family} models; {loaded.entry.label} is "
-                            f"{loaded.entry.family}.")
-        if loaded.hotswap is not None:
-            return info  # set_loras loads it into the hotswap slot
-        pipe = loaded.pipe
-        prepare_for_lora(pipe)
-        factors = read_lora_factors(pipe, info.path, name, loaded.entry.label)  # any key format, one layout
-        try:
-            pipe.load_lora_weights(factors.peft_state_dict(), adapter_name=info.adapter_name)
-        except Exception as exc:
-            self._drop_adapter(pipe, info.adapter_name)
-            if is_out_of_memory(exc):  # not the file's fault: say so, and free what the failed load held
-                free_memory_after(exc)
-                raise OutOfMemory(f"Not enough accelerator memory to load LoRA {name!r}. Memory was freed; "
-                                  "choose memory mode 'model_offload' or use fewer LoRAs.") from exc
-            raise LoraError(f"LoRA {name!r} does not fit {loaded.entry.label}: {str(exc)[:300]}") from exc
-        adapters = {a for names in pipe.get_list_adapters().values() for a in names}
-        if info.adapter_name not in adapters:
-            raise LoraError(
-                f"LoRA {name!r} matched no layer of {loaded.entry.label}: it was made for another model."
-            )
-        loaded.loras[info.adapter_name] = info
-        return info
-
-    @staticmethod
-    def _drop_adapter(pipe: Any, adapter_name: str) -> None:
-        """Undo a half-loaded adapter so a failed load leaves the model as it was."""
-        try:
-            if any(adapter_name in names for names in pipe.get_list_adapters().values()):
-                pipe.delete_adapters(adapter_name)
-        except Exception:  # nothing was registered; the pipeline is unchanged
-            pass
 
     def _require_loaded(self) -> _Loaded:
         if self._loaded is None:
