@@ -80,6 +80,7 @@ class PipelineManager:
         self.presets: dict[str, QualityPreset] = load_quality_presets()
         self.lora_library = LoraLibrary(self.paths.loras)
         self.read_ahead: threading.Thread | None = None  # performance mode: LoRA files read after a model load
+        self._read_ahead_lock = threading.Lock()  # guards read_ahead and its pipeline, not generation (see lock)
         self.upscaler = upscaler or LanczosUpscaler()
         self.fuse_single_lora = fuse_single_lora
         self.prime_on_load = prime_on_load  # a 1-step image at load on the CPU (warmup.prime)
@@ -169,10 +170,11 @@ class PipelineManager:
                 raise
             finally:
                 self.stage = ""
-            self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start,
-                                   hotswap=hotswap)
-            if hotswap is not None:
-                self.read_ahead = read_ahead_in_background(hotswap, self.lora_library, entry.family)
+            with self._read_ahead_lock:
+                self._loaded = _Loaded(entry=entry, pipe=pipe, load_seconds=time.perf_counter() - start,
+                                       hotswap=hotswap)
+                if hotswap is not None:
+                    self.read_ahead = read_ahead_in_background(hotswap, self.lora_library, entry.family)
             return entry
 
     swap_model = load_model
@@ -187,10 +189,11 @@ class PipelineManager:
 
     def unload(self) -> None:
         with self.lock:
-            if self.read_ahead is not None:  # it holds the pipeline: wait (a few file reads), then free it
-                self.read_ahead.join()
-                self.read_ahead = None
-            self._loaded = None
+            with self._read_ahead_lock:
+                if self.read_ahead is not None:  # it holds the pipeline: wait (a few file reads), then free it
+                    self.read_ahead.join()
+                    self.read_ahead = None
+                self._loaded = None
             free_memory()
 
     def _place(self, pipe: Any, entry: ModelEntry) -> None:
@@ -221,8 +224,9 @@ class PipelineManager:
 
     def read_loras_ahead(self) -> bool:
         """Performance mode, after the LoRA list is refreshed: read files added since the load into the switch
-        cache in the background, as the load did for the rest. Returns whether a read-ahead started."""
-        with self.lock:
+        cache in the background, as the load did for the rest. Returns whether a read-ahead started. It does not
+        take the generation lock, so a Refresh during a running generation answers at once."""
+        with self._read_ahead_lock:
             loaded = self._loaded
             if loaded is None or loaded.hotswap is None or (self.read_ahead and self.read_ahead.is_alive()):
                 return False

@@ -4,6 +4,7 @@ manager in performance mode (compiled on CPU with dynamo's eager backend) matchi
 
 from __future__ import annotations
 
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -255,7 +256,23 @@ def test_performance_mode_reads_the_librarys_loras_ahead_so_a_first_switch_reads
         fast.generate(_req(loras=(("broken", 1.0),)))
     monkeypatch.undo()
     write_formats(manager.pipeline, "sd15", loras, "late", ("to_q", "to_v"), rank=4, seed=4)  # added while running
-    assert fast.read_loras_ahead()  # the Generate tab's "Refresh LoRA list"
+    holding, release = threading.Event(), threading.Event()
+
+    def generating() -> None:  # a generation holds the manager's lock all along
+        with fast.lock:
+            holding.set()
+            release.wait(60)
+
+    generation = threading.Thread(target=generating)
+    generation.start()
+    holding.wait(10)
+    started = time.perf_counter()
+    try:
+        assert fast.read_loras_ahead()  # the Generate tab's "Refresh LoRA list": answers without waiting for it
+        assert time.perf_counter() - started < 5
+    finally:
+        release.set()
+        generation.join()
     fast.read_ahead.join(timeout=120)
     monkeypatch.setattr(hot, "read_lora_factors", no_file_read)
     got, want = (m.generate(_req(loras=(("late_peft", 1.0),))) for m in (fast, manager))
