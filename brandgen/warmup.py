@@ -16,7 +16,9 @@ from typing import Any
 
 import torch
 
+from brandgen.acceleration import find_denoiser
 from brandgen.pipeline_call import call_kwargs
+from brandgen.step_cache import release_taps
 
 WARMUP_STEPS = 2  # the scheduler's first step can differ from the rest; two cover both
 WARMUP_PROMPT = "warm-up"
@@ -59,9 +61,6 @@ def warm_up(pipe: Any, width: int, height: int, guidance: float,
         _call(pipe, WARMUP_STEPS, scale, width, height, count)
     if progress is not None:
         progress(len(calls), len(calls))
-    from brandgen.acceleration import find_denoiser
-    from brandgen.step_cache import release_taps
-
     release_taps(find_denoiser(pipe)[1])
     return {"calls": [{"images": count, "guidance": scale} for count, scale in calls],
             "seconds": round(time.perf_counter() - start, 2), "graphs_compiled": compiled_graphs() - graphs,
