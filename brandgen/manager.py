@@ -322,7 +322,7 @@ class PipelineManager:
             loaded = self._require_loaded()
             pipe = loaded.pipe
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
-                                 self._cancel)
+                                 self._cancel, entry.guidance_until if preset.step_cache < 2 else 1.0)
             reset_peak_memory()
             start = time.perf_counter()
             try:

@@ -37,6 +37,7 @@ class ModelEntry:
     license: str
     commercial_use: bool
     notes: str = ""
+    guidance_until: float = 1.0  # share of the steps that run classifier-free guidance (pipeline_call)
     extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     def resolved_source(self, base: Path = REPO_ROOT) -> str:
@@ -55,6 +56,9 @@ class ModelEntry:
         )
         if not self.commercial_use:
             text += "\n\n⚠️ **Not cleared for commercial use** — check the licence before using outputs."
+        if self.guidance_until < 1:
+            text += (f"\n\nGuidance runs for the first {self.guidance_until:.0%} of the steps, the rest at half "
+                     "the cost (measured in docs/PERFORMANCE.md).")
         if self.notes:
             text += f"\n\n{self.notes}"
         return text
@@ -74,12 +78,17 @@ def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
         problems.append("native_resolution must be [width, height], multiples of 8")
     if isinstance(raw.get("default_steps"), int) and raw["default_steps"] < 1:
         problems.append("default_steps must be >= 1")
+    until = raw.get("guidance_until", 1.0)
+    if isinstance(until, bool) or not isinstance(until, (int, float)) or not 0 < until <= 1:
+        problems.append("guidance_until must be a number in (0, 1]")
+    elif until < 1 and raw.get("family") != "sd15":
+        problems.append("guidance_until < 1 is only supported for the sd15 family")
     for name, spec in (raw.get("extra_components") or {}).items():
         if not {"library", "class", "source"} <= set(spec):
             problems.append(f"extra component {name!r} needs library, class and source")
     if problems:
         raise ValueError(f"presets/models.json entry {model_id!r}: " + "; ".join(problems))
-    known = set(_REQUIRED) | {"notes", "extra_components"}
+    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until"}
     return ModelEntry(
         id=model_id,
         **{k: v for k, v in raw.items() if k in known and k != "native_resolution"},

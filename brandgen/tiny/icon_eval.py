@@ -177,22 +177,31 @@ def summarise(results: list[dict], **extra) -> dict:
 
 
 def evaluate_pipeline(pipe, items: list[dict], steps: int = 28, guidance: float = 6.0, batch: int = 25,
-                      keep_images: bool = False, refs_path: Path = REFS_PATH) -> dict:
-    """Generate every held-out prompt and score silhouette retrieval and colour family."""
+                      keep_images: bool = False, refs_path: Path = REFS_PATH, guidance_until: float = 1.0) -> dict:
+    """Generate every held-out prompt and score silhouette retrieval and colour family. guidance_until < 1 stops
+    classifier-free guidance after that share of the steps, as the app does for a model that sets it."""
+    from functools import partial
+
     import torch
 
+    from brandgen.pipeline_call import guided_steps, stop_guidance_after
+
+    extra = {}
+    if guidance_until < 1:
+        extra = {"callback_on_step_end": partial(stop_guidance_after, guided_steps(steps, guidance_until)),
+                 "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}
     refs, ref_concepts, _ = load_refs(refs_path)
     results, images = [], []
     for s in range(0, len(items), batch):
         chunk = items[s:s + batch]
         gens = [torch.Generator(device="cpu").manual_seed(it["seed"]) for it in chunk]
         out = pipe([it["prompt"] for it in chunk], num_inference_steps=steps, guidance_scale=guidance,
-                   generator=gens).images
+                   generator=gens, **extra).images
         results += [score_image(img, it, refs, ref_concepts) for it, img in zip(chunk, out)]
         images += out if keep_images else []
     for result, rank in zip(results, text_side_ranks(pipe, items)):
         result["text_rank"] = rank
-    summary = summarise(results, steps=steps, guidance=guidance)
+    summary = summarise(results, steps=steps, guidance=guidance, guidance_until=guidance_until)
     if keep_images:
         summary["images"] = images
     return summary
@@ -242,6 +251,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--sheet", default=None, help="write a labelled contact sheet PNG here")
     parser.add_argument("--steps", type=int, default=28)
     parser.add_argument("--guidance", type=float, default=6.0, help="the app default for brandgen-tiny")
+    parser.add_argument("--guidance-until", type=float, default=1.0,
+                        help="stop classifier-free guidance after this share of the steps (1 = every step)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     parser.add_argument("--make-refs", default=None, metavar="PACK", help="rebuild eval_refs.npz from an icon pack")
@@ -264,7 +275,7 @@ def main(argv: list[str] | None = None) -> dict:
         return result
     pipe = load_pipeline(args.model, args.device)
     summary = evaluate_pipeline(pipe, heldout_prompts(args.per_concept), args.steps, args.guidance, args.batch,
-                                keep_images=bool(args.sheet))
+                                keep_images=bool(args.sheet), guidance_until=args.guidance_until)
     if args.sheet:
         contact_sheet(summary.pop("images"), summary["results"], args.sheet)
     return report(summary, args.out)

@@ -1,0 +1,130 @@
+"""Classifier-free guidance for a share of the steps only (pipeline_call.guidance_until, a registry setting):
+the guided steps are exactly those of a fully guided call, the rest run the prompt alone at half the batch, and
+pipelines or presets it cannot serve keep guidance on every step."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import DiffusionPipeline
+
+import tiny_pipelines
+from brandgen.generation import GenerationRequest
+from brandgen.manager import PipelineManager
+from brandgen.paths import AppPaths
+from brandgen.pipeline_call import call_kwargs, guided_steps, supports_guidance_interval
+from brandgen.registry import ModelRegistry, _validate
+
+
+def _load(builder, tmp_path_factory) -> DiffusionPipeline:
+    pipe = DiffusionPipeline.from_pretrained(builder(tmp_path_factory.mktemp("p") / "p"))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture(scope="module")
+def sd15(tmp_path_factory):
+    return _load(tiny_pipelines.build_sd15, tmp_path_factory)
+
+
+def run(pipe, guidance_until: float | None, steps: int = 6) -> tuple[list[int], list[torch.Tensor], np.ndarray]:
+    """UNet batch sizes per step, latents after every step, images."""
+    batches, latents = [], []
+    hook = pipe.unet.register_forward_pre_hook(lambda _m, args, kwargs: batches.append(args[0].shape[0]),
+                                               with_kwargs=True)
+    extra = {} if guidance_until is None else {"guidance_until": guidance_until}
+    kwargs = call_kwargs(pipe, "a red star icon", "blurry", steps, 5.0, 32, 32, [3, 4], **extra)
+    inner = kwargs["callback_on_step_end"]
+
+    def spy(pipeline, step, timestep, callback_kwargs):
+        out = inner(pipeline, step, timestep, callback_kwargs)
+        latents.append(callback_kwargs["latents"].clone())
+        return out
+
+    kwargs.update(callback_on_step_end=spy, output_type="np")
+    try:
+        with torch.inference_mode():
+            images = pipe(**kwargs).images
+    finally:
+        hook.remove()
+    return batches, latents, images
+
+
+def test_guidance_stops_after_its_share_and_the_guided_steps_match_a_fully_guided_call(sd15):
+    full_batches, full_latents, full_images = run(sd15, 1.0)
+    batches, latents, images = run(sd15, 0.5)
+    assert full_batches == [4] * 6  # 2 images x (negative, prompt)
+    assert batches == [4, 4, 4, 2, 2, 2]
+    for a, b in zip(full_latents[:3], latents[:3]):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+    assert (full_latents[-1] - latents[-1]).abs().max() > 1e-3  # the unguided steps denoise differently
+    assert not np.array_equal(full_images, images)
+    again = run(sd15, 0.5)[2]
+    np.testing.assert_array_equal(again, images)
+
+
+def test_full_share_or_none_is_the_plain_call(sd15):
+    default = run(sd15, None)
+    full = run(sd15, 1.0)
+    assert default[0] == full[0] == [4] * 6
+    np.testing.assert_array_equal(default[2], full[2])
+
+
+def test_guided_steps_rounds_and_keeps_at_least_one():
+    assert guided_steps(15, 0.5) == 8
+    assert guided_steps(28, 0.5) == 14
+    assert guided_steps(4, 0.01) == 1
+    assert guided_steps(10, 1.0) == 10
+
+
+def test_pipelines_with_pooled_embeddings_keep_guidance_on_every_step(tmp_path_factory):
+    sdxl = _load(tiny_pipelines.build_sdxl, tmp_path_factory)
+    assert not supports_guidance_interval(sdxl)
+    kwargs = call_kwargs(sdxl, "a red star icon", "blurry", 4, 5.0, 32, 32, [1], guidance_until=0.5)
+    assert "callback_on_step_end_tensor_inputs" not in kwargs
+    batches = []
+    hook = sdxl.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            sdxl(**kwargs)
+    finally:
+        hook.remove()
+    assert batches == [2] * 4
+
+
+def test_registry_validates_the_share():
+    tiny = ModelRegistry.from_file().get("brandgen-tiny")
+    base = {k: getattr(tiny, k) for k in ("label", "family", "source_type", "source", "pipeline_class",
+                                          "default_steps", "default_guidance", "distilled", "vram_gb", "license",
+                                          "commercial_use")}
+    base["native_resolution"] = list(tiny.native_resolution)
+    assert _validate("m", {**base, "guidance_until": 0.4}).guidance_until == 0.4
+    assert _validate("m", base).guidance_until == 1.0
+    for bad in (0, -0.5, 1.5, "half", True):
+        with pytest.raises(ValueError, match="guidance_until must be a number"):
+            _validate("m", {**base, "guidance_until": bad})
+    with pytest.raises(ValueError, match="only supported for the sd15 family"):
+        _validate("m", {**base, "family": "sdxl", "guidance_until": 0.5})
+    assert "first 40% of the steps" in _validate("m", {**base, "guidance_until": 0.4}).summary()
+
+
+def test_manager_uses_the_models_share_but_not_with_the_step_cache(tmp_path: Path):
+    manager = PipelineManager(paths=AppPaths(tmp_path))
+    entry = manager.registry.get(manager.registry.default_id)
+    assert entry.guidance_until < 1  # the embedded model turns it on (docs/PERFORMANCE.md)
+    manager.load_model(entry.id)
+    batches = []
+    hook = manager.pipeline.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="draft"))
+        draft, batches[:] = list(batches), []
+        manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="fast"))
+        fast = list(batches)
+    finally:
+        hook.remove()
+    cut = guided_steps(15, entry.guidance_until)
+    assert draft == [2] * cut + [1] * (15 - cut)
+    assert set(fast) == {2}  # cached steps reuse batch-2 features: guidance stays on
