@@ -1,0 +1,68 @@
+"""Decoder colour tune (brandgen/tiny/vae_tune.py): latents stay put, reconstructions of new colours improve."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from brandgen.tiny import icon_data, icons, vae_tune
+from tiny_pipelines import _vae
+
+
+@pytest.fixture(scope="module")
+def pack():
+    masks, meta = icon_data.synthetic_pack(12, 32, seed=3)
+    meta[0]["heldout"] = True
+    meta[1]["style"] = "duotone"
+    return masks, meta
+
+
+def test_random_colour_variants_are_deterministic_and_skip_held_out_icons(pack):
+    _, meta = pack
+    a = vae_tune.random_colour_variants(meta, 200, seed=5)
+    b = vae_tune.random_colour_variants(meta, 200, seed=5)
+    assert [(v.icon, v.fg, v.bg, v.fg2) for v in a] == [(v.icon, v.fg, v.bg, v.fg2) for v in b]
+    assert 0 not in {v.icon for v in a}
+    for v in a:  # the icon reads on its background; only duotone icons get a second colour
+        assert sum(abs(x - y) for x, y in zip(v.fg, v.bg)) > 160
+        assert v.fg2 is None or meta[v.icon]["style"] == "duotone"
+    assert any(v.fg2 for v in a)
+    assert len({v.fg for v in a}) > 150  # not a small set of named colours
+
+
+def test_tune_moves_only_the_decoder_and_improves_held_out_reconstruction(pack):
+    masks, meta = pack
+    vae = _vae(blocks=(16, 32), norm_num_groups=8)
+    enc_before = {k: v.clone() for k, v in vae.state_dict().items() if not k.startswith(("decoder.", "post_quant"))}
+    dec_before = vae.decoder.conv_out.weight.clone()
+    x = icon_data.to_pixels(icon_data.Composer(masks, "cpu").compose(vae_tune.random_colour_variants(meta, 4, 1)))
+    latents_before = vae.encode(x).latent_dist.mean.detach()
+    result = vae_tune.tune_decoder(vae, masks, meta, seconds=120, max_steps=60, batch=8, lr=2e-3, log_every=1000)
+    assert result["steps"] == 60
+    for key, value in vae.state_dict().items():
+        if key in enc_before:
+            assert torch.equal(value, enc_before[key]), key
+    assert not torch.equal(vae.decoder.conv_out.weight, dec_before)
+    torch.testing.assert_close(vae.encode(x).latent_dist.mean, latents_before, rtol=0, atol=1e-5)
+    assert result["heldout_psnr_after"] > result["heldout_psnr_before"] + 1.0
+    assert not any(p.requires_grad for p in vae.parameters())
+
+
+def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tmp_path):
+    masks, meta = pack
+    src = tmp_path / "model"
+    _vae(blocks=(16, 32), norm_num_groups=8).save_pretrained(src / "vae")
+    (src / "model_index.json").write_text("{}")
+    pack_path = tmp_path / "pack.npz"
+    np.savez(pack_path, masks=masks, meta=icons.json_array(meta), summary=icons.json_array({}))
+    original = (src / "vae" / "diffusion_pytorch_model.safetensors").read_bytes()
+    out = tmp_path / "tuned"
+    result = vae_tune.main(["--model", str(src), "--out", str(out), "--pack", str(pack_path), "--seconds", "3"])
+    assert (src / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == original
+    assert (out / "model_index.json").exists()
+    assert json.loads((out / "vae" / "decoder_tune.json").read_text())["steps"] == result["steps"] >= 1
+    with pytest.raises(SystemExit):
+        vae_tune.main(["--model", str(src), "--out", str(src), "--pack", str(pack_path)])
