@@ -29,9 +29,18 @@ PALETTE = ["#0f766e", "#f97360", "#fdf6e3"]
 SHAPES = ["star", "heart", "circle", "bolt"]
 
 
-def render_all(pipe, prompts: list[str], negative: str, seeds: list[int], steps: int, guidance: float, size: int):
+def render_all(pipe, prompts: list[str], negative: str, seeds: list[int], steps: int, guidance: float, size: int,
+               guidance_until: float = 1.0):
+    from functools import partial
+
     import torch
 
+    from brandgen.pipeline_call import guided_steps, stop_guidance_after
+
+    extra = {}
+    if guidance_until < 1:  # as the app runs a model with a registry guidance_until
+        extra = {"callback_on_step_end": partial(stop_guidance_after, guided_steps(steps, guidance_until)),
+                 "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}
     images = []
     for prompt in prompts:
         for seed in seeds:
@@ -43,6 +52,7 @@ def render_all(pipe, prompts: list[str], negative: str, seeds: list[int], steps:
                 height=size,
                 width=size,
                 generator=torch.Generator().manual_seed(seed),
+                **extra,
             ).images
     return images
 
@@ -77,6 +87,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--lr", type=float, default=None, help="default: 3e-4 for v2, 1e-3 for v1")
     parser.add_argument("--seeds", type=int, default=2)
     parser.add_argument("--sample-steps", type=int, default=20)
+    parser.add_argument("--guidance-until", type=float, default=None,
+                        help="guide this share of the sampling steps (default: as the app does, the registry model's "
+                             "share without a LoRA and every step with one)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
@@ -122,6 +135,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     guidance = entry.default_guidance if entry else 6.0
+    until = args.guidance_until if args.guidance_until is not None else (entry.guidance_until if entry else 1.0)
+    until_lora = args.guidance_until if args.guidance_until is not None else 1.0  # PipelineManager._guidance_until
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = work / "data"
     data.mkdir()
@@ -136,7 +151,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
     pipe.set_progress_bar_config(disable=True)
-    before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution)
+    before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until)
 
     config = TrainConfig(
         name="bench-brand",
@@ -162,7 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - start
 
     pipe.load_lora_weights(str(result.lora_dir), weight_name=DIFFUSERS_FILE)
-    after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution)
+    after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until_lora)
     grid_dir = ROOT / "benchmarks" / "outputs"
     grid_dir.mkdir(parents=True, exist_ok=True)
     grid = Image.new("RGB", (args.resolution * len(before), 2 * args.resolution))  # row 1 before, row 2 after
@@ -187,6 +202,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rank": args.rank,
         "steps": result.steps,
         "lr": args.lr,
+        "guidance_until": {"before": until, "after": until_lora},
         "target_modules": args.target_modules,
         "example": args.example,
         "trigger": args.trigger,

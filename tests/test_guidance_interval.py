@@ -4,6 +4,7 @@ pipelines or presets it cannot serve keep guidance on every step."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +18,7 @@ from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
 from brandgen.pipeline_call import call_kwargs, guided_steps, supports_guidance_interval
 from brandgen.registry import ModelRegistry, _validate
+from conftest import make_sd15_lora
 
 
 def _load(builder, tmp_path_factory) -> DiffusionPipeline:
@@ -128,3 +130,24 @@ def test_manager_uses_the_models_share_but_not_with_the_step_cache(tmp_path: Pat
     cut = guided_steps(15, entry.guidance_until)
     assert draft == [2] * cut + [1] * (15 - cut)
     assert set(fast) == {2}  # cached steps reuse batch-2 features: guidance stays on
+
+
+def test_a_brand_lora_keeps_guidance_on_every_step(registry, app_paths, tiny_dirs):
+    entry = dataclasses.replace(registry.get("tiny-sd15"), guidance_until=0.5)
+    manager = PipelineManager(registry=registry.with_entry(entry), paths=app_paths)
+    make_sd15_lora(tiny_dirs["sd15"], app_paths.loras / "palette.safetensors", seed=3)
+    manager.load_model(entry.id)
+    seen = {}
+    for loras in ((), (("palette", 0.8),), (("palette", 0.0),)):
+        batches = []
+        hook = manager.pipeline.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+        try:
+            manager.generate(GenerationRequest(prompt="a bell icon", model_id=entry.id, seed=1, preset="draft",
+                                               loras=loras))
+        finally:
+            hook.remove()
+        seen[loras] = batches
+    cut = guided_steps(15, 0.5)
+    assert seen[()] == [2] * cut + [1] * (15 - cut)
+    assert seen[(("palette", 0.8),)] == [2] * 15
+    assert seen[(("palette", 0.0),)] == seen[()]  # a LoRA at weight 0 is off
