@@ -328,8 +328,9 @@ class PipelineManager:
             notes = self.set_loras(request.loras)
             loaded = self._require_loaded()
             pipe = loaded.pipe
+            until = self._guidance_until(entry, preset, request)
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
-                                 self._cancel, self._guidance_until(entry, preset, request))
+                                 self._cancel, until)
             reset_peak_memory()
             start = time.perf_counter()
             try:
@@ -354,7 +355,7 @@ class PipelineManager:
             "user_prompt": request.prompt, "prompt": prompt, "negative_prompt": negative,
             "asset_type": request.asset_type, "model": entry.id, "model_label": entry.label,
             "loras": [{"name": n, "weight": w} for n, w in request.active_loras],
-            "preset": preset.id, "steps": steps, "guidance_scale": guidance, "width": width,
+            "preset": preset.id, "steps": steps, "guidance_scale": guidance, "guidance_until": until, "width": width,
             "height": height, "upscale": preset.upscale, "upscaler": self.upscaler.name,
             "step_cache": cached.to_dict() if cached else None,
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / request.count, 3),

@@ -121,15 +121,17 @@ def test_manager_uses_the_models_share_but_not_with_the_step_cache(tmp_path: Pat
     batches = []
     hook = manager.pipeline.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
     try:
-        manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="draft"))
+        first = manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="draft"))
         draft, batches[:] = list(batches), []
-        manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="fast"))
+        second = manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="fast"))
         fast = list(batches)
     finally:
         hook.remove()
     cut = guided_steps(15, entry.guidance_until)
     assert draft == [2] * cut + [1] * (15 - cut)
     assert set(fast) == {2}  # cached steps reuse batch-2 features: guidance stays on
+    assert first.metadata[0]["guidance_until"] == entry.guidance_until  # the gallery records what ran
+    assert second.metadata[0]["guidance_until"] == 1.0
 
 
 def test_a_brand_lora_keeps_guidance_on_every_step(registry, app_paths, tiny_dirs):
