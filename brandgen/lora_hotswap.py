@@ -291,13 +291,20 @@ class LoraCache:
         return sum(p.nbytes() for p in self._packed.values())
 
     def _packed_for(self, path: Path, name: str, recent: bool) -> PackedLora | None:
-        """The cached LoRA, read if needed; a read-ahead (not `recent`) that would pass the budget returns None."""
+        """The cached LoRA, read if needed; a read-ahead (not `recent`) that would pass the budget returns None,
+        and one that finds the budget already full returns None without reading the file. Files are read outside
+        the lock, so a designer's switch never waits for a read-ahead's file (nor the reverse)."""
         stat = os.stat(path)
         key = (str(path), stat.st_mtime, stat.st_size)
         dtype, device = getattr(self.model, "dtype", torch.float32), getattr(self.model, "device", None)
         with self._lock:
-            if key not in self._packed:
-                packed = PackedLora.of(read_lora_factors(self.pipe, path, name), dtype, device)
+            packed = self._packed.get(key)
+            if packed is None and not recent and self.nbytes() >= self.max_bytes:
+                return None
+        if packed is None:
+            packed = PackedLora.of(read_lora_factors(self.pipe, path, name), dtype, device)
+        with self._lock:
+            if key not in self._packed:  # (another thread may have read it meanwhile: keep that one)
                 if not recent and self.nbytes() + packed.nbytes() > self.max_bytes:
                     return None
                 self._packed[key] = packed
@@ -305,9 +312,10 @@ class LoraCache:
                     self._packed.move_to_end(key, last=False)
             if recent:
                 self._packed.move_to_end(key)
+            packed = self._packed[key]
             while len(self._packed) > 1 and (len(self._packed) > CACHED_LORAS or self.nbytes() > self.max_bytes):
                 self._packed.popitem(last=False)  # the least recent; the newest always stays
-            return self._packed[key]
+            return packed
 
 
 def read_ahead_in_background(switcher: Any, library: Any, family: str) -> threading.Thread:

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import torch
 
 import brandgen.lora_hotswap as hot
@@ -79,9 +81,56 @@ def test_the_cache_keeps_to_its_memory_budget_without_dropping_the_lora_in_use(t
     cache = LoraCache(None, torch.nn.Linear(2, 2), max_bytes=4 * (4 + 8))  # float32: l0 and l1 fit, not l2
     cache.get(files[0], "l0")
     assert cache.read_ahead([(f, f.stem) for f in files[1:]]) == 1 and cache.nbytes() == 48
-    assert reads == ["l0", "l1", "l2"]  # l2 was read, did not fit, and stopped the read-ahead
+    assert reads == ["l0", "l1"]  # the budget was full after l1: l2 was not even read
     cache.get(files[3], "l3")  # 64 bytes alone: bigger than the budget, still served and kept
     assert cache.nbytes() == 64 and cache.get(files[3], "l3").factors["unet"]["lin"][0].shape == (1, 8)
-    assert reads == ["l0", "l1", "l2", "l3"]
+    assert reads == ["l0", "l1", "l3"]
     cache.get(files[0], "l0")  # back under budget: l3 makes way
     assert cache.nbytes() == 16 and reads[-1] == "l0"
+
+
+def test_a_switch_does_not_wait_for_a_read_ahead_file_read(tmp_path, monkeypatch):
+    """The read-ahead thread reads a slow file; a designer's switch to another LoRA meanwhile is served at once."""
+    release, reading = threading.Event(), threading.Event()
+
+    def read(pipe, path, name, *args):
+        if name == "slow":
+            reading.set()
+            assert release.wait(30), "the test never released the slow read"
+        return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2), torch.ones(2, 1))}})
+
+    monkeypatch.setattr(hot, "read_lora_factors", read)
+    slow, quick = tmp_path / "slow.safetensors", tmp_path / "quick.safetensors"
+    slow.write_bytes(b"x")
+    quick.write_bytes(b"xx")
+    cache = LoraCache(None, torch.nn.Linear(2, 2))
+    ahead = threading.Thread(target=cache.read_ahead, args=([(slow, "slow")],), daemon=True)
+    ahead.start()
+    assert reading.wait(30)
+    served = threading.Event()
+    switch = threading.Thread(target=lambda: (cache.get(quick, "quick"), served.set()), daemon=True)
+    switch.start()
+    try:
+        assert served.wait(10), "the switch waited for the read-ahead's file read"
+    finally:
+        release.set()
+        ahead.join(30)
+        switch.join(30)
+    assert cache.get(slow, "slow").name == "slow" and cache.get(quick, "quick").name == "quick"
+
+
+def test_read_ahead_reads_nothing_once_the_budget_is_full(tmp_path, monkeypatch):
+    reads: list[str] = []
+
+    def read(pipe, path, name, *args):
+        reads.append(name)
+        return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2), torch.ones(2, 1))}})
+
+    monkeypatch.setattr(hot, "read_lora_factors", read)
+    files = [tmp_path / f"l{i}.safetensors" for i in range(3)]
+    for f in files:
+        f.write_bytes(b"x")
+    cache = LoraCache(None, torch.nn.Linear(2, 2), max_bytes=16)  # exactly one 4-float LoRA
+    cache.get(files[0], "l0")
+    assert cache.read_ahead([(f, f.stem) for f in files[1:]]) == 0
+    assert reads == ["l0"]  # the full budget stopped it before any file was read
