@@ -39,7 +39,8 @@ def test_an_empty_lora_packs_to_nothing():
     assert packed.flat is None and packed.to(torch.device("cpu")).factors == {}
 
 
-def test_read_ahead_fills_free_places_only_and_never_evicts_a_lora_in_use(tmp_path, monkeypatch):
+def _recording_reader(monkeypatch) -> list[str]:
+    """Replace the file read with one 4-float LoRA per name; returns the names read, in order."""
     reads: list[str] = []
 
     def read(pipe, path, name, *args):
@@ -47,6 +48,11 @@ def test_read_ahead_fills_free_places_only_and_never_evicts_a_lora_in_use(tmp_pa
         return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2), torch.ones(2, 1))}})
 
     monkeypatch.setattr(hot, "read_lora_factors", read)
+    return reads
+
+
+def test_read_ahead_fills_free_places_only_and_never_evicts_a_lora_in_use(tmp_path, monkeypatch):
+    reads = _recording_reader(monkeypatch)
     files = []
     for i in range(CACHED_LORAS + 2):
         files.append(tmp_path / f"l{i}.safetensors")
@@ -120,13 +126,7 @@ def test_a_switch_does_not_wait_for_a_read_ahead_file_read(tmp_path, monkeypatch
 
 
 def test_read_ahead_reads_nothing_once_the_budget_is_full(tmp_path, monkeypatch):
-    reads: list[str] = []
-
-    def read(pipe, path, name, *args):
-        reads.append(name)
-        return LoraFactors(name, {"unet": {"lin": (torch.ones(1, 2), torch.ones(2, 1))}})
-
-    monkeypatch.setattr(hot, "read_lora_factors", read)
+    reads = _recording_reader(monkeypatch)
     files = [tmp_path / f"l{i}.safetensors" for i in range(3)]
     for f in files:
         f.write_bytes(b"x")
