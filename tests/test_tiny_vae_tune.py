@@ -51,7 +51,7 @@ def test_tune_moves_only_the_decoder_and_improves_held_out_reconstruction(pack):
     assert not any(p.requires_grad for p in vae.parameters())
 
 
-def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tmp_path):
+def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tmp_path, capsys):
     masks, meta = pack
     src = tmp_path / "model"
     _vae(blocks=(16, 32), norm_num_groups=8).save_pretrained(src / "vae")
@@ -64,5 +64,9 @@ def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tm
     assert (src / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == original
     assert (out / "model_index.json").exists()
     assert json.loads((out / "vae" / "decoder_tune.json").read_text())["steps"] == result["steps"] >= 1
-    with pytest.raises(SystemExit):
-        vae_tune.main(["--model", str(src), "--out", str(src), "--pack", str(pack_path)])
+    for bad, message in ((["--model", str(src), "--out", str(src), "--pack", str(pack_path)], "another folder"),
+                         (["--model", str(tmp_path), "--out", str(out), "--pack", str(pack_path)], "no autoencoder"),
+                         (["--model", str(src), "--out", str(out), "--pack", str(tmp_path / "no.npz")], "no icon pack")):
+        with pytest.raises(SystemExit):
+            vae_tune.main(bad)
+        assert message in capsys.readouterr().err

@@ -126,6 +126,10 @@ def main(argv: list[str] | None = None) -> dict:
     src, out = Path(args.model), Path(args.out)
     if out.resolve() == src.resolve():
         parser.error("--out must be another folder than --model (the source stays as it was)")
+    if not (src / "vae" / "config.json").is_file():
+        parser.error(f"no autoencoder at {src / 'vae'}: --model must be a saved brandgen-tiny folder")
+    if not Path(args.pack).is_file():
+        parser.error(f"no icon pack at {args.pack}: build it with `python -m brandgen.tiny.icons build`")
     torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
     masks, meta, _ = icons.load_pack(args.pack)
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
