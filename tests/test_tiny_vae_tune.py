@@ -64,9 +64,10 @@ def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tm
     assert (src / "vae" / "diffusion_pytorch_model.safetensors").read_bytes() == original
     assert (out / "model_index.json").exists()
     assert json.loads((out / "vae" / "decoder_tune.json").read_text())["steps"] == result["steps"] >= 1
+    missing_pack = str(tmp_path / "no.npz")
     for bad, message in ((["--model", str(src), "--out", str(src), "--pack", str(pack_path)], "another folder"),
                          (["--model", str(tmp_path), "--out", str(out), "--pack", str(pack_path)], "no autoencoder"),
-                         (["--model", str(src), "--out", str(out), "--pack", str(tmp_path / "no.npz")], "no icon pack")):
+                         (["--model", str(src), "--out", str(out), "--pack", missing_pack], "no icon pack")):
         with pytest.raises(SystemExit):
             vae_tune.main(bad)
         assert message in capsys.readouterr().err
