@@ -6,11 +6,13 @@ from __future__ import annotations
 import inspect
 import threading
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import torch
 
 ProgressFn = Callable[[int, int], None]
+GUIDANCE_TENSORS = ("latents", "prompt_embeds")  # what stop_guidance_after reads and changes at a step's end
 
 
 def guided_steps(steps: int, guidance_until: float) -> int:
@@ -33,6 +35,21 @@ def stop_guidance_after(cut: int | None, pipeline: Any, step: int, timestep: Any
     return callback_kwargs
 
 
+def guidance_cut(pipe: Any, steps: int, guidance_until: float) -> int | None:
+    """The step after which guidance stops, or None when every step is guided (or the pipeline cannot stop it)."""
+    return guided_steps(steps, guidance_until) if guidance_until < 1 and supports_guidance_interval(pipe) else None
+
+
+def guidance_interval_kwargs(pipe: Any, steps: int, guidance_until: float) -> dict[str, Any]:
+    """The step callback that stops guidance after `guidance_until` of the steps, for a direct pipeline call (the
+    held-out eval, the LoRA demo); {} when every step is guided. The app's call gets it from call_kwargs."""
+    cut = guidance_cut(pipe, steps, guidance_until)
+    if cut is None:
+        return {}
+    return {"callback_on_step_end": partial(stop_guidance_after, cut),
+            "callback_on_step_end_tensor_inputs": list(GUIDANCE_TENSORS)}
+
+
 def call_kwargs(
     pipe: Any, prompt: str, negative: str, steps: int, guidance: float, width: int, height: int,
     seeds: list[int], progress: ProgressFn | None = None, cancel: threading.Event | None = None,
@@ -46,7 +63,7 @@ def call_kwargs(
     steps, so a CPU model spends its guided (double) passes where they matter (measured per model in
     docs/PERFORMANCE.md before a model turns it on)."""
     accepted = inspect.signature(pipe.__call__).parameters
-    cut = guided_steps(steps, guidance_until) if guidance_until < 1 and supports_guidance_interval(pipe) else None
+    cut = guidance_cut(pipe, steps, guidance_until)
 
     def on_step_end(pipeline: Any, step: int, timestep: Any, callback_kwargs: dict) -> dict:
         if progress is not None:
@@ -62,7 +79,7 @@ def call_kwargs(
         "callback_on_step_end": on_step_end, "output_type": "pil",
     }
     if cut is not None:
-        kwargs["callback_on_step_end_tensor_inputs"] = ["latents", "prompt_embeds"]
+        kwargs["callback_on_step_end_tensor_inputs"] = list(GUIDANCE_TENSORS)
     if negative and "negative_prompt" in accepted:
         kwargs["negative_prompt"] = negative
     return {key: value for key, value in kwargs.items() if key in accepted}

@@ -31,16 +31,11 @@ SHAPES = ["star", "heart", "circle", "bolt"]
 
 def render_all(pipe, prompts: list[str], negative: str, seeds: list[int], steps: int, guidance: float, size: int,
                guidance_until: float = 1.0):
-    from functools import partial
-
     import torch
 
-    from brandgen.pipeline_call import guided_steps, stop_guidance_after
+    from brandgen.pipeline_call import guidance_interval_kwargs
 
-    extra = {}
-    if guidance_until < 1:  # as the app runs a model with a registry guidance_until
-        extra = {"callback_on_step_end": partial(stop_guidance_after, guided_steps(steps, guidance_until)),
-                 "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}
+    extra = guidance_interval_kwargs(pipe, steps, guidance_until)  # as the app runs a model's guidance_until
     images = []
     for prompt in prompts:
         for seed in seeds:

@@ -16,7 +16,7 @@ import tiny_pipelines
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
-from brandgen.pipeline_call import call_kwargs, guided_steps, supports_guidance_interval
+from brandgen.pipeline_call import call_kwargs, guidance_interval_kwargs, guided_steps, supports_guidance_interval
 from brandgen.registry import ModelRegistry, _validate
 from conftest import make_sd15_lora
 
@@ -68,6 +68,23 @@ def test_guidance_stops_after_its_share_and_the_guided_steps_match_a_fully_guide
     np.testing.assert_array_equal(again, images)
 
 
+def test_a_direct_pipeline_call_stops_guidance_as_the_app_does(sd15):
+    """The eval and the LoRA demo call the pipeline themselves, with guidance_interval_kwargs."""
+    assert guidance_interval_kwargs(sd15, 6, 1.0) == {}
+    batches = []
+    hook = sd15.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        with torch.inference_mode():
+            images = sd15("a red star icon", negative_prompt="blurry", num_inference_steps=6, guidance_scale=5.0,
+                          height=32, width=32, num_images_per_prompt=2, output_type="np",
+                          generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 4)],
+                          **guidance_interval_kwargs(sd15, 6, 0.5)).images
+    finally:
+        hook.remove()
+    assert batches == [4, 4, 4, 2, 2, 2]
+    np.testing.assert_allclose(images, run(sd15, 0.5)[2], atol=1e-6)
+
+
 def test_full_share_or_none_is_the_plain_call(sd15):
     default = run(sd15, None)
     full = run(sd15, 1.0)
@@ -85,6 +102,7 @@ def test_guided_steps_rounds_and_keeps_at_least_one():
 def test_pipelines_with_pooled_embeddings_keep_guidance_on_every_step(tmp_path_factory):
     sdxl = _load(tiny_pipelines.build_sdxl, tmp_path_factory)
     assert not supports_guidance_interval(sdxl)
+    assert guidance_interval_kwargs(sdxl, 4, 0.5) == {}
     kwargs = call_kwargs(sdxl, "a red star icon", "blurry", 4, 5.0, 32, 32, [1], guidance_until=0.5)
     assert "callback_on_step_end_tensor_inputs" not in kwargs
     batches = []

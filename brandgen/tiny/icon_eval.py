@@ -180,16 +180,11 @@ def evaluate_pipeline(pipe, items: list[dict], steps: int = 28, guidance: float 
                       keep_images: bool = False, refs_path: Path = REFS_PATH, guidance_until: float = 1.0) -> dict:
     """Generate every held-out prompt and score silhouette retrieval and colour family. guidance_until < 1 stops
     classifier-free guidance after that share of the steps, as the app does for a model that sets it."""
-    from functools import partial
-
     import torch
 
-    from brandgen.pipeline_call import guided_steps, stop_guidance_after
+    from brandgen.pipeline_call import guidance_interval_kwargs
 
-    extra = {}
-    if guidance_until < 1:
-        extra = {"callback_on_step_end": partial(stop_guidance_after, guided_steps(steps, guidance_until)),
-                 "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"]}
+    extra = guidance_interval_kwargs(pipe, steps, guidance_until)
     refs, ref_concepts, _ = load_refs(refs_path)
     results, images = [], []
     for s in range(0, len(items), batch):
