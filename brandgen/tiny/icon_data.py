@@ -117,12 +117,18 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random) -> str
     return f"{colour} {word}"
 
 
-def _any_colour(bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
-    """A uniformly random colour that reads on `bg`, and its words: the hex, or the family the evaluator sees."""
+def readable_colour(bg: tuple, rng: random.Random) -> tuple[int, int, int]:
+    """A uniformly random colour far enough from `bg` (L1 distance > 160) to read on it."""
     while True:
         rgb = tuple(rng.randrange(256) for _ in range(3))
         if sum(abs(a - b) for a, b in zip(rgb, bg)) > 160:
-            return rgb, hex_of(rgb) if rng.random() < 0.5 else color_family(rgb)
+            return rgb
+
+
+def _any_colour(bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
+    """A uniformly random colour that reads on `bg`, and its words: the hex, or the family the evaluator sees."""
+    rgb = readable_colour(bg, rng)
+    return rgb, hex_of(rgb) if rng.random() < 0.5 else color_family(rgb)
 
 
 def with_context(captions: list[str], share: float, rng: random.Random) -> list[str]:

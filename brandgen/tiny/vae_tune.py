@@ -27,13 +27,6 @@ import torch.nn.functional as F
 from brandgen.tiny import icon_data, icons
 
 
-def _readable(rng: random.Random, bg: tuple) -> tuple[int, int, int]:
-    while True:
-        rgb = tuple(rng.randrange(256) for _ in range(3))
-        if sum(abs(a - b) for a, b in zip(rgb, bg)) > 160:
-            return rgb
-
-
 def _background(rng: random.Random) -> tuple[int, int, int]:
     """Light (white-ish or a pale tint of any hue, like a brand's cream) 70%, dark 30%."""
     if rng.random() < 0.7:
@@ -49,8 +42,8 @@ def random_colour_variants(meta: list[dict], n: int, seed: int) -> list[icon_dat
     for _ in range(n):
         i = rng.choice(pool)
         bg = _background(rng)
-        fg = _readable(rng, bg)
-        fg2 = _readable(rng, bg) if meta[i].get("style") == "duotone" and rng.random() < 0.5 else None
+        fg = icon_data.readable_colour(bg, rng)
+        fg2 = icon_data.readable_colour(bg, rng) if meta[i].get("style") == "duotone" and rng.random() < 0.5 else None
         out.append(icon_data.Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
                                      rng.uniform(-0.03, 0.03), [], fg2))
     return out
