@@ -24,13 +24,6 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def psnr(a, b) -> float:
-    import numpy as np
-
-    mse = float(((np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)) ** 2).mean())
-    return 99.0 if mse == 0 else 10 * np.log10(255.0**2 / mse)
-
-
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="brandgen-tiny")
@@ -45,6 +38,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     from brandgen.generation import GenerationRequest
     from brandgen.manager import PipelineManager
+    from brandgen.metrics import image_psnr
     from brandgen.paths import AppPaths
 
     torch.set_num_threads(args.threads)
@@ -72,9 +66,9 @@ def main(argv: list[str] | None = None) -> dict:
         medians = {str(k): {name: round(statistics.median(v), 3) for name, v in t.items()} for k, t in times.items()}
         rows[preset] = {
             "median": medians,
-            "denoise_speedup": round(times[1.0]["denoise_s"] and statistics.median(times[1.0]["denoise_s"])
+            "denoise_speedup": round(statistics.median(times[1.0]["denoise_s"])
                                      / statistics.median(times[entry.guidance_until]["denoise_s"]), 3),
-            "psnr_db_vs_every_step": [round(psnr(v[entry.guidance_until], v[1.0]), 2) for v in images.values()],
+            "psnr_db_vs_every_step": [round(image_psnr(v[entry.guidance_until], v[1.0]), 2) for v in images.values()],
             "raw": {str(k): t for k, t in times.items()},
         }
         print(preset, json.dumps(rows[preset]["median"]), "speed-up", rows[preset]["denoise_speedup"], flush=True)

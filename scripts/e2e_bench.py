@@ -128,11 +128,10 @@ def psnr(a: Any, b: Any) -> float | None:
     """Peak signal-to-noise ratio of two 8-bit images in dB (identical: None would hide it, so 99)."""
     import numpy as np
 
-    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    if a.shape != b.shape:
-        return None
-    mse = float(((a - b) ** 2).mean())
-    return 99.0 if mse == 0 else round(10 * float(np.log10(255.0**2 / mse)), 2)
+    from brandgen.metrics import image_psnr
+
+    a, b = np.asarray(a), np.asarray(b)
+    return round(image_psnr(a, b), 2) if a.shape == b.shape else None
 
 
 IMAGE_PAIRS = {  # what each difference measures (same prompt, seed, LoRA and steps)

@@ -29,14 +29,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from brandgen.benchmark import DEFAULT_PROMPTS  # noqa: E402
 from brandgen.generation import GenerationRequest  # noqa: E402
 from brandgen.manager import PipelineManager  # noqa: E402
-from brandgen.metrics import background_cleanliness  # noqa: E402
+from brandgen.metrics import background_cleanliness, image_psnr  # noqa: E402
 
 
 def difference(a: Any, b: Any) -> tuple[float, float]:
     """(PSNR dB, mean absolute difference in 8-bit levels) of two images of one size."""
     x, y = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
-    mse = float(((x - y) ** 2).mean())
-    return (99.0 if mse == 0 else 10 * float(np.log10(255.0**2 / mse))), float(np.abs(x - y).mean())
+    return image_psnr(x, y), float(np.abs(x - y).mean())
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -7,7 +7,7 @@ import pytest
 from PIL import Image, ImageDraw
 
 from brandgen.errors import InvalidInput
-from brandgen.metrics import background_cleanliness, clip_score, palette_adherence, parse_palette
+from brandgen.metrics import background_cleanliness, clip_score, image_psnr, palette_adherence, parse_palette
 
 
 def _icon(fg: str, bg: str = "white") -> Image.Image:
@@ -67,3 +67,10 @@ def test_foreground_adherence_counts_the_share_of_the_glyph_in_brand_colours():
     assert foreground_mask(image).mean() == pytest.approx(64 * 64 / 128**2)
     assert foreground_palette_adherence(image, ["#0f766e", "#f97360"]) == pytest.approx(0.5)
     assert foreground_palette_adherence(Image.new("RGB", (128, 128), "#fdf6e3"), ["#0f766e"]) == 0.0
+
+
+def test_image_psnr_of_identical_and_off_by_one_images():
+    a = np.full((8, 8, 3), 100, dtype=np.uint8)
+    assert image_psnr(a, a) == 99.0
+    assert abs(image_psnr(a, a + 1) - 10 * np.log10(255.0**2)) < 1e-9  # every level off by one: MSE 1
+    assert image_psnr(Image.fromarray(a), Image.fromarray(a + 16)) < image_psnr(a, a + 1)
