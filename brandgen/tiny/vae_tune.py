@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 
 from brandgen.tiny import icon_data, icons
+from brandgen.tiny.train import lr_factor
 
 
 def _background(rng: random.Random) -> tuple[int, int, int]:
@@ -81,7 +82,7 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
         if progress >= 1:
             break
         for group in opt.param_groups:  # short warm-up, then cosine to 5% over the time budget
-            group["lr"] = lr * min(1.0, (step + 1) / 20) * (0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * progress)))
+            group["lr"] = lr * lr_factor(progress, step, 20, 0.05)
         x = icon_data.to_pixels(composer.compose(random_colour_variants(meta, batch, rng.randrange(2**31))))
         with torch.no_grad():
             z = vae.encode(x).latent_dist.mean
