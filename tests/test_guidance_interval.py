@@ -4,7 +4,9 @@ pipelines or presets it cannot serve keep guidance on every step."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -32,11 +34,20 @@ def sd15(tmp_path_factory):
     return _load(tiny_pipelines.build_sd15, tmp_path_factory)
 
 
+@contextlib.contextmanager
+def unet_batches(unet: torch.nn.Module) -> Iterator[list[int]]:
+    """The batch size of every UNet call inside the block (2 per image while guided, 1 after)."""
+    batches: list[int] = []
+    hook = unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
+    try:
+        yield batches
+    finally:
+        hook.remove()
+
+
 def run(pipe, guidance_until: float | None, steps: int = 6) -> tuple[list[int], list[torch.Tensor], np.ndarray]:
     """UNet batch sizes per step, latents after every step, images."""
-    batches, latents = [], []
-    hook = pipe.unet.register_forward_pre_hook(lambda _m, args, kwargs: batches.append(args[0].shape[0]),
-                                               with_kwargs=True)
+    latents = []
     extra = {} if guidance_until is None else {"guidance_until": guidance_until}
     kwargs = call_kwargs(pipe, "a red star icon", "blurry", steps, 5.0, 32, 32, [3, 4], **extra)
     inner = kwargs["callback_on_step_end"]
@@ -47,11 +58,8 @@ def run(pipe, guidance_until: float | None, steps: int = 6) -> tuple[list[int], 
         return out
 
     kwargs.update(callback_on_step_end=spy, output_type="np")
-    try:
-        with torch.inference_mode():
-            images = pipe(**kwargs).images
-    finally:
-        hook.remove()
+    with unet_batches(pipe.unet) as batches, torch.inference_mode():
+        images = pipe(**kwargs).images
     return batches, latents, images
 
 
@@ -71,16 +79,11 @@ def test_guidance_stops_after_its_share_and_the_guided_steps_match_a_fully_guide
 def test_a_direct_pipeline_call_stops_guidance_as_the_app_does(sd15):
     """The eval and the LoRA demo call the pipeline themselves, with guidance_interval_kwargs."""
     assert guidance_interval_kwargs(sd15, 6, 1.0) == {}
-    batches = []
-    hook = sd15.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
-    try:
-        with torch.inference_mode():
-            images = sd15("a red star icon", negative_prompt="blurry", num_inference_steps=6, guidance_scale=5.0,
-                          height=32, width=32, num_images_per_prompt=2, output_type="np",
-                          generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 4)],
-                          **guidance_interval_kwargs(sd15, 6, 0.5)).images
-    finally:
-        hook.remove()
+    with unet_batches(sd15.unet) as batches, torch.inference_mode():
+        images = sd15("a red star icon", negative_prompt="blurry", num_inference_steps=6, guidance_scale=5.0,
+                      height=32, width=32, num_images_per_prompt=2, output_type="np",
+                      generator=[torch.Generator("cpu").manual_seed(s) for s in (3, 4)],
+                      **guidance_interval_kwargs(sd15, 6, 0.5)).images
     assert batches == [4, 4, 4, 2, 2, 2]
     np.testing.assert_allclose(images, run(sd15, 0.5)[2], atol=1e-6)
 
@@ -105,13 +108,8 @@ def test_pipelines_with_pooled_embeddings_keep_guidance_on_every_step(tmp_path_f
     assert guidance_interval_kwargs(sdxl, 4, 0.5) == {}
     kwargs = call_kwargs(sdxl, "a red star icon", "blurry", 4, 5.0, 32, 32, [1], guidance_until=0.5)
     assert "callback_on_step_end_tensor_inputs" not in kwargs
-    batches = []
-    hook = sdxl.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
-    try:
-        with torch.inference_mode():
-            sdxl(**kwargs)
-    finally:
-        hook.remove()
+    with unet_batches(sdxl.unet) as batches, torch.inference_mode():
+        sdxl(**kwargs)
     assert batches == [2] * 4
 
 
@@ -136,15 +134,10 @@ def test_manager_uses_the_models_share_but_not_with_the_step_cache(tmp_path: Pat
     entry = manager.registry.get(manager.registry.default_id)
     assert entry.guidance_until < 1  # the embedded model turns it on (docs/PERFORMANCE.md)
     manager.load_model(entry.id)
-    batches = []
-    hook = manager.pipeline.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
-    try:
+    with unet_batches(manager.pipeline.unet) as draft:
         first = manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="draft"))
-        draft, batches[:] = list(batches), []
+    with unet_batches(manager.pipeline.unet) as fast:
         second = manager.generate(GenerationRequest(prompt="a bell icon", seed=1, preset="fast"))
-        fast = list(batches)
-    finally:
-        hook.remove()
     cut = guided_steps(15, entry.guidance_until)
     assert draft == [2] * cut + [1] * (15 - cut)
     assert set(fast) == {2}  # cached steps reuse batch-2 features: guidance stays on
@@ -159,14 +152,9 @@ def test_a_brand_lora_keeps_guidance_on_every_step(registry, app_paths, tiny_dir
     manager.load_model(entry.id)
     seen = {}
     for loras in ((), (("palette", 0.8),), (("palette", 0.0),)):
-        batches = []
-        hook = manager.pipeline.unet.register_forward_pre_hook(lambda _m, args: batches.append(args[0].shape[0]))
-        try:
+        with unet_batches(manager.pipeline.unet) as seen[loras]:
             manager.generate(GenerationRequest(prompt="a bell icon", model_id=entry.id, seed=1, preset="draft",
                                                loras=loras))
-        finally:
-            hook.remove()
-        seen[loras] = batches
     cut = guided_steps(15, 0.5)
     assert seen[()] == [2] * cut + [1] * (15 - cut)
     assert seen[(("palette", 0.8),)] == [2] * 15
