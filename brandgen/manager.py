@@ -297,7 +297,7 @@ class PipelineManager:
             self._owner = None
 
     @staticmethod
-    def _guidance_until(entry: ModelEntry, preset, request: GenerationRequest) -> float:
+    def _guidance_until(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> float:
         """The model's guided share of the steps, but every step under the Fast preset (its cached steps reuse
         batch-2 features) or with a LoRA active (a brand palette needs the late guided steps: the tiny demo
         gains +15.6 points instead of +31.4 without them, docs/PERFORMANCE.md)."""
