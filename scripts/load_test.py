@@ -26,6 +26,7 @@ import threading
 import time
 import urllib.parse
 import urllib.request
+from concurrent.futures import wait
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
@@ -102,6 +103,7 @@ class Runner:
         self.latencies: list[float] = []
         self.items: list[str] = []
         self.denoise: list[float] = []
+        self.threads: list[int | None] = []  # torch threads each image ran on (the server's ThreadPlan)
         self.errors: list[str] = []
         self.max_rank = 0
 
@@ -117,11 +119,12 @@ class Runner:
             status = job.status()
             if status.rank is not None:
                 self.max_rank = max(self.max_rank, status.rank + 1)  # rank 0 = next in line
-            time.sleep(0.25)
+            wait([job.future], timeout=0.25)  # returns as soon as the result is in: latency to the ms, not 0.25 s
         _, metadata, _, _ = job.result()
         self.latencies.append(time.perf_counter() - start)
         self.items += [m["gallery_id"] for m in metadata]
         self.denoise += [m["seconds_per_image"] for m in metadata]
+        self.threads += [m.get("cpu_threads") for m in metadata]
 
     def run(self, deadline: float) -> None:
         for i in range(self.args.requests):
@@ -175,6 +178,9 @@ def measure(url: str, home: Path | None, args: argparse.Namespace, deadline: flo
         "wall_s_per_image": round(wall / images, 3) if images else None,
         "denoise_s_per_image_median": round(statistics.median([d for r in runners for d in r.denoise]), 3)
         if images else None,
+        "idle_cpu_threads": sorted(set(idle.threads[1:]), key=str),
+        "cpu_threads_under_load": {str(n): sum(1 for r in runners for t in r.threads if t == n)
+                                   for n in sorted({t for r in runners for t in r.threads}, key=str)},
         "max_queue_position": max((r.max_rank for r in runners), default=0),
         "lost_images": len(lost), "gallery_total": len(listed),
     }
