@@ -89,9 +89,10 @@ def _serve(args: argparse.Namespace) -> None:
     performance_env(args)  # imports torch (acceleration), so after `spaces`
     import torch
 
-    from brandgen.device import server_threads
+    from brandgen.device import server_thread_plan
 
-    torch.set_num_threads(server_threads())  # leave a core to the server itself (device.server_threads)
+    plan = server_thread_plan()
+    torch.set_num_threads(plan.busy)  # leave a core to the server while it loads and serves (device.ThreadPlan)
     if options["share"] and not options["auth"]:
         print("warning: --share publishes the app to anyone with the link; consider --auth user:password",
               file=sys.stderr)
@@ -99,6 +100,7 @@ def _serve(args: argparse.Namespace) -> None:
     from brandgen.ui.app import build_app
 
     manager = PipelineManager.instance()
+    manager.thread_plan = plan  # every core for a request nobody waits behind
     if not spaces_support.prepare(manager):
         # load the default model while the page comes up, so the first click only pays for generation
         threading.Thread(target=_preload, args=(manager,), name="brandgen-preload", daemon=True).start()

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import gc
 import os
+import time
 import traceback
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -80,11 +82,59 @@ def is_out_of_memory(exc: BaseException) -> bool:
     return isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
 
 
-def server_threads(cpus: int | None = None, torch_default: int | None = None) -> int:
-    """Intra-op threads for the web server: BRANDGEN_TORCH_THREADS if set, else one core fewer than the machine
-    has (never more than torch's own default). Denoising with every core while the server encodes, writes and
-    streams results, and clients share the machine, made each image 1.6x slower under load on 2 cores
-    (docs/RELIABILITY.md); one core left free keeps the per-image time at its idle value."""
+@dataclass(frozen=True)
+class ThreadPlan:
+    """CPU threads for one generation in the served app: every core for a request nobody else waits behind, one
+    core left to the server while others queue. On 2 cores a lone Draft image denoises in 1.06 s with 2 threads and
+    1.32 s with 1; under a 16-client load 1 thread gave 18% more throughput (docs/PERFORMANCE.md)."""
+
+    lone: int
+    busy: int
+
+    def threads(self, others_waiting: int | None, others_running: int | None = 0) -> int:
+        """`others_waiting`: requests queued behind this one; `others_running`: tasks keeping a core busy
+        (others_running()). Unknown (None) counts as busy: with another process on one of 2 cores, 2 threads wait
+        on each other and an image takes 4-18x its time (docs/RELIABILITY.md)."""
+        return self.lone if others_waiting == 0 and others_running == 0 else self.busy
+
+
+def _own_running(task_dir: Path) -> int:
+    """This process's threads the kernel has runnable now (state R in /proc/self/task/*/stat)."""
+    count = 0
+    for task in task_dir.iterdir():
+        try:
+            state = (task / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue  # a thread that just ended
+        count += state == "R"
+    return count
+
+
+def others_running(samples: int = 6, gap_s: float = 0.01, stat: Path = Path("/proc/stat"),
+                   task_dir: Path = Path("/proc/self/task")) -> int | None:
+    """Tasks of other processes that stay runnable across `samples` reads of the kernel's `procs_running` (the
+    least seen, so brief work is not counted; this process's own threads, e.g. the server's event loop, are
+    subtracted); None without /proc (not Linux). ~20 ms, against the ~0.3 s a lone Draft image gains from the
+    second core on 2 cores."""
+    seen = []
+    for i in range(samples):
+        try:
+            lines = stat.read_text().splitlines()
+            own = _own_running(task_dir)
+        except OSError:
+            return None
+        counts = [int(line.split()[1]) for line in lines if line.startswith("procs_running ")]
+        if not counts:
+            return None
+        seen.append(counts[0] - max(1, own))  # the caller itself is running
+        if i + 1 < samples:
+            time.sleep(gap_s)
+    return max(0, min(seen))
+
+
+def server_thread_plan(cpus: int | None = None, torch_default: int | None = None) -> ThreadPlan:
+    """The served app's ThreadPlan: BRANDGEN_TORCH_THREADS, if set, fixes both counts; otherwise a lone request
+    gets torch's own default and a busy server one core fewer than the machine has (see server_threads)."""
     value = os.environ.get("BRANDGEN_TORCH_THREADS", "").strip()
     if value:
         try:
@@ -93,6 +143,15 @@ def server_threads(cpus: int | None = None, torch_default: int | None = None) ->
             threads = 0
         if threads < 1:
             raise InvalidInput(f"BRANDGEN_TORCH_THREADS must be a whole number of threads, 1 or more; got {value!r}.")
-        return threads
+        return ThreadPlan(threads, threads)
     cpus = cpus or os.cpu_count() or 1
-    return max(1, min(torch_default or torch.get_num_threads(), cpus - 1))
+    lone = max(1, min(torch_default or torch.get_num_threads(), cpus))
+    return ThreadPlan(lone=lone, busy=max(1, min(lone, cpus - 1)))
+
+
+def server_threads(cpus: int | None = None, torch_default: int | None = None) -> int:
+    """Intra-op threads for a busy web server: BRANDGEN_TORCH_THREADS if set, else one core fewer than the
+    machine has (never more than torch's own default). Denoising with every core while the server encodes, writes
+    and streams results, and clients share the machine, made each image 1.6x slower under load on 2 cores
+    (docs/RELIABILITY.md); one core left free keeps the per-image time at its idle value."""
+    return server_thread_plan(cpus, torch_default).busy

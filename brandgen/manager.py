@@ -16,8 +16,8 @@ import torch
 from brandgen import __version__
 from brandgen.acceleration import FastPathOptions, apply_fast_path
 from brandgen.device import (
-    MEMORY_MODES, DeviceInfo, detect_device, free_memory, free_memory_after, free_vram_gb, is_out_of_memory,
-    peak_memory_gb, reset_peak_memory,
+    MEMORY_MODES, DeviceInfo, ThreadPlan, detect_device, free_memory, free_memory_after, free_vram_gb,
+    is_out_of_memory, others_running, peak_memory_gb, reset_peak_memory,
 )
 from brandgen.errors import Cancelled, InvalidInput, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
@@ -94,6 +94,7 @@ class PipelineManager:
         self._cancel = threading.Event()
         self._owner: str | None = None  # the browser session whose generation is running, if known
         self.stage = ""  # what a long load is doing now ("Compiling ..."), for progress text in the UI
+        self.thread_plan: ThreadPlan | None = None  # the served app's CPU threads per request (`brandgen serve`)
 
     @classmethod
     def instance(cls) -> "PipelineManager":
@@ -287,14 +288,21 @@ class PipelineManager:
         return True
 
     @contextlib.contextmanager
-    def _running(self, owner: str | None) -> Iterator[None]:
-        """Held with the lock around one generation: a fresh cancel flag and who may cancel it."""
+    def _running(self, owner: str | None, others_waiting: int | None = None) -> Iterator[None]:
+        """Held with the lock around one generation: a fresh cancel flag, who may cancel it, and its CPU threads
+        under `thread_plan` (torch's count is per calling thread: set in the one that denoises, then set back so
+        no thread that starts torch work meanwhile inherits the lone request's count)."""
         self._cancel.clear()
         self._owner = owner
+        plan = self.thread_plan if self.device.device == "cpu" else None
+        if plan is not None:
+            torch.set_num_threads(plan.threads(others_waiting, others_running() if others_waiting == 0 else None))
         try:
             yield
         finally:
             self._owner = None
+            if plan is not None:
+                torch.set_num_threads(plan.busy)
 
     @staticmethod
     def _guidance_until(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> float:
@@ -304,9 +312,10 @@ class PipelineManager:
         return entry.guidance_until if preset.step_cache < 2 and not request.active_loras else 1.0
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
-                 owner: str | None = None) -> GenerationResult:
+                 owner: str | None = None, others_waiting: int | None = None) -> GenerationResult:
         """Run one request end to end: template, model, LoRAs, denoising, upscale, metadata.
-        `owner` names who started it (a browser session), for `cancel(owner)`."""
+        `owner` names who started it (a browser session), for `cancel(owner)`; `others_waiting`, the requests
+        queued behind it (None: unknown), picks the CPU threads under `thread_plan`."""
         request = request.validated()
         entry = self.registry.get(request.model_id or self.current_model or self.registry.default_id)
         preset = get_preset(request.preset, self.presets)
@@ -323,7 +332,7 @@ class PipelineManager:
         height = request.height or entry.native_resolution[1]
         seed = request.resolved_seed()
         seeds = [seed + i for i in range(request.count)]
-        with self.lock, self._running(owner):
+        with self.lock, self._running(owner, others_waiting):
             self.load_model(entry.id, progress)
             notes = self.set_loras(request.loras)
             loaded = self._require_loaded()
@@ -349,6 +358,7 @@ class PipelineManager:
                 raise Cancelled("Generation cancelled.")
             seconds = time.perf_counter() - start
             peak = peak_memory_gb()
+            threads = torch.get_num_threads() if self.device.device == "cpu" else None  # what `seconds` ran on
         images = [self.upscaler(image, preset.upscale) for image in images]
         created = datetime.now(timezone.utc).isoformat(timespec="seconds")
         common = {
@@ -360,6 +370,7 @@ class PipelineManager:
             "step_cache": cached.to_dict() if cached else None,
             "seconds": round(seconds, 3), "seconds_per_image": round(seconds / request.count, 3),
             "peak_memory_gb": None if peak is None else round(peak, 3), "device": self.device.describe(),
+            "cpu_threads": threads,
             "commercial_use": entry.commercial_use, "app_version": __version__, "created_at": created,
         }
         metadata = [{**common, "seed": s, "output_width": im.width, "output_height": im.height}

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import subprocess
+import sys
 import threading
 import time
 import urllib.error
@@ -19,8 +21,9 @@ from gradio_client import Client
 from gradio_client.utils import QueueError, Status
 
 from brandgen.cli import DEFAULT_QUEUE_SIZE, DEFAULT_UPLOAD_MB, launch_options, main, queue_options
-from brandgen.device import server_threads
+from brandgen.device import ThreadPlan, others_running, server_thread_plan, server_threads
 from brandgen.errors import InvalidInput
+from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.ui.app import build_app
 from conftest import free_port
@@ -44,11 +47,13 @@ def test_serve_passes_the_upload_limit_queue_size_and_thread_count(manager: Pipe
     assert launched[-1]["max_file_size"] == f"{DEFAULT_UPLOAD_MB}mb"
     assert queued[-1] == {"default_concurrency_limit": 1, "max_size": DEFAULT_QUEUE_SIZE}
     assert threads[-1] == server_threads()
+    assert manager.thread_plan == server_thread_plan()  # each generation then picks lone or busy
     monkeypatch.setenv("BRANDGEN_MAX_UPLOAD_MB", "5")
     monkeypatch.setenv("BRANDGEN_QUEUE_SIZE", "3")
     monkeypatch.setenv("BRANDGEN_TORCH_THREADS", "1")
     main(["serve"])
     assert launched[-1]["max_file_size"] == "5mb" and queued[-1]["max_size"] == 3 and threads[-1] == 1
+    assert manager.thread_plan == ThreadPlan(lone=1, busy=1)  # the operator's count holds for lone requests too
     bad_values = (("BRANDGEN_QUEUE_SIZE", "0"), ("BRANDGEN_MAX_UPLOAD_MB", "lots"), ("BRANDGEN_TORCH_THREADS", "-2"))
     for name, bad in bad_values:
         monkeypatch.setenv(name, bad)
@@ -69,6 +74,52 @@ def test_server_threads_leave_one_core_to_the_server(monkeypatch: pytest.MonkeyP
     with pytest.raises(InvalidInput, match="BRANDGEN_TORCH_THREADS must be a whole number"):
         server_threads()
 
+
+def test_a_lone_request_gets_every_core_and_a_busy_server_keeps_one(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv("BRANDGEN_TORCH_THREADS", raising=False)
+    plan = server_thread_plan(cpus=2, torch_default=2)
+    assert plan == ThreadPlan(lone=2, busy=1)
+    assert [plan.threads(0), plan.threads(1), plan.threads(7)] == [2, 1, 1]
+    assert plan.threads(None) == 1  # queue length unknown: as if busy, the setting before the plan existed
+    assert server_thread_plan(cpus=1, torch_default=1) == ThreadPlan(1, 1)
+    assert server_thread_plan(cpus=16, torch_default=8) == ThreadPlan(8, 8)
+    assert plan.threads(0, others_running=1) == 1 and plan.threads(0, others_running=None) == 1  # a core taken
+
+
+def test_others_running_reads_the_kernels_runnable_count(tmp_path: Path):
+    stat = tmp_path / "stat"
+    stat.write_text("cpu  1 2 3 4\nprocs_running 3\nprocs_blocked 0\n")
+    assert others_running(samples=2, gap_s=0, stat=stat) == 2  # the caller is one of the three
+    stat.write_text("cpu  1 2 3 4\nprocs_running 1\n")
+    assert others_running(samples=2, gap_s=0, stat=stat) == 0
+    stat.write_text("cpu  1 2 3 4\n")
+    assert others_running(stat=stat) is None and others_running(stat=tmp_path / "missing") is None
+
+
+@pytest.mark.skipif(not Path("/proc/stat").exists(), reason="procs_running is Linux's")
+def test_a_busy_process_counts_as_running():
+    hog = subprocess.Popen([sys.executable, "-c", "while True: pass"])
+    try:
+        time.sleep(0.3)
+        assert others_running() >= 1
+    finally:
+        hog.kill()
+        hog.wait()
+
+
+
+def test_an_image_records_the_cpu_threads_it_ran_on(manager: PipelineManager, monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.setattr("brandgen.manager.others_running", lambda: 0)  # a quiet machine, whatever CI runs beside
+    before = torch.get_num_threads()
+    manager.thread_plan = ThreadPlan(lone=2, busy=1)
+    try:
+        request = GenerationRequest(prompt="a red star icon", model_id="tiny-sd15", preset="draft", steps=2)
+        lone = manager.generate(request, others_waiting=0).metadata[0]
+        busy = manager.generate(request, others_waiting=3).metadata[0]
+        unknown = manager.generate(request).metadata[0]  # a script or the Benchmark tab: no queue to read
+    finally:
+        torch.set_num_threads(before)
+    assert lone["cpu_threads"] == 2 and busy["cpu_threads"] == 1 and unknown["cpu_threads"] == 1
 
 @pytest.fixture
 def limited(manager: PipelineManager, monkeypatch: pytest.MonkeyPatch):
@@ -111,6 +162,10 @@ def test_an_upload_over_the_limit_is_refused_and_not_kept(limited, tmp_path: Pat
 def test_waiting_clients_get_their_position_and_the_next_a_busy_answer(limited, manager: PipelineManager,
                                                                         monkeypatch: pytest.MonkeyPatch):
     stepping = _slow_steps(manager, monkeypatch, 0.2)
+    threads: list[int] = []
+    monkeypatch.setattr(torch, "set_num_threads", threads.append)  # record what each generation asks for
+    monkeypatch.setattr("brandgen.manager.others_running", lambda: 0)  # the queue decides here, not CI's load
+    manager.thread_plan = ThreadPlan(lone=2, busy=1)
     clients = [Client(limited.local_url, verbose=False) for _ in range(4)]
     args = {**GOOD, "count": 1, "steps": 8}
     first = clients[0].submit(*args.values(), *SLOTS, api_name="/generate")
@@ -134,10 +189,14 @@ def test_waiting_clients_get_their_position_and_the_next_a_busy_answer(limited, 
         clients[3].predict(*args.values(), *SLOTS, api_name="/generate")
     results = [job.result(timeout=120) for job in [first, *waiting]]
     assert [r[1][0]["seed"] for r in results] == [3, 10, 11]  # none of the admitted ones was lost
+    # every core while nobody waited (the first, the last), one left to the server while seed 11 queued; after
+    # each generation the busy count again
+    assert threads == [2, 1, 1, 1, 2, 1]
     done = threading.Event()
     threading.Thread(target=lambda: (clients[3].predict(*args.values(), *SLOTS, api_name="/generate"),
                                      done.set())).start()
     assert done.wait(120), "the app did not take requests again once the queue drained"
+    assert threads[-2:] == [2, 1]
 
 
 def _load_script():

@@ -60,7 +60,7 @@ def build_app(manager: PipelineManager | None = None) -> gr.Blocks:
         )
         with gr.Tabs(selected="generate") as tabs:
             with gr.Tab("Generate", id="generate"):
-                controls = build_generate_tab(manager, store)
+                controls = build_generate_tab(manager, store, demo)
                 build_brandkit_panel(manager, controls)
             with gr.Tab("Train LoRA", id="train"):
                 build_train_tab(manager, TrainingJobs.for_manager(manager))

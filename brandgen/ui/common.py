@@ -39,6 +39,15 @@ def access_of(request: gr.Request | None, manager: Any) -> Access:
     return sessions_for(manager).access(getattr(request, "username", None), getattr(request, "session_hash", None))
 
 
+def others_waiting(app: gr.Blocks | None) -> int | None:
+    """Requests waiting in the app's queue besides the running one, for the CPU thread plan (device.ThreadPlan);
+    None when unknown (no app, or a Gradio that keeps its queue elsewhere: the plan then counts the server busy)."""
+    try:
+        return len(app._queue)  # type: ignore[union-attr]  # events queued, not those running (gradio.queueing)
+    except (AttributeError, TypeError):
+        return None
+
+
 def user_errors(fn: F) -> F:
     """Show BrandGenError messages as a gr.Error toast (and API error) instead of a stack trace."""
 

@@ -15,7 +15,7 @@ from brandgen.generation import MAX_COUNT, GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.performance_mode import describe
 from brandgen.spaces_support import on_gpu
-from brandgen.ui.common import NO_LORA, access_of, session_of, user_errors
+from brandgen.ui.common import NO_LORA, access_of, others_waiting, session_of, user_errors
 
 LORA_SLOTS = 3
 
@@ -97,8 +97,10 @@ def caption_for(meta: dict[str, Any]) -> str:
     return f"seed {meta['seed']} · {meta['model']} · {meta['preset']} · {loras}{adherence}"
 
 
-def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> GenerateControls:
-    """Lay out the tab and wire its events; returns the controls for cross-tab wiring."""
+def build_generate_tab(manager: PipelineManager, gallery_store: Any = None,
+                       app: gr.Blocks | None = None) -> GenerateControls:
+    """Lay out the tab and wire its events; returns the controls for cross-tab wiring. `app`, the Blocks it is
+    built in, tells a generation how many requests wait behind it (CPU threads: device.ThreadPlan)."""
     registry = manager.registry
     model_choices = [(entry.label, entry.id) for entry in registry.entries()]
     default_entry = registry.get(registry.default_id)
@@ -164,7 +166,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None) -> G
         progress((0, 1), desc="Loading model" if manager.current_model != request.model_id else "Starting")
         try:
             on_step = (lambda i, n: progress((i, n), desc=manager.stage or "Denoising")) if live_progress else None
-            result = run_generation(request, progress=on_step, owner=caller.owner)
+            result = run_generation(request, progress=on_step, owner=caller.owner, others_waiting=others_waiting(app))
         except Cancelled:
             gr.Info("Generation cancelled.")
             return [], [], "Cancelled.", None
