@@ -114,7 +114,7 @@ def others_running(samples: int = 6, gap_s: float = 0.01, stat: Path = Path("/pr
                    task_dir: Path = Path("/proc/self/task")) -> int | None:
     """Tasks of other processes that stay runnable across `samples` reads of the kernel's `procs_running` (the
     least seen, so brief work is not counted; this process's own threads, e.g. the server's event loop, are
-    subtracted); None without /proc (not Linux). ~20 ms, against the ~0.3 s a lone Draft image gains from the
+    subtracted); None without /proc (not Linux). ~55 ms, against the ~0.3 s a lone Draft image gains from the
     second core on 2 cores."""
     seen = []
     for i in range(samples):
