@@ -99,7 +99,8 @@ def test_generate_tab_runs_generation_through_spaces_gpu(manager: PipelineManage
                                           *["(none)", 0.8] * 3, None)
     assert len(items) == 2 and [m["seed"] for m in metadata] == [5, 6] and metadata[0]["gallery_id"]
     (duration, args, kwargs), = calls
-    assert duration == 120 and args[0].prompt == "a red star icon" and kwargs == {"progress": None, "owner": None, "others_waiting": 0}
+    assert duration == 120 and args[0].prompt == "a red star icon"
+    assert kwargs == {"progress": None, "owner": None, "others_waiting": 0}  # an app not queued: nobody waits
     monkeypatch.delenv("SPACES_ZERO_GPU")
     generate = next(dep.fn for dep in build_app(manager).fns.values() if dep.api_name == "generate")
     generate(None, "a red star icon", "icons", "tiny-sd15", "draft", 5, 1, "", 2, -1, *["(none)", 0.8] * 3, None)

@@ -92,7 +92,7 @@ def _guidance(value: Any) -> float | None:
 
 
 def caption_for(meta: dict[str, Any]) -> str:
-    loras = ", ".join(f"{l['name']}:{l['weight']:g}" for l in meta["loras"]) or "no LoRA"
+    loras = ", ".join(f"{lora['name']}:{lora['weight']:g}" for lora in meta["loras"]) or "no LoRA"
     adherence = f" · palette {meta['palette_adherence']:.0%}" if "palette_adherence" in meta else ""
     return f"seed {meta['seed']} · {meta['model']} · {meta['preset']} · {loras}{adherence}"
 
