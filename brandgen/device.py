@@ -134,7 +134,10 @@ def others_running(samples: int = 6, gap_s: float = 0.01, stat: Path = Path("/pr
 
 def server_thread_plan(cpus: int | None = None, torch_default: int | None = None) -> ThreadPlan:
     """The served app's ThreadPlan: BRANDGEN_TORCH_THREADS, if set, fixes both counts; otherwise a lone request
-    gets torch's own default and a busy server one core fewer than the machine has (see server_threads)."""
+    gets torch's own default and a busy server one core fewer than the machine has (never more than torch's
+    default). Denoising with every core while the server encodes, writes and streams results, and clients share
+    the machine, made each image 1.6x slower under load on 2 cores (docs/RELIABILITY.md); one core left free keeps
+    the per-image time at its idle value."""
     value = os.environ.get("BRANDGEN_TORCH_THREADS", "").strip()
     if value:
         try:
@@ -147,11 +150,3 @@ def server_thread_plan(cpus: int | None = None, torch_default: int | None = None
     cpus = cpus or os.cpu_count() or 1
     lone = max(1, min(torch_default or torch.get_num_threads(), cpus))
     return ThreadPlan(lone=lone, busy=max(1, min(lone, cpus - 1)))
-
-
-def server_threads(cpus: int | None = None, torch_default: int | None = None) -> int:
-    """Intra-op threads for a busy web server: BRANDGEN_TORCH_THREADS if set, else one core fewer than the
-    machine has (never more than torch's own default). Denoising with every core while the server encodes, writes
-    and streams results, and clients share the machine, made each image 1.6x slower under load on 2 cores
-    (docs/RELIABILITY.md); one core left free keeps the per-image time at its idle value."""
-    return server_thread_plan(cpus, torch_default).busy

@@ -21,7 +21,7 @@ from gradio_client import Client
 from gradio_client.utils import QueueError, Status
 
 from brandgen.cli import DEFAULT_QUEUE_SIZE, DEFAULT_UPLOAD_MB, launch_options, main, queue_options
-from brandgen.device import ThreadPlan, others_running, server_thread_plan, server_threads
+from brandgen.device import ThreadPlan, others_running, server_thread_plan
 from brandgen.errors import InvalidInput
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
@@ -46,7 +46,7 @@ def test_serve_passes_the_upload_limit_queue_size_and_thread_count(manager: Pipe
     main(["serve"])
     assert launched[-1]["max_file_size"] == f"{DEFAULT_UPLOAD_MB}mb"
     assert queued[-1] == {"default_concurrency_limit": 1, "max_size": DEFAULT_QUEUE_SIZE}
-    assert threads[-1] == server_threads()
+    assert threads[-1] == server_thread_plan().busy
     assert manager.thread_plan == server_thread_plan()  # each generation then picks lone or busy
     monkeypatch.setenv("BRANDGEN_MAX_UPLOAD_MB", "5")
     monkeypatch.setenv("BRANDGEN_QUEUE_SIZE", "3")
@@ -65,14 +65,14 @@ def test_serve_passes_the_upload_limit_queue_size_and_thread_count(manager: Pipe
 
 def test_server_threads_leave_one_core_to_the_server(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("BRANDGEN_TORCH_THREADS", raising=False)
-    assert server_threads(cpus=2, torch_default=2) == 1  # the measured case: 1.6x slower images with 2
-    assert server_threads(cpus=1, torch_default=1) == 1
-    assert server_threads(cpus=16, torch_default=8) == 8  # never more than torch's own (physical cores)
+    assert server_thread_plan(cpus=2, torch_default=2).busy == 1  # the measured case: 1.6x slower images with 2
+    assert server_thread_plan(cpus=1, torch_default=1).busy == 1
+    assert server_thread_plan(cpus=16, torch_default=8).busy == 8  # never more than torch's own (physical cores)
     monkeypatch.setenv("BRANDGEN_TORCH_THREADS", "3")
-    assert server_threads(cpus=2, torch_default=2) == 3  # the operator's choice wins
+    assert server_thread_plan(cpus=2, torch_default=2).busy == 3  # the operator's choice wins
     monkeypatch.setenv("BRANDGEN_TORCH_THREADS", "0")
     with pytest.raises(InvalidInput, match="BRANDGEN_TORCH_THREADS must be a whole number"):
-        server_threads()
+        server_thread_plan()
 
 
 def test_a_lone_request_gets_every_core_and_a_busy_server_keeps_one(monkeypatch: pytest.MonkeyPatch):
