@@ -89,6 +89,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
+    parser.add_argument("--ceiling-only", action="store_true",
+                        help="only the dataset's VAE round trip (the adherence no LoRA can exceed), no training")
     args = parser.parse_args(argv)
     palette, subjects, trigger = PALETTE, SHAPES, "tealcoral"
     data_dir = ROOT / "assets" / "brand_example" / "icons"
@@ -146,6 +148,14 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
     pipe.set_progress_bar_config(disable=True)
+    if args.ceiling_only:  # seconds instead of minutes: screens an autoencoder before any LoRA is trained on it
+        dataset = [Image.open(p) for p in images]
+        adherence = [foreground_palette_adherence(i, palette) for i in vae_round_trip(pipe, dataset, args.resolution)]
+        result = {"status": "ceiling", "model": args.model, "images": len(images), "palette": palette,
+                  "vae_round_trip_foreground_adherence": round(sum(adherence) / len(adherence), 4)}
+        shutil.rmtree(work, ignore_errors=True)
+        print(json.dumps(result))
+        return result
     before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until)
 
     config = TrainConfig(

@@ -51,6 +51,34 @@ def test_tune_moves_only_the_decoder_and_improves_held_out_reconstruction(pack):
     assert not any(p.requires_grad for p in vae.parameters())
 
 
+def test_encoder_anchor_trains_the_encoder_and_its_weight_bounds_the_latent_drift(pack):
+    masks, meta = pack
+    drifts = {}
+    for anchor in (0.0, 100.0):
+        torch.manual_seed(0)
+        vae = _vae(blocks=(16, 32), norm_num_groups=8)
+        enc_before = vae.encoder.conv_in.weight.clone()
+        result = vae_tune.tune_decoder(vae, masks, meta, seconds=120, max_steps=40, batch=8, lr=2e-3, log_every=1000,
+                                       encoder_anchor=anchor)
+        assert not torch.equal(vae.encoder.conv_in.weight, enc_before)  # the encoder trained
+        assert not any(p.requires_grad for p in vae.parameters())
+        assert result["encoder_anchor"] == anchor
+        drifts[anchor] = result["heldout_latent_drift"]
+    assert drifts[100.0] < drifts[0.0] / 3  # the penalty holds latents near the UNet's
+
+
+def test_fg_weight_weighs_the_icon_pixels_and_leaves_the_background_at_one(pack):
+    masks, meta = pack
+    variants = vae_tune.random_colour_variants(meta, 6, seed=2)
+    x = icon_data.to_pixels(icon_data.Composer(masks, "cpu").compose(variants))
+    assert torch.equal(vae_tune._pixel_weights(x, variants, 0.0), torch.ones_like(x[:, :1]))
+    w = vae_tune._pixel_weights(x, variants, 8.0)
+    assert set(w.unique().tolist()) == {1.0, 9.0}
+    alpha = icon_data.Composer(masks, "cpu").alpha([v.icon for v in variants], [v.scale for v in variants],
+                                                   [v.dx for v in variants], [v.dy for v in variants])
+    assert (w[alpha > 0.5] == 9.0).all() and (w[alpha == 0] == 1.0).all()  # the glyph, not the canvas
+
+
 def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tmp_path, capsys):
     masks, meta = pack
     src = tmp_path / "model"

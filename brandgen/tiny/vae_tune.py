@@ -63,15 +63,25 @@ def round_trip_psnr(vae, images: torch.Tensor) -> float:
 
 def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_steps: int = 100_000,
                  batch: int = 8, lr: float = 2e-4, seed: int = 0, device: str = "cpu", size: int | None = None,
-                 log_every: int = 50, eval_n: int = 32) -> dict:
-    """Train post_quant_conv + decoder on random-colour icons for `seconds` (or max_steps); the encoder is
-    frozen, so every latent keeps its place. Returns steps, seconds and held-out PSNR before/after."""
+                 log_every: int = 50, eval_n: int = 32, encoder_anchor: float | None = None,
+                 fg_weight: float = 0.0) -> dict:
+    """Train post_quant_conv + decoder on random-colour icons for `seconds` (or max_steps). The encoder is
+    frozen, so every latent keeps its place, unless encoder_anchor is set: then encoder + quant_conv train too,
+    held near the original latents by that weight. Returns steps, seconds, held-out PSNR before/after and, with
+    the encoder trained, the held-out latents' relative drift."""
     composer = icon_data.Composer(masks, device, size or masks.shape[-1])
     held = icon_data.to_pixels(composer.compose(random_colour_variants(meta, eval_n, seed + 7919)))
     vae.to(device).eval()
     before = round_trip_psnr(vae, held)
     vae.requires_grad_(False)
+    with torch.no_grad():
+        held_latents = vae.encode(held).latent_dist.mean
+    reference = None
     trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
+    if encoder_anchor is not None:
+        reference = _frozen_encoder(vae)
+        trained += list(vae.encoder.parameters()) + (list(vae.quant_conv.parameters()) if vae.quant_conv else [])
+        vae.encoder.train()
     for p in trained:
         p.requires_grad_(True)
     vae.decoder.train()
@@ -83,22 +93,58 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
             break
         for group in opt.param_groups:  # short warm-up, then cosine to 5% over the time budget
             group["lr"] = lr * lr_factor(progress, step, 20, 0.05)
-        x = icon_data.to_pixels(composer.compose(random_colour_variants(meta, batch, rng.randrange(2**31))))
-        with torch.no_grad():
+        variants = random_colour_variants(meta, batch, rng.randrange(2**31))
+        x = icon_data.to_pixels(composer.compose(variants))
+        if reference is None:
+            with torch.no_grad():
+                z = vae.encode(x).latent_dist.mean
+            drift = torch.zeros(())
+        else:
             z = vae.encode(x).latent_dist.mean
+            with torch.no_grad():
+                z_old = reference(x)
+            drift = F.mse_loss(z, z_old) / z_old.var().clamp_min(1e-6)
         rec = vae.decode(z).sample
-        loss = (rec - x).abs().mean() + F.mse_loss(rec, x)
+        w = _pixel_weights(x, variants, fg_weight)
+        err = rec - x
+        loss = ((err.abs() + err.square()) * w).mean() / w.mean() + (encoder_anchor or 0.0) * drift
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(trained, 1.0)
         opt.step()
         step += 1
         if step % log_every == 0 or step == 1:
-            print(json.dumps({"step": step, "loss": round(loss.item(), 5), "elapsed": round(time.time() - t0, 1)}),
-                  flush=True)
+            print(json.dumps({"step": step, "loss": round(loss.item(), 5), "drift": round(drift.item(), 5),
+                              "elapsed": round(time.time() - t0, 1)}), flush=True)
     vae.requires_grad_(False).eval()
-    return {"steps": step, "seconds": round(time.time() - t0, 1), "batch": batch, "lr": lr,
-            "heldout_psnr_before": round(before, 2), "heldout_psnr_after": round(round_trip_psnr(vae, held), 2)}
+    out = {"steps": step, "seconds": round(time.time() - t0, 1), "batch": batch, "lr": lr,
+           "heldout_psnr_before": round(before, 2), "heldout_psnr_after": round(round_trip_psnr(vae, held), 2)}
+    if encoder_anchor is not None:
+        with torch.no_grad():
+            moved = F.mse_loss(vae.encode(held).latent_dist.mean, held_latents) / held_latents.var()
+        out.update(encoder_anchor=encoder_anchor, heldout_latent_drift=round(moved.item(), 5))
+    return out
+
+
+def _pixel_weights(x: torch.Tensor, variants: list[icon_data.Variant], fg_weight: float) -> torch.Tensor:
+    """[B, 1, H, W] loss weights: 1 on the background, 1 + fg_weight where the pixel differs from it."""
+    if not fg_weight:
+        return torch.ones_like(x[:, :1])
+    bg = torch.tensor([v.bg for v in variants], dtype=x.dtype, device=x.device)[:, :, None, None] / 127.5 - 1
+    return 1 + fg_weight * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.08).to(x.dtype)
+
+
+def _frozen_encoder(vae):
+    """The original encoder + quant_conv as a frozen function x -> latent mean (a copy, so training leaves it)."""
+    import copy
+
+    encoder, quant = copy.deepcopy(vae.encoder).eval(), copy.deepcopy(vae.quant_conv)
+    if quant is None:
+        quant = torch.nn.Identity()
+
+    def mean(x: torch.Tensor) -> torch.Tensor:
+        return quant(encoder(x)).chunk(2, dim=1)[0]
+    return mean
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -115,6 +161,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--size", type=int, default=None,
                         help="training image size (default: the pack's); the decoder is convolutional, so a CPU can "
                              "tune at 128 px for a quarter of the cost")
+    parser.add_argument("--encoder-anchor", type=float, default=None,
+                        help="also train the encoder, penalising its latents' relative drift by this weight")
+    parser.add_argument("--fg-weight", type=float, default=0.0,
+                        help="extra loss weight on the icon's pixels (0: every pixel alike)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     src, out = Path(args.model), Path(args.out)
@@ -129,7 +179,8 @@ def main(argv: list[str] | None = None) -> dict:
     vae = AutoencoderKL.from_pretrained(src, subfolder="vae")
     torch.manual_seed(args.seed)
     result = tune_decoder(vae, masks, meta, args.seconds, batch=args.batch, lr=args.lr, seed=args.seed,
-                          device=args.device, size=args.size)
+                          device=args.device, size=args.size, encoder_anchor=args.encoder_anchor,
+                          fg_weight=args.fg_weight)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(src, out)
