@@ -203,6 +203,39 @@ def test_init_model_can_train_its_autoencoder_on(smoke_run, tmp_path, capsys):
     assert not train.vae_retuned({"init_model": "m", "train_vae": {}})
 
 
+def test_init_model_can_start_a_fresh_autoencoder_with_more_latent_channels(smoke_run, tmp_path, capsys):
+    """train_vae.fresh: a new autoencoder (here 8 latent channels, trained with the glyph's pixels weighted) under
+    the continued UNet, which keeps every weight but the latent-facing conv_in / conv_out."""
+    from diffusers import UNet2DConditionModel
+
+    saved = smoke_run[0] / "model"
+    before = UNet2DConditionModel.from_pretrained(saved / "unet", torch_dtype=torch.float32).state_dict()
+    capsys.readouterr()
+    eight = ("--set", "vae.latent_channels=8", "--set", "unet.in_channels=8", "--set", "unet.out_channels=8")
+    assert _smoke(tmp_path, "--init-model", str(saved), "--set", "train_vae.fresh=true", "--set",
+                  "train_vae.fg_weight=8", *eight, "--stop-after", "unet:0") is None
+    assert "[vae] step" in capsys.readouterr().out
+    state = json.loads((tmp_path / "work" / "state.json").read_text())
+    assert state["info"]["scaling_factor"] != json.loads((saved / "vae" / "config.json").read_text())["scaling_factor"]
+    unet = torch.load(tmp_path / "work" / "unet_ckpt.pt", map_location="cpu")["unet"]
+    assert unet["conv_in.weight"].shape[1] == 8 and unet["conv_out.weight"].shape[0] == 8
+    kept = [k for k in before if not k.startswith(("conv_in.", "conv_out."))]
+    moved = sum(float((unet[k].float() - before[k]).abs().sum()) for k in kept)
+    assert moved < 0.05 * sum(float(before[k].abs().sum()) for k in kept)  # one step from the saved weights
+    summary = _smoke(tmp_path, "--init-model", str(saved), "--set", "train_vae.fresh=true", "--set",
+                     "train_vae.fg_weight=8", *eight, "--resume")
+    assert summary["unet_steps"] > 0
+    from diffusers import DiffusionPipeline
+
+    pipe = DiffusionPipeline.from_pretrained(tmp_path / "model", torch_dtype=torch.float32)
+    assert pipe.vae.config.latent_channels == 8 == pipe.unet.config.in_channels
+    image = pipe("bell icon", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
+    assert image.shape == (64, 64, 3)
+    assert train.vae_fresh({"init_model": "m", "train_vae": {"fresh": True}}) and train.vae_retuned(
+        {"init_model": "m", "train_vae": {"fresh": True}})
+    assert not train.vae_fresh({"init_model": None, "train_vae": {"fresh": True}})
+
+
 def test_snapshot_of_a_continued_run_keeps_the_autoencoder_it_retuned(smoke_run, tmp_path):
     """A continued run whose VAE trained on (continue_seconds) has its UNet learn that VAE's latents and scale:
     a snapshot taken mid-UNet must carry them, not the saved model's old autoencoder."""
@@ -253,7 +286,8 @@ def test_snapshot_of_a_running_unet_loads_with_its_ema_weights(tmp_path):
     assert info["step"] == 3
     for param, ema in zip(pipe.unet.parameters(), ckpt["ema"]):
         assert torch.allclose(param, ema.half().float())
-    assert any(not torch.allclose(e.half().float(), v.half().float()) for e, v in zip(ckpt["ema"], ckpt["unet"].values()))
+    assert any(not torch.allclose(e.half().float(), v.half().float())
+               for e, v in zip(ckpt["ema"], ckpt["unet"].values()))
     state = json.loads((tmp_path / "work" / "state.json").read_text())
     assert pipe.vae.config.scaling_factor == state["info"]["scaling_factor"]
     pipe.set_progress_bar_config(disable=True)

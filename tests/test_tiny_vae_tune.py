@@ -71,8 +71,8 @@ def test_fg_weight_weighs_the_icon_pixels_and_leaves_the_background_at_one(pack)
     masks, meta = pack
     variants = vae_tune.random_colour_variants(meta, 6, seed=2)
     x = icon_data.to_pixels(icon_data.Composer(masks, "cpu").compose(variants))
-    assert torch.equal(vae_tune._pixel_weights(x, variants, 0.0), torch.ones_like(x[:, :1]))
-    w = vae_tune._pixel_weights(x, variants, 8.0)
+    assert torch.equal(icon_data.glyph_weights(x, [v.bg for v in variants], 0.0), torch.ones_like(x[:, :1]))
+    w = icon_data.glyph_weights(x, [v.bg for v in variants], 8.0)
     assert set(w.unique().tolist()) == {1.0, 9.0}
     alpha = icon_data.Composer(masks, "cpu").alpha([v.icon for v in variants], [v.scale for v in variants],
                                                    [v.dx for v in variants], [v.dy for v in variants])

@@ -290,6 +290,15 @@ def synthetic_pack(n: int, size: int, seed: int = 0) -> tuple[np.ndarray, list[d
     return np.stack(masks), meta
 
 
+def glyph_weights(x: torch.Tensor, backgrounds: list[tuple[int, int, int]], weight: float) -> torch.Tensor:
+    """[B, 1, H, W] loss weights for images x in [-1, 1]: 1 on each image's background colour, 1 + weight where a
+    pixel differs from it. Icons are mostly canvas, so a plain pixel loss spends little on a thin line's hue."""
+    if not weight:
+        return torch.ones_like(x[:, :1])
+    bg = torch.tensor(backgrounds, dtype=x.dtype, device=x.device)[:, :, None, None] / 127.5 - 1
+    return 1 + weight * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.08).to(x.dtype)
+
+
 def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
     """Composed uint8 images [B, H, W, 3] -> model input in [-1, 1], channels_last (what the convs prefer)."""
     return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)

@@ -7,6 +7,7 @@ load_lora_weights, set_adapters and fuse_lora working exactly as they do for SD1
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 
 import torch
@@ -98,20 +99,30 @@ def assemble_pipeline(components: dict) -> StableDiffusionPipeline:
     )
 
 
-def load_trained(components: dict, folder: str | Path) -> dict:
+def load_trained(components: dict, folder: str | Path, fresh_vae: bool = False) -> dict:
     """Start from a saved brandgen-tiny folder: its UNet, VAE (and latent scaling factor) and text encoder
-    replace the fresh components, so UNet training can continue across machines from the returned weights."""
+    replace the fresh components, so UNet training can continue across machines from the returned weights.
+    fresh_vae keeps the recipe's new autoencoder; the UNet then takes every saved weight but the latent-facing
+    conv_in / conv_out where the latent channels changed (those start fresh)."""
     folder = Path(folder)
     for name, cls in (("unet", UNet2DConditionModel), ("vae", AutoencoderKL), ("text_encoder", CLIPTextModel)):
         if not (folder / name / "config.json").exists():
             raise ValueError(f"init_model {folder} is not a saved brandgen-tiny pipeline (no {name}/config.json)")
-        saved = cls.from_pretrained(folder / name, torch_dtype=torch.float32)
+        if name == "vae" and fresh_vae:
+            continue
+        state = cls.from_pretrained(folder / name, torch_dtype=torch.float32).state_dict()
+        if name == "unet" and fresh_vae:
+            own = components["unet"].state_dict()
+            state = {k: v for k, v in state.items()
+                     if not (k.startswith(("conv_in.", "conv_out.")) and k in own and own[k].shape != v.shape)}
+            state = {**{k: v for k, v in own.items() if k not in state}, **state}
         try:
-            components[name].load_state_dict(saved.state_dict())
+            components[name].load_state_dict(state)
         except RuntimeError as exc:
             raise ValueError(f"init_model {folder}: its {name} does not fit this recipe ({str(exc)[:300]})") from exc
         if name == "vae":
-            components["vae"].register_to_config(scaling_factor=saved.config.scaling_factor)
+            saved_config = json.loads((folder / name / "config.json").read_text(encoding="utf-8"))
+            components["vae"].register_to_config(scaling_factor=saved_config["scaling_factor"])
     return components
 
 

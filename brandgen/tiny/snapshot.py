@@ -27,7 +27,7 @@ def snapshot(work_dir: str | Path, out: str | Path) -> dict:
         raise SystemExit(f"{work} has no UNet checkpoint yet (stages done: {', '.join(state['done']) or 'none'})")
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(work / "tokenizer"))
     if cfg.get("init_model"):
-        model.load_trained(comps, cfg["init_model"])
+        model.load_trained(comps, cfg["init_model"], fresh_vae=train.vae_fresh(cfg))
     if not cfg.get("init_model") or train.vae_retuned(cfg):  # the UNet learned this run's autoencoder and scale
         comps["vae"].load_state_dict(torch.load(work / "vae_done.pt", map_location="cpu"))
         comps["vae"].register_to_config(scaling_factor=state["info"]["scaling_factor"])

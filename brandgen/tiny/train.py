@@ -126,9 +126,16 @@ def stage_data(run: Run, masks: np.ndarray, meta: list[dict]) -> tuple[icon_data
     return source, ids.to(run.device), tok_dir
 
 
+def vae_fresh(cfg: dict) -> bool:
+    """train_vae.fresh: a continued model gets a new autoencoder (the recipe's, e.g. with more latent channels)
+    trained from scratch for train_vae.seconds; its UNet keeps every weight whose shape still fits."""
+    return bool(cfg.get("init_model")) and bool(cfg["train_vae"].get("fresh"))
+
+
 def vae_retuned(cfg: dict) -> bool:
-    """A continued model's autoencoder trains on for train_vae.continue_seconds (e.g. for new kinds of image)."""
-    return bool(cfg.get("init_model")) and cfg["train_vae"].get("continue_seconds", 0) > 0
+    """A continued model's autoencoder trains in this run: on, for train_vae.continue_seconds (e.g. for new kinds
+    of image), or anew (vae_fresh). Either way the UNet learns this run's latents and scale."""
+    return vae_fresh(cfg) or (bool(cfg.get("init_model")) and cfg["train_vae"].get("continue_seconds", 0) > 0)
 
 
 def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
@@ -136,10 +143,11 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
 
     train_vae.two_tone_share of each batch are two-tone variants (rare in the data, and what brand sets look
     like). A continued model (init_model) keeps its autoencoder unless continue_seconds > 0: then it trains on
-    from its own weights at continue_lr_scale of the LR, and the UNet stage adapts to the small latent shift."""
+    from its own weights at continue_lr_scale of the LR, and the UNet stage adapts to the small latent shift; with
+    train_vae.fresh it starts anew (vae_fresh). train_vae.fg_weight weighs the glyph's pixels (glyph_weights)."""
     tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
-    retune = vae_retuned(run.cfg)
-    if run.cfg.get("init_model") and not retune:  # continuing a saved model: its autoencoder stays as it is
+    retune = vae_retuned(run.cfg) and not vae_fresh(run.cfg)  # a fresh one trains like a new run's
+    if run.cfg.get("init_model") and not vae_retuned(run.cfg):  # a continued model's autoencoder stays as it is
         return
     if run.done("vae"):
         vae.load_state_dict(torch.load(path, map_location="cpu"))
@@ -150,6 +158,7 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
     two = torch.tensor([i for i, v in enumerate(images.variants) if v.fg2 is not None], dtype=torch.long,
                        device=run.device)
     n_two = round(tcfg.get("two_tone_share", 0.0) * tcfg["batch_size"]) if len(two) else 0
+    fg_weight = float(tcfg.get("fg_weight", 0.0))
     opt = torch.optim.AdamW(vae.parameters(), lr=base_lr, weight_decay=0.0, betas=(0.9, 0.99))
     step, elapsed = 0, 0.0
     ckpt = run.work / "vae_ckpt.pt"
@@ -176,8 +185,13 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
             post = vae.encode(x).latent_dist
             rec = vae.decode(post.sample(generator=gen)).sample.float()
         kl = post.kl().mean() / post.mean[0].numel()
-        loss = (tcfg["l1_weight"] * (rec - x).abs().mean() + tcfg["l2_weight"] * F.mse_loss(rec, x)
-                + tcfg["kl_weight"] * kl)
+        err = rec - x
+        if fg_weight:  # the glyph's pixels count 1 + fg_weight times (a thin stroke's colour, not only the canvas)
+            w = icon_data.glyph_weights(x, [images.variants[i].bg for i in index.tolist()], fg_weight)
+            l1, l2 = (err.abs() * w).mean() / w.mean(), (err.square() * w).mean() / w.mean()
+        else:
+            l1, l2 = err.abs().mean(), err.square().mean()
+        loss = tcfg["l1_weight"] * l1 + tcfg["l2_weight"] * l2 + tcfg["kl_weight"] * kl
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(vae.parameters(), 1.0)
@@ -345,7 +359,7 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
     text_dir = None if cfg.get("init_model") else text_pretrain.stage(run, masks, meta, tok_dir)
     del masks, meta
     if cfg.get("init_model"):
-        model.load_trained(comps, cfg["init_model"])
+        model.load_trained(comps, cfg["init_model"], fresh_vae=vae_fresh(cfg))
     elif text_dir is not None:
         text_pretrain.load_into(comps["text_encoder"], text_dir)
     stage_vae(run, comps["vae"], images)
@@ -390,7 +404,8 @@ def main(argv: list[str] | None = None) -> dict | None:
     parser.add_argument("--smoke", action="store_true", help="tiny sizes and steps (CPU, seconds)")
     parser.add_argument("--samples", default=None, help="write a 4x4 sample grid PNG here")
     parser.add_argument("--device", default=None)
-    parser.add_argument("--eval", type=int, default=0, metavar="N", help="score N held-out prompts per concept at the end")
+    parser.add_argument("--eval", type=int, default=0, metavar="N",
+                        help="score N held-out prompts per concept at the end")
     parser.add_argument("--stop-after", default=None, help="STAGE or STAGE:STEP; stop there (for testing resume)")
     parser.add_argument("--text-init", default=None, help="a text_pretrain output folder (skips the text stage)")
     parser.add_argument("--init-model", default=None,

@@ -105,7 +105,7 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
                 z_old = reference(x)
             drift = F.mse_loss(z, z_old) / z_old.var().clamp_min(1e-6)
         rec = vae.decode(z).sample
-        w = _pixel_weights(x, variants, fg_weight)
+        w = icon_data.glyph_weights(x, [v.bg for v in variants], fg_weight)
         err = rec - x
         loss = ((err.abs() + err.square()) * w).mean() / w.mean() + (encoder_anchor or 0.0) * drift
         opt.zero_grad(set_to_none=True)
@@ -124,14 +124,6 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
             moved = F.mse_loss(vae.encode(held).latent_dist.mean, held_latents) / held_latents.var()
         out.update(encoder_anchor=encoder_anchor, heldout_latent_drift=round(moved.item(), 5))
     return out
-
-
-def _pixel_weights(x: torch.Tensor, variants: list[icon_data.Variant], fg_weight: float) -> torch.Tensor:
-    """[B, 1, H, W] loss weights: 1 on the background, 1 + fg_weight where the pixel differs from it."""
-    if not fg_weight:
-        return torch.ones_like(x[:, :1])
-    bg = torch.tensor([v.bg for v in variants], dtype=x.dtype, device=x.device)[:, :, None, None] / 127.5 - 1
-    return 1 + fg_weight * ((x - bg).abs().amax(dim=1, keepdim=True) > 0.08).to(x.dtype)
 
 
 def _frozen_encoder(vae):
