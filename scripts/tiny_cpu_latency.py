@@ -61,6 +61,10 @@ VARIANTS = {  # name -> overrides of the recipe config (deep-merged): what each 
     "vae 32/64/128/128 (run 3)": {"vae": RUN3_VAE},
     "vae 32/32/64/128": {"vae": {**RUN3_VAE, "block_out_channels": [32, 32, 64, 128]}},
     "vae 16/32/64/128": {"vae": {**RUN3_VAE, "block_out_channels": [16, 32, 64, 128]}},
+    # more latent channels keep thin strokes' colour (scripts/vae_strokes.py); the UNet's in/out follow them
+    "vae 8 latent channels": {"vae": {"latent_channels": 8}, "unet": {"in_channels": 8, "out_channels": 8}},
+    "vae 32/64/128/128, 8 latent channels": {"vae": {**RUN3_VAE, "latent_channels": 8},
+                                             "unet": {"in_channels": 8, "out_channels": 8}},
 }
 DEFAULT_UNETS = [n for n in VARIANTS if not n.startswith("vae")]
 DEFAULT_VAES = ["recipe", *[n for n in VARIANTS if n.startswith("vae")]]
@@ -112,17 +116,18 @@ def main(argv: list[str] | None = None) -> dict:
                     "processor": platform.processor(), "torch": torch.__version__, "threads": torch.get_num_threads(),
                     "recipe": {"unet": cfg["unet"], "vae": cfg["vae"]}, "unet_ms_batch2": {}, "vae_decode_ms": {}}
     latent = cfg["unet"]["sample_size"]
-    x, t = torch.randn(2, 4, latent, latent), torch.tensor([500, 500])
+    t = torch.tensor([500, 500])
     for name in args.unet:
         comps = model.build_components(variant_config(cfg, name), tokenizer=tokenizer)
         unet, hidden = comps["unet"].eval(), comps["text_config"].hidden_size
         cond = torch.randn(2, tokenizer.model_max_length, hidden)
+        x = torch.randn(2, unet.config.in_channels, latent, latent)
         timing = median_ms(lambda: unet(x, t, cond), args.repeats)
         report["unet_ms_batch2"][name] = {**timing, "params_m": round(model.count_parameters(unet) / 1e6, 2)}
         print("unet", name, report["unet_ms_batch2"][name], flush=True)
-    z = torch.randn(1, 4, latent, latent)
     for name in args.vae:
         vae = model.build_components(variant_config(cfg, name), tokenizer=tokenizer)["vae"].eval()
+        z = torch.randn(1, vae.config.latent_channels, latent, latent)
         report["vae_decode_ms"][name] = {**median_ms(lambda: vae.decode(z), 7, warmup=2),
                                          "params_m": round(model.count_parameters(vae) / 1e6, 2),
                                          "decoder_params_m": round(model.count_parameters(vae.decoder) / 1e6, 2)}
