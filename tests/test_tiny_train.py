@@ -222,6 +222,10 @@ def test_init_model_can_start_a_fresh_autoencoder_with_more_latent_channels(smok
     kept = [k for k in before if not k.startswith(("conv_in.", "conv_out."))]
     moved = sum(float((unet[k].float() - before[k]).abs().sum()) for k in kept)
     assert moved < 0.05 * sum(float(before[k].abs().sum()) for k in kept)  # one step from the saved weights
+    from brandgen.tiny import snapshot  # what a lent GPU returns mid-run carries the new autoencoder
+
+    snapshot.main(["--work-dir", str(tmp_path / "work"), "--out", str(tmp_path / "snap")])
+    assert json.loads((tmp_path / "snap" / "vae" / "config.json").read_text())["latent_channels"] == 8
     summary = _smoke(tmp_path, "--init-model", str(saved), "--set", "train_vae.fresh=true", "--set",
                      "train_vae.fg_weight=8", *eight, "--resume")
     assert summary["unet_steps"] > 0
