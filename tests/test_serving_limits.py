@@ -4,7 +4,6 @@ answer beyond it, and torch's thread count under load (docs/RELIABILITY.md; scri
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import subprocess
 import sys
 import threading
@@ -27,6 +26,7 @@ from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.ui.app import build_app
 from conftest import free_port
+from script_loader import load_script
 from test_robustness_ui import GOOD, _slow_steps
 
 SLOTS = ["(none)", 0.8] * 3
@@ -200,11 +200,7 @@ def test_waiting_clients_get_their_position_and_the_next_a_busy_answer(limited, 
 
 
 def _load_script():
-    spec = importlib.util.spec_from_file_location("load_test", Path(__file__).resolve().parents[1] / "scripts" /
-                                                  "load_test.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("load_test")
 
 
 def test_the_load_script_reports_latency_and_lost_images_on_loopback_only(served_app):

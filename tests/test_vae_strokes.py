@@ -2,21 +2,14 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
-
 import numpy as np
 import pytest
-
-ROOT = Path(__file__).resolve().parents[1]
+from script_loader import load_script
 
 
 @pytest.fixture(scope="module")
 def strokes():
-    spec = importlib.util.spec_from_file_location("vae_strokes", ROOT / "scripts" / "vae_strokes.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("vae_strokes")
 
 
 def test_a_perfect_autoencoder_keeps_every_stroke(strokes):
