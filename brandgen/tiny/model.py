@@ -7,7 +7,6 @@ load_lora_weights, set_adapters and fuse_lora working exactly as they do for SD1
 from __future__ import annotations
 
 import copy
-import json
 from pathlib import Path
 
 import torch
@@ -110,7 +109,8 @@ def load_trained(components: dict, folder: str | Path, fresh_vae: bool = False) 
             raise ValueError(f"init_model {folder} is not a saved brandgen-tiny pipeline (no {name}/config.json)")
         if name == "vae" and fresh_vae:
             continue
-        state = cls.from_pretrained(folder / name, torch_dtype=torch.float32).state_dict()
+        saved = cls.from_pretrained(folder / name, torch_dtype=torch.float32)
+        state = saved.state_dict()
         if name == "unet" and fresh_vae:
             own = components["unet"].state_dict()
             state = {k: v for k, v in state.items()
@@ -121,8 +121,7 @@ def load_trained(components: dict, folder: str | Path, fresh_vae: bool = False) 
         except RuntimeError as exc:
             raise ValueError(f"init_model {folder}: its {name} does not fit this recipe ({str(exc)[:300]})") from exc
         if name == "vae":
-            saved_config = json.loads((folder / name / "config.json").read_text(encoding="utf-8"))
-            components["vae"].register_to_config(scaling_factor=saved_config["scaling_factor"])
+            components["vae"].register_to_config(scaling_factor=saved.config.scaling_factor)
     return components
 
 

@@ -146,9 +146,10 @@ def stage_vae(run: Run, vae, images: icon_data.ImageSource) -> None:
     from its own weights at continue_lr_scale of the LR, and the UNet stage adapts to the small latent shift; with
     train_vae.fresh it starts anew (vae_fresh). train_vae.fg_weight weighs the glyph's pixels (glyph_weights)."""
     tcfg, path = run.cfg["train_vae"], run.work / "vae_done.pt"
-    retune = vae_retuned(run.cfg) and not vae_fresh(run.cfg)  # a fresh one trains like a new run's
-    if run.cfg.get("init_model") and not vae_retuned(run.cfg):  # a continued model's autoencoder stays as it is
+    trains = vae_retuned(run.cfg)
+    if run.cfg.get("init_model") and not trains:  # a continued model's autoencoder stays as it is
         return
+    retune = trains and not vae_fresh(run.cfg)  # a fresh one trains like a new run's
     if run.done("vae"):
         vae.load_state_dict(torch.load(path, map_location="cpu"))
         return
