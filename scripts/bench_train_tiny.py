@@ -56,17 +56,12 @@ def vae_round_trip(pipe, images: list, size: int) -> list:
     """The dataset through the model's VAE (encode, decode): a LoRA on the UNet cannot draw colours its VAE
     cannot reproduce, so the round trip's adherence is the ceiling of what training can reach."""
     import numpy as np
-    import torch
     from PIL import Image
 
-    out = []
-    with torch.no_grad():
-        for image in images:
-            rgb = np.array(image.convert("RGB").resize((size, size)), dtype=np.float32)
-            x = torch.from_numpy(rgb).permute(2, 0, 1)[None] / 127.5 - 1
-            y = pipe.vae.decode(pipe.vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-            out.append(Image.fromarray(((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round().astype(np.uint8)))
-    return out
+    from brandgen.tiny.vae_tune import round_trip_rgb
+
+    return [Image.fromarray(round_trip_rgb(pipe.vae, np.asarray(image.convert("RGB").resize((size, size))))
+                            .astype(np.uint8)) for image in images]
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -134,10 +129,19 @@ def main(argv: list[str] | None = None) -> dict:
     guidance = entry.default_guidance if entry else 6.0
     until = args.guidance_until if args.guidance_until is not None else (entry.guidance_until if entry else 1.0)
     until_lora = args.guidance_until if args.guidance_until is not None else 1.0  # PipelineManager._guidance_until
+    images = sorted(p for p in Path(args.data).iterdir() if p.suffix == ".png")[: args.images]
+    pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
+    pipe.set_progress_bar_config(disable=True)
+    if args.ceiling_only:  # seconds instead of minutes: screens an autoencoder before any LoRA is trained on it
+        dataset = [Image.open(p) for p in images]
+        adherence = [foreground_palette_adherence(i, palette) for i in vae_round_trip(pipe, dataset, args.resolution)]
+        result = {"status": "ceiling", "model": args.model, "images": len(images), "palette": palette,
+                  "vae_round_trip_foreground_adherence": round(sum(adherence) / len(adherence), 4)}
+        print(json.dumps(result))
+        return result
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = work / "data"
     data.mkdir()
-    images = sorted(p for p in Path(args.data).iterdir() if p.suffix == ".png")[: args.images]
     for image in images:
         shutil.copy(image, data)
         if image.with_suffix(".txt").exists():
@@ -146,16 +150,6 @@ def main(argv: list[str] | None = None) -> dict:
     prompts, negative = [p.prompt for p in pairs], pairs[0].negative
     seeds = list(range(args.seeds))
 
-    pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
-    pipe.set_progress_bar_config(disable=True)
-    if args.ceiling_only:  # seconds instead of minutes: screens an autoencoder before any LoRA is trained on it
-        dataset = [Image.open(p) for p in images]
-        adherence = [foreground_palette_adherence(i, palette) for i in vae_round_trip(pipe, dataset, args.resolution)]
-        result = {"status": "ceiling", "model": args.model, "images": len(images), "palette": palette,
-                  "vae_round_trip_foreground_adherence": round(sum(adherence) / len(adherence), 4)}
-        shutil.rmtree(work, ignore_errors=True)
-        print(json.dumps(result))
-        return result
     before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until)
 
     config = TrainConfig(

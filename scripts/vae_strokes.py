@@ -42,15 +42,14 @@ def stroke_errors(round_trip: Callable[[np.ndarray], np.ndarray], colours: dict 
     """One row per colour x background x width: the colour that came back and its delta E from the one drawn."""
     from brandgen.tiny import data
 
-    rows = []
+    rows, middle = [], slice(int(size * 0.3), size - int(size * 0.3))
     for name, colour in colours.items():
         for bg_name, bg in backgrounds.items():
             for width in widths:
                 out = np.asarray(round_trip(bar(colour, bg, width, size)), np.float64)
                 left, third = size // 2 - width // 2, max(width // 3, 1)
                 inner = left + (width - third) // 2
-                rows_ = slice(int(size * 0.3), size - int(size * 0.3))
-                back = np.median(out[rows_, inner:inner + third].reshape(-1, 3), axis=0)
+                back = np.median(out[middle, inner:inner + third].reshape(-1, 3), axis=0)
                 d = np.linalg.norm(data.srgb_to_lab(back[None]) - data.srgb_to_lab(np.array([colour], np.float64)))
                 rows.append({"colour": name, "background": bg_name, "width": width,
                              "back": [int(round(v)) for v in back], "delta_e": round(float(d), 1)})
@@ -58,17 +57,12 @@ def stroke_errors(round_trip: Callable[[np.ndarray], np.ndarray], colours: dict 
 
 
 def vae_round_trip(model: str) -> Callable[[np.ndarray], np.ndarray]:
-    import torch
     from diffusers import AutoencoderKL
 
-    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").float().eval()
+    from brandgen.tiny.vae_tune import round_trip_rgb
 
-    def run(img: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(img.astype(np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-        with torch.no_grad():
-            y = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        return ((y[0].permute(1, 2, 0).numpy() + 1) * 127.5).round()
-    return run
+    vae = AutoencoderKL.from_pretrained(model, subfolder="vae").float().eval()
+    return lambda img: round_trip_rgb(vae, img)
 
 
 def main(argv: list[str] | None = None) -> dict:

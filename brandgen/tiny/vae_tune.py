@@ -13,6 +13,7 @@ the time with a random second fill colour: nothing from the demo's palette or ic
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import random
@@ -55,6 +56,15 @@ def _psnr(mse: float) -> float:
 
 
 @torch.no_grad()
+def round_trip_rgb(vae, rgb: np.ndarray) -> np.ndarray:
+    """One [H, W, 3] image (0..255) through encode-mean -> decode, as a LoRA's target latents come back: [H, W, 3]
+    float, rounded to 0..255."""
+    x = torch.from_numpy(np.asarray(rgb, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
+    y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.clamp(-1, 1)
+    return ((y[0].float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round()
+
+
+@torch.no_grad()
 def round_trip_psnr(vae, images: torch.Tensor) -> float:
     """PSNR (dB) of encode-mean -> decode over [-1, 1] images, as the app decodes the UNet's latents."""
     rec = vae.decode(vae.encode(images).latent_dist.mean).sample.clamp(-1, 1)
@@ -74,12 +84,10 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
     vae.to(device).eval()
     before = round_trip_psnr(vae, held)
     vae.requires_grad_(False)
-    with torch.no_grad():
-        held_latents = vae.encode(held).latent_dist.mean
     reference = None
     trained = list(vae.decoder.parameters()) + list(vae.post_quant_conv.parameters())
     if encoder_anchor is not None:
-        reference = _frozen_encoder(vae)
+        reference = copy.deepcopy(vae)  # the original latents, as the UNet learned them
         trained += list(vae.encoder.parameters()) + (list(vae.quant_conv.parameters()) if vae.quant_conv else [])
         vae.encoder.train()
     for p in trained:
@@ -102,7 +110,7 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
         else:
             z = vae.encode(x).latent_dist.mean
             with torch.no_grad():
-                z_old = reference(x)
+                z_old = reference.encode(x).latent_dist.mean
             drift = F.mse_loss(z, z_old) / z_old.var().clamp_min(1e-6)
         rec = vae.decode(z).sample
         w = icon_data.glyph_weights(x, [v.bg for v in variants], fg_weight)
@@ -121,22 +129,10 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
            "heldout_psnr_before": round(before, 2), "heldout_psnr_after": round(round_trip_psnr(vae, held), 2)}
     if encoder_anchor is not None:
         with torch.no_grad():
+            held_latents = reference.encode(held).latent_dist.mean
             moved = F.mse_loss(vae.encode(held).latent_dist.mean, held_latents) / held_latents.var()
         out.update(encoder_anchor=encoder_anchor, heldout_latent_drift=round(moved.item(), 5))
     return out
-
-
-def _frozen_encoder(vae):
-    """The original encoder + quant_conv as a frozen function x -> latent mean (a copy, so training leaves it)."""
-    import copy
-
-    encoder, quant = copy.deepcopy(vae.encoder).eval(), copy.deepcopy(vae.quant_conv)
-    if quant is None:
-        quant = torch.nn.Identity()
-
-    def mean(x: torch.Tensor) -> torch.Tensor:
-        return quant(encoder(x)).chunk(2, dim=1)[0]
-    return mean
 
 
 def main(argv: list[str] | None = None) -> dict:
