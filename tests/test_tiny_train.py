@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from brandgen.tiny import model, train
+from brandgen.tiny import model, run_state, train, vae_stage
 from brandgen.tiny.recipe import set_value
 
 RECIPE = Path(train.__file__).with_name("recipe.json")
@@ -130,9 +130,9 @@ def test_default_config_fits_the_size_budget(tmp_path):
 
 
 def test_lr_factor_warms_up_then_anneals():
-    assert train.lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
-    assert train.lr_factor(0.0, 10, 10, 0.1) == pytest.approx(1.0)
-    assert train.lr_factor(1.0, 500, 10, 0.1) == pytest.approx(0.1)
+    assert run_state.lr_factor(0.0, 0, 10, 0.1) == pytest.approx(0.1)
+    assert run_state.lr_factor(0.0, 10, 10, 0.1) == pytest.approx(1.0)
+    assert run_state.lr_factor(1.0, 500, 10, 0.1) == pytest.approx(0.1)
 
 
 def test_set_overrides_one_recipe_value_and_refuses_unknown_keys():
@@ -198,9 +198,9 @@ def test_init_model_can_train_its_autoencoder_on(smoke_run, tmp_path, capsys):
     changed = [k for k, v in before.items() if not torch.equal(after.state_dict()[k].half(), v.half())]
     assert len(changed) > len(before) // 2
     assert summary["scaling_factor"] != json.loads((saved / "vae" / "config.json").read_text())["scaling_factor"]
-    assert train.vae_retuned({"init_model": "m", "train_vae": {"continue_seconds": 5}})
-    assert not train.vae_retuned({"init_model": None, "train_vae": {"continue_seconds": 5}})
-    assert not train.vae_retuned({"init_model": "m", "train_vae": {}})
+    assert vae_stage.vae_retuned({"init_model": "m", "train_vae": {"continue_seconds": 5}})
+    assert not vae_stage.vae_retuned({"init_model": None, "train_vae": {"continue_seconds": 5}})
+    assert not vae_stage.vae_retuned({"init_model": "m", "train_vae": {}})
 
 
 def test_init_model_can_start_a_fresh_autoencoder_with_more_latent_channels(smoke_run, tmp_path, capsys):
@@ -235,9 +235,9 @@ def test_init_model_can_start_a_fresh_autoencoder_with_more_latent_channels(smok
     assert pipe.vae.config.latent_channels == 8 == pipe.unet.config.in_channels
     image = pipe("bell icon", num_inference_steps=2, height=64, width=64, output_type="np").images[0]
     assert image.shape == (64, 64, 3)
-    assert train.vae_fresh({"init_model": "m", "train_vae": {"fresh": True}}) and train.vae_retuned(
+    assert vae_stage.vae_fresh({"init_model": "m", "train_vae": {"fresh": True}}) and vae_stage.vae_retuned(
         {"init_model": "m", "train_vae": {"fresh": True}})
-    assert not train.vae_fresh({"init_model": None, "train_vae": {"fresh": True}})
+    assert not vae_stage.vae_fresh({"init_model": None, "train_vae": {"fresh": True}})
 
 
 def test_snapshot_of_a_continued_run_keeps_the_autoencoder_it_retuned(smoke_run, tmp_path):

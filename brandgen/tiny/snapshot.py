@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from brandgen.tiny import model, train
+from brandgen.tiny import model, vae_stage
 from brandgen.tiny import tokenizer as tiny_tokenizer
 
 
@@ -27,8 +27,8 @@ def snapshot(work_dir: str | Path, out: str | Path) -> dict:
         raise SystemExit(f"{work} has no UNet checkpoint yet (stages done: {', '.join(state['done']) or 'none'})")
     comps = model.build_components(cfg, tokenizer=tiny_tokenizer.CLIPTokenizer.from_pretrained(work / "tokenizer"))
     if cfg.get("init_model"):
-        model.load_trained(comps, cfg["init_model"], fresh_vae=train.vae_fresh(cfg))
-    if not cfg.get("init_model") or train.vae_retuned(cfg):  # the UNet learned this run's autoencoder and scale
+        model.load_trained(comps, cfg["init_model"], fresh_vae=vae_stage.vae_fresh(cfg))
+    if not cfg.get("init_model") or vae_stage.vae_retuned(cfg):  # the UNet learned this run's autoencoder and scale
         comps["vae"].load_state_dict(torch.load(work / "vae_done.pt", map_location="cpu"))
         comps["vae"].register_to_config(scaling_factor=state["info"]["scaling_factor"])
     ckpt = torch.load(ckpt_path, map_location="cpu")

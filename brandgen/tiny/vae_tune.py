@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from brandgen.tiny import icon_data, icons
-from brandgen.tiny.train import lr_factor
+from brandgen.tiny.run_state import lr_factor
 
 
 def _background(rng: random.Random) -> tuple[int, int, int]:
