@@ -305,11 +305,11 @@ class PipelineManager:
                 torch.set_num_threads(plan.busy)
 
     @staticmethod
-    def _guidance_until(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> float:
-        """The model's guided share of the steps, but every step under the Fast preset (its cached steps reuse
-        batch-2 features) or with a LoRA active (a brand palette needs the late guided steps: the tiny demo
-        gains +15.6 points instead of +31.4 without them, docs/PERFORMANCE.md)."""
-        return entry.guidance_until if preset.step_cache < 2 and not request.active_loras else 1.0
+    def _guidance_until(entry: ModelEntry, request: GenerationRequest) -> float:
+        """The model's guided share of the steps (the Fast preset's cached steps follow the batch down to its
+        conditional half), but every step with a LoRA active (a brand palette needs the late guided steps: the
+        tiny demo gains +15.6 points instead of +31.4 without them, docs/PERFORMANCE.md)."""
+        return 1.0 if request.active_loras else entry.guidance_until
 
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
                  owner: str | None = None, others_waiting: int | None = None) -> GenerationResult:
@@ -337,7 +337,7 @@ class PipelineManager:
             notes = self.set_loras(request.loras)
             loaded = self._require_loaded()
             pipe = loaded.pipe
-            until = self._guidance_until(entry, preset, request)
+            until = self._guidance_until(entry, request)
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
                                  self._cancel, until)
             reset_peak_memory()

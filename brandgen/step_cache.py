@@ -70,7 +70,19 @@ class _Proxy:
         self._output = output
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return self._output()
+        hidden = kwargs.get("hidden_states", args[0] if args else None)
+        return _rows(self._output(), hidden.shape[0] if isinstance(hidden, torch.Tensor) else None)
+
+
+def _rows(value: Any, batch: int | None) -> Any:
+    """A cached output cut to the current batch: once guidance stops mid-call (a model's guidance_until), cached
+    steps run the conditional half of the batch that filled the cache, its trailing rows in diffusers' [negative,
+    positive] order (pipeline_call.stop_guidance_after keeps the same half)."""
+    if isinstance(value, torch.Tensor):
+        return value[-batch:] if batch and value.shape[0] > batch else value
+    if isinstance(value, (tuple, list)):
+        return type(value)(_rows(v, batch) for v in value)
+    return value
 
 
 def _clone(value: Any) -> Any:

@@ -97,6 +97,34 @@ def test_a_cached_step_skips_the_deep_blocks_and_reproduces_a_full_step_on_the_s
     assert (cached_moved - exact_moved).abs().mean() < (cached - exact_moved).abs().mean()
 
 
+def conditional_half(value):
+    """The trailing (prompt) rows of a CFG batch, as the pipeline keeps them once guidance stops."""
+    if isinstance(value, torch.Tensor) and value.ndim and value.shape[0] == 2:
+        return value[1:]
+    if isinstance(value, dict):
+        return {k: conditional_half(v) for k, v in value.items()}
+    return value
+
+
+@pytest.mark.parametrize("pipe", ["sd15", "sdxl"], indirect=True)
+def test_a_cached_step_after_guidance_stops_runs_the_conditional_half_of_the_cache(pipe):
+    """A model with guidance_until < 1 (the embedded one) halves the batch mid-call: a cached step at batch 1
+    must give what the same cached step gives the prompt's row at batch 2 (the Fast preset keeps the cut)."""
+    denoiser = find_denoiser(pipe)[1]
+    args, kwargs = denoiser_inputs(pipe)
+    assert args[0].shape[0] == 2  # CFG: [negative, prompt]
+    moved = (args[0] + 0.3 * torch.randn_like(args[0]), *args[1:])
+    half_args = tuple(conditional_half(a) for a in moved)
+    half_kwargs = {k: conditional_half(v) for k, v in kwargs.items()}
+    with torch.inference_mode(), step_cache(denoiser, interval=10) as stats:
+        denoiser(*args, **kwargs)  # the full step fills the cache at batch 2
+        both = first_tensor(denoiser(*moved, **kwargs))
+        alone = first_tensor(denoiser(*half_args, **half_kwargs))
+    assert stats.to_dict() == {"interval": 10, "full_steps": 1, "cached_steps": 2}
+    assert alone.shape[0] == 1
+    torch.testing.assert_close(alone, both[1:], rtol=1e-4, atol=1e-5)
+
+
 def test_the_schedule_and_a_clean_model_afterwards(pipe):
     denoiser = find_denoiser(pipe)[1]
     before_keys = list(denoiser.state_dict())
@@ -197,4 +225,5 @@ def test_fast_preset_on_the_embedded_model_halves_the_full_steps_and_stays_close
     assert standard.metadata[0]["step_cache"] is None
     assert fast.metadata[0]["step_cache"] == {"interval": 2, "full_steps": 14, "cached_steps": 14}
     assert fast.metadata[0]["steps"] == standard.metadata[0]["steps"] == 28 and not fast.notes
+    assert fast.metadata[0]["guidance_until"] == standard.metadata[0]["guidance_until"] < 1  # the model's cut
     assert 25.0 < psnr(fast.images[0], standard.images[0]) < 80.0  # near the Standard image, yet not it
