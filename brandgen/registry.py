@@ -58,7 +58,7 @@ class ModelEntry:
             text += "\n\n⚠️ **Not cleared for commercial use** — check the licence before using outputs."
         if self.guidance_until < 1:
             text += (f"\n\nGuidance runs for the first {self.guidance_until:.0%} of the steps, the rest at half "
-                     "the cost; every step with a brand LoRA or the Fast preset (docs/PERFORMANCE.md).")
+                     "the cost (Fast preset included); every step with a brand LoRA (docs/PERFORMANCE.md).")
         if self.notes:
             text += f"\n\n{self.notes}"
         return text
