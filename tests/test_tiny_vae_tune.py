@@ -99,3 +99,31 @@ def test_cli_writes_a_model_with_the_tuned_decoder_and_keeps_the_source(pack, tm
         with pytest.raises(SystemExit):
             vae_tune.main(bad)
         assert message in capsys.readouterr().err
+
+
+def test_latent_noise_reaches_the_decoder_in_the_unets_scaled_units_and_only_while_training(pack):
+    """--latent-noise S: the decoder trains on encoded latents plus N(0, S) in the UNet's scaled units (what a
+    UNet's imperfect latents look like to it); the held-out PSNR before and after still decodes clean latents."""
+    masks, meta = pack
+    vae = _vae(blocks=(16, 32), norm_num_groups=8)
+    vae.register_to_config(scaling_factor=0.5)
+    seen: list[tuple[str, torch.Tensor]] = []
+    encode, decode = vae.encode, vae.decode
+
+    def spy_encode(x, *args, **kwargs):
+        out = encode(x, *args, **kwargs)
+        seen.append(("encode", out.latent_dist.mean.detach().clone()))
+        return out
+
+    def spy_decode(z, *args, **kwargs):
+        seen.append(("decode", z.detach().clone()))
+        return decode(z, *args, **kwargs)
+
+    vae.encode, vae.decode = spy_encode, spy_decode
+    result = vae_tune.tune_decoder(vae, masks, meta, seconds=120, max_steps=3, batch=8, eval_n=8, log_every=1000,
+                                   latent_noise=0.3)
+    assert result["latent_noise"] == 0.3 and [kind for kind, _ in seen] == ["encode", "decode"] * 5
+    deltas = [(seen[i + 1][1] - seen[i][1]) for i in range(0, len(seen), 2)]
+    assert deltas[0].abs().max() == 0 and deltas[-1].abs().max() == 0  # held-out PSNR: clean latents
+    for delta in deltas[1:-1]:  # the three training steps: noise of std 0.3 / scaling_factor = 0.6
+        assert 0.5 < delta.std().item() < 0.7 and abs(delta.mean().item()) < 0.1

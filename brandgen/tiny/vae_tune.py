@@ -74,11 +74,13 @@ def round_trip_psnr(vae, images: torch.Tensor) -> float:
 def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_steps: int = 100_000,
                  batch: int = 8, lr: float = 2e-4, seed: int = 0, device: str = "cpu", size: int | None = None,
                  log_every: int = 50, eval_n: int = 32, encoder_anchor: float | None = None,
-                 fg_weight: float = 0.0) -> dict:
+                 fg_weight: float = 0.0, latent_noise: float = 0.0) -> dict:
     """Train post_quant_conv + decoder on random-colour icons for `seconds` (or max_steps). The encoder is
     frozen, so every latent keeps its place, unless encoder_anchor is set: then encoder + quant_conv train too,
-    held near the original latents by that weight. Returns steps, seconds, held-out PSNR before/after and, with
-    the encoder trained, the held-out latents' relative drift."""
+    held near the original latents by that weight. latent_noise > 0 decodes latents with Gaussian noise of that
+    std in the UNet's (scaled) units added, so the decoder learns to return a clean canvas from the imperfect
+    latents a UNet draws (run 8's speckle, docs/TINY_MODEL.md). Returns steps, seconds, held-out PSNR before/after
+    and, with the encoder trained, the held-out latents' relative drift."""
     composer = icon_data.Composer(masks, device, size or masks.shape[-1])
     held = icon_data.to_pixels(composer.compose(random_colour_variants(meta, eval_n, seed + 7919)))
     vae.to(device).eval()
@@ -112,6 +114,8 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
             with torch.no_grad():
                 z_old = reference.encode(x).latent_dist.mean
             drift = F.mse_loss(z, z_old) / z_old.var().clamp_min(1e-6)
+        if latent_noise:
+            z = z + (latent_noise / vae.config.scaling_factor) * torch.randn_like(z)
         rec = vae.decode(z).sample
         w = icon_data.glyph_weights(x, [v.bg for v in variants], fg_weight)
         err = rec - x
@@ -125,7 +129,7 @@ def tune_decoder(vae, masks: np.ndarray, meta: list[dict], seconds: float, max_s
             print(json.dumps({"step": step, "loss": round(loss.item(), 5), "drift": round(drift.item(), 5),
                               "elapsed": round(time.time() - t0, 1)}), flush=True)
     vae.requires_grad_(False).eval()
-    out = {"steps": step, "seconds": round(time.time() - t0, 1), "batch": batch, "lr": lr,
+    out = {"steps": step, "seconds": round(time.time() - t0, 1), "batch": batch, "lr": lr, "latent_noise": latent_noise,
            "heldout_psnr_before": round(before, 2), "heldout_psnr_after": round(round_trip_psnr(vae, held), 2)}
     if encoder_anchor is not None:
         with torch.no_grad():
@@ -153,6 +157,8 @@ def main(argv: list[str] | None = None) -> dict:
                         help="also train the encoder, penalising its latents' relative drift by this weight")
     parser.add_argument("--fg-weight", type=float, default=0.0,
                         help="extra loss weight on the icon's pixels (0: every pixel alike)")
+    parser.add_argument("--latent-noise", type=float, default=0.0,
+                        help="std of Gaussian noise on the decoded latents, in the UNet's scaled units (0: none)")
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args(argv)
     src, out = Path(args.model), Path(args.out)
@@ -168,7 +174,7 @@ def main(argv: list[str] | None = None) -> dict:
     torch.manual_seed(args.seed)
     result = tune_decoder(vae, masks, meta, args.seconds, batch=args.batch, lr=args.lr, seed=args.seed,
                           device=args.device, size=args.size, encoder_anchor=args.encoder_anchor,
-                          fg_weight=args.fg_weight)
+                          fg_weight=args.fg_weight, latent_noise=args.latent_noise)
     if out.exists():
         shutil.rmtree(out)
     shutil.copytree(src, out)
