@@ -304,13 +304,6 @@ class PipelineManager:
             if plan is not None:
                 torch.set_num_threads(plan.busy)
 
-    @staticmethod
-    def _guidance_until(entry: ModelEntry, request: GenerationRequest) -> float:
-        """The model's guided share of the steps (the Fast preset's cached steps follow the batch down to its
-        conditional half), but every step with a LoRA active (a brand palette needs the late guided steps: the
-        tiny demo gains +15.6 points instead of +31.4 without them, docs/PERFORMANCE.md)."""
-        return 1.0 if request.active_loras else entry.guidance_until
-
     def generate(self, request: GenerationRequest, progress: ProgressFn | None = None,
                  owner: str | None = None, others_waiting: int | None = None) -> GenerationResult:
         """Run one request end to end: template, model, LoRAs, denoising, upscale, metadata.
@@ -337,7 +330,7 @@ class PipelineManager:
             notes = self.set_loras(request.loras)
             loaded = self._require_loaded()
             pipe = loaded.pipe
-            until = self._guidance_until(entry, request)
+            until = entry.guided_share(bool(request.active_loras))
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
                                  self._cancel, until)
             reset_peak_memory()

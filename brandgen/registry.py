@@ -40,6 +40,13 @@ class ModelEntry:
     guidance_until: float = 1.0  # share of the steps that run classifier-free guidance (pipeline_call)
     extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
 
+    def guided_share(self, with_lora: bool) -> float:
+        """The share of the steps a generation guides: the model's, under every preset (the Fast preset's cached
+        steps follow the batch down to its conditional half), but every step with a LoRA active (a brand palette
+        needs the late guided steps: the tiny demo gains +15.6 points instead of +31.4 without them,
+        docs/PERFORMANCE.md). The manager and the LoRA demo benchmark both ask this."""
+        return 1.0 if with_lora else self.guidance_until
+
     def resolved_source(self, base: Path = REPO_ROOT) -> str:
         """Local paths are relative to the repository; hub ids are returned as they are."""
         if self.source_type == "local":

@@ -127,8 +127,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     guidance = entry.default_guidance if entry else 6.0
-    until = args.guidance_until if args.guidance_until is not None else (entry.guidance_until if entry else 1.0)
-    until_lora = args.guidance_until if args.guidance_until is not None else 1.0  # PipelineManager._guidance_until
+    # as the app guides: the model's share before the LoRA, its share with a LoRA active after (ModelEntry)
+    until, until_lora = ((args.guidance_until,) * 2 if args.guidance_until is not None
+                         else (entry.guided_share(False), entry.guided_share(True)) if entry else (1.0, 1.0))
     images = sorted(p for p in Path(args.data).iterdir() if p.suffix == ".png")[: args.images]
     pipe = DiffusionPipeline.from_pretrained(source, torch_dtype=torch.float32)  # the weights are fp16
     pipe.set_progress_bar_config(disable=True)

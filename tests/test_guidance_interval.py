@@ -127,6 +127,8 @@ def test_registry_validates_the_share():
     with pytest.raises(ValueError, match="only supported for the sd15 family"):
         _validate("m", {**base, "family": "sdxl", "guidance_until": 0.5})
     assert "first 40% of the steps" in _validate("m", {**base, "guidance_until": 0.4}).summary()
+    entry = _validate("m", {**base, "guidance_until": 0.4})
+    assert entry.guided_share(with_lora=False) == 0.4 and entry.guided_share(with_lora=True) == 1.0
 
 
 def test_manager_uses_the_models_share_under_draft_and_the_step_cached_fast_preset(tmp_path: Path):
