@@ -3,6 +3,7 @@ classes, and on the embedded model's trained weights through the manager."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,7 @@ from brandgen.acceleration import compile_full, compile_regions, find_denoiser
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
 from brandgen.paths import AppPaths
+from brandgen.registry import ModelRegistry
 from brandgen.step_cache import TAPS, StepCacheUnsupported, for_preset, step_cache, tap_whole_unet
 from brandgen.warmup import warm_up
 
@@ -227,3 +229,19 @@ def test_fast_preset_on_the_embedded_model_halves_the_full_steps_and_stays_close
     assert fast.metadata[0]["steps"] == standard.metadata[0]["steps"] == 28 and not fast.notes
     assert fast.metadata[0]["guidance_until"] == standard.metadata[0]["guidance_until"] < 1  # the model's cut
     assert 25.0 < psnr(fast.images[0], standard.images[0]) < 80.0  # near the Standard image, yet not it
+
+
+def test_fast_preset_batches_keep_each_image_after_the_guidance_cut(tmp_path: Path):
+    """Several images at once, and a cut (40% of 28 steps: after step 11) that lands before a cached step, so it
+    runs at half the batch of the full step that filled the cache: each image must take its own prompt rows of
+    the cache, in order, and equal the image made alone with its seed."""
+    registry = ModelRegistry.from_file()
+    entry = dataclasses.replace(registry.get(registry.default_id), guidance_until=0.4)
+    manager = PipelineManager(registry=registry.with_entry(entry), paths=AppPaths(tmp_path))
+    both = manager.generate(GenerationRequest(prompt="a blue bell icon", seed=11, count=2, preset="fast"))
+    alone = [manager.generate(GenerationRequest(prompt="a blue bell icon", seed=s, preset="fast")).images[0]
+             for s in (both.metadata[0]["seed"], both.metadata[1]["seed"])]
+    assert both.metadata[0]["guidance_until"] == 0.4 and both.metadata[0]["seed"] != both.metadata[1]["seed"]
+    for batched, single in zip(both.images, alone):
+        assert psnr(batched, single) > 40.0  # the same image, up to batched-matmul rounding
+    assert psnr(both.images[0], both.images[1]) < 30.0  # and the two are different images
