@@ -83,6 +83,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
+    parser.add_argument("--timesteps", choices=("uniform", "high-noise"), default="uniform",
+                        help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
     parser.add_argument("--ceiling-only", action="store_true",
                         help="only the dataset's VAE round trip (the adherence no LoRA can exceed), no training")
@@ -171,6 +173,7 @@ def main(argv: list[str] | None = None) -> dict:
         # attention alone gives a small UNet little to work with; its resnet layers let it learn a palette
         target_modules=[*get_family(family).default_targets, *UNET_CONV_TARGETS]
         if family in ("sd15", "sdxl") and args.target_modules == "attention+conv" else [],
+        timesteps=args.timesteps,
     )
     start = time.perf_counter()
     result = LoraTrainer(config, paths=AppPaths(work / "home"), device="cpu").run()
@@ -204,6 +207,7 @@ def main(argv: list[str] | None = None) -> dict:
         "lr": args.lr,
         "guidance_until": {"before": until, "after": until_lora},
         "target_modules": args.target_modules,
+        "timesteps": args.timesteps,
         "example": args.example,
         "trigger": args.trigger,
         "train_seconds": round(train_seconds, 1),

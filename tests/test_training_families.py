@@ -7,6 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from diffusers import DiffusionPipeline
 
 from brandgen.loras import DIFFUSERS_FILE, inspect_lora, read_metadata_json
@@ -78,3 +79,30 @@ def test_family_trains_exports_and_reloads_identically(family: str, model_dirs: 
     reloaded = trainer.render(pipe=fresh, seeds=[7], output_type="np", steps=2)
     assert np.abs(trained - reloaded).max() < 1e-4
     assert np.abs(trained - plain).max() > 1e-3  # the LoRA does change the image
+
+
+def test_high_noise_timesteps_lean_to_high_t_and_flow_families_refuse_them():
+    from diffusers import DDPMScheduler
+
+    from brandgen.errors import InvalidInput
+    from brandgen.training.config import TrainConfig
+    from brandgen.training.families import get_family
+
+    family = get_family("sd15")
+    family.scheduler = DDPMScheduler(num_train_timesteps=1000)
+    latents = torch.zeros(4000, 1, 1, 1)
+    uniform = family.noised(latents, torch.Generator().manual_seed(0))["timesteps"].float()
+    family.use_timesteps("high-noise")
+    high = family.noised(latents, torch.Generator().manual_seed(0))["timesteps"].float()
+    assert 480 < uniform.mean() < 520 and 650 < high.mean() < 685  # density 2t/T^2: mean 2T/3
+    assert high.min() >= 0 and high.max() <= 999 and (high < 250).float().mean() < 0.08  # P(t < T/4) = 1/16
+    family.use_timesteps("uniform")
+    again = family.noised(latents, torch.Generator().manual_seed(0))["timesteps"].float()
+    assert torch.equal(again, uniform)  # the default draws exactly what it drew before the option existed
+    for flow in ("sd3", "flux", "hidream"):
+        get_family(flow).use_timesteps("uniform")
+        with pytest.raises(InvalidInput, match="flow model"):
+            get_family(flow).use_timesteps("high-noise")
+    with pytest.raises(InvalidInput, match="timesteps must be one of"):
+        TrainConfig(name="x", timesteps="late").validated()
+    assert TrainConfig.from_dict({"name": "x", "timesteps": "high-noise"}).validated().timesteps == "high-noise"

@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from diffusers import DDPMScheduler, FlowMatchEulerDiscreteScheduler
 
+from brandgen.errors import InvalidInput
+
 Cond = dict[str, torch.Tensor]
 PIPELINE_FAMILIES = {
     "StableDiffusionPipeline": "sd15",
@@ -60,6 +62,11 @@ class Family:
     default_resolution = 512
     # TrainConfig.fused_lora applies (brandgen/training/fused_lora.py): SDXL's step 1.86x -> 1.48x of its floor
     fused_lora = True
+    high_noise = False  # TrainConfig.timesteps == "high-noise" (DDPM families only; flow models sample logit-normal)
+
+    def use_timesteps(self, mode: str) -> None:
+        """TrainConfig.timesteps: "high-noise" draws DDPM timesteps with a density rising with t."""
+        self.high_noise = mode == "high-noise"
 
     def setup(self, pipe: Any) -> None:
         """Remember what the loss needs from the pipeline before its text encoders are freed."""
@@ -104,7 +111,12 @@ class Family:
         so a CUDA graph can replay the model's part with these as inputs (brandgen/training/cuda_graph.py)."""
         sched = self.scheduler
         noise = _randn(latents.shape, generator, latents)
-        steps = torch.randint(0, sched.config.num_train_timesteps, (latents.shape[0],), generator=generator)
+        total = sched.config.num_train_timesteps
+        if self.high_noise:  # density rising linearly with t: high-noise steps, where a palette is decided
+            u = torch.rand((latents.shape[0],), generator=generator)
+            steps = (total * u.sqrt()).long().clamp(max=total - 1)
+        else:
+            steps = torch.randint(0, total, (latents.shape[0],), generator=generator)
         steps = _to_device(steps, latents)
         noisy = sched.add_noise(latents, noise, steps)
         if sched.config.prediction_type == "v_prediction":
@@ -176,6 +188,11 @@ class FlowFamily(Family):
 
     def make_scheduler(self, pipe: Any) -> Any:
         return FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config)
+
+    def use_timesteps(self, mode: str) -> None:
+        if mode != "uniform":
+            raise InvalidInput(f"timesteps {mode!r} is for SD1.5/SDXL models; {self.name} is a flow model, which "
+                               "samples its noise levels logit-normally already: use 'uniform'.")
 
     def divisibility(self) -> int:
         return self.vae_scale * int(getattr(self.model_config, "patch_size", None) or 2)

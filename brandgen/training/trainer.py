@@ -136,6 +136,7 @@ class LoraTrainer:
         get_asset_type(cfg.asset_type, self.types)  # an unknown asset type fails here, before any loading
         source, family_name, self.entry = resolve_base_model(cfg.base_model, self.registry, cfg.family)
         self.family = family = get_family(family_name)
+        family.use_timesteps(cfg.timesteps)
         if not cfg.resolution:
             cfg.resolution = self.entry.native_resolution[0] if self.entry else family.default_resolution
         folder, small = resolve_data_dir(cfg.data_dir), cfg.allow_small_dataset
