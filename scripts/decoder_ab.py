@@ -58,6 +58,7 @@ def main(argv: list[str] | None = None) -> dict:
     from brandgen.metrics import background_cleanliness, image_psnr
     from brandgen.pipeline_call import guidance_interval_kwargs
     from brandgen.templates import build_prompt
+    from brandgen.tiny.icon_data import from_pixels
 
     pipe = DiffusionPipeline.from_pretrained(args.model, torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
@@ -79,8 +80,7 @@ def main(argv: list[str] | None = None) -> dict:
             parser.error(f"{folder}: scaling factor {vae.config.scaling_factor} is not the model's {scale}: "
                          "another latent space")
         with torch.inference_mode():
-            decoded[folder] = [((vae.decode(z / scale).sample[0].clamp(-1, 1).permute(1, 2, 0).numpy() + 1) * 127.5)
-                               .round().astype(np.uint8) for z in latents]
+            decoded[folder] = [from_pixels(vae.decode(z / scale).sample)[0] for z in latents]
     first = decoded[args.vae[0]]
     result = {"model": args.model, "images": len(jobs), "steps": args.steps, "guidance": args.guidance,
               "guidance_until": args.guidance_until, "generate_s": round(generate_s, 1), "vaes": {}}

@@ -304,6 +304,12 @@ def to_pixels(images_uint8: torch.Tensor) -> torch.Tensor:
     return images_uint8.permute(0, 3, 1, 2).float().div(127.5).sub(1).contiguous(memory_format=torch.channels_last)
 
 
+def from_pixels(x: torch.Tensor) -> np.ndarray:
+    """A decoder's output [B, 3, H, W] in [-1, 1] -> uint8 images [B, H, W, 3], clamped and rounded (to_pixels'
+    inverse)."""
+    return x.detach().float().clamp(-1, 1).add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).cpu().numpy()
+
+
 class ImageSource:
     """Variants as an indexable image set: source[idx] -> uint8 [B, H, W, 3] on the composer's device."""
 

@@ -152,8 +152,7 @@ def vae_colour_round_trip(vae, masks: np.ndarray, meta: list[dict], n: int = 16,
                                       dy=0.0, captions=[]) for i in icon_ids]
         with torch.no_grad():
             x = icon_data.to_pixels(composer.compose(variants))
-            rec = vae.decode(vae.encode(x).latent_dist.mean).sample.clamp(-1, 1)
-        rec = rec.add(1).mul(127.5).round().byte().permute(0, 2, 3, 1).numpy()
+            rec = icon_data.from_pixels(vae.decode(vae.encode(x).latent_dist.mean).sample)
         out[name] = float(np.mean([foreground(Image.fromarray(r))["color"] == name for r in rec]))
     return out
 

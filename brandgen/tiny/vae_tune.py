@@ -60,8 +60,8 @@ def round_trip_rgb(vae, rgb: np.ndarray) -> np.ndarray:
     """One [H, W, 3] image (0..255) through encode-mean -> decode, as a LoRA's target latents come back: [H, W, 3]
     float, rounded to 0..255."""
     x = torch.from_numpy(np.asarray(rgb, np.float32)).permute(2, 0, 1)[None] / 127.5 - 1
-    y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample.clamp(-1, 1)
-    return ((y[0].float().cpu().permute(1, 2, 0).numpy() + 1) * 127.5).round()
+    y = vae.decode(vae.encode(x.to(vae.device, vae.dtype)).latent_dist.mean).sample
+    return icon_data.from_pixels(y)[0].astype(np.float32)
 
 
 @torch.no_grad()
