@@ -24,6 +24,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+from brandgen.training.config import TIMESTEP_SAMPLING  # noqa: E402  (light: no torch)
 
 PALETTE = ["#0f766e", "#f97360", "#fdf6e3"]
 SHAPES = ["star", "heart", "circle", "bolt"]
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
-    parser.add_argument("--timesteps", choices=("uniform", "high-noise"), default="uniform",
+    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="uniform",
                         help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
     parser.add_argument("--ceiling-only", action="store_true",
