@@ -9,6 +9,7 @@ from typing import Any
 
 from brandgen.errors import ModelUnavailable
 from brandgen.paths import PRESETS_DIR, REPO_ROOT
+from brandgen.training.config import lora_settings_problems, suggested_lora_settings
 
 FAMILIES = ("sd15", "sdxl", "sd3", "flux", "hidream")
 SOURCE_TYPES = ("local", "hub")
@@ -39,6 +40,11 @@ class ModelEntry:
     notes: str = ""
     guidance_until: float = 1.0  # share of the steps that run classifier-free guidance (pipeline_call)
     extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
+    lora_settings: dict[str, Any] = field(default_factory=dict)  # what the Train tab starts from, over the size's
+
+    def suggested_lora_settings(self) -> dict[str, Any]:
+        """The Train tab's starting LoRA settings for this model: the size's, with the entry's own on top."""
+        return suggested_lora_settings(self.native_resolution[0], self.lora_settings)
 
     def guided_share(self, with_lora: bool) -> float:
         """The share of the steps a generation guides: the model's, under every preset (the Fast preset's cached
@@ -93,9 +99,11 @@ def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
     for name, spec in (raw.get("extra_components") or {}).items():
         if not {"library", "class", "source"} <= set(spec):
             problems.append(f"extra component {name!r} needs library, class and source")
+    if "lora_settings" in raw:
+        problems += lora_settings_problems(raw["lora_settings"], raw.get("family", ""))
     if problems:
         raise ValueError(f"presets/models.json entry {model_id!r}: " + "; ".join(problems))
-    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until"}
+    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until", "lora_settings"}
     return ModelEntry(
         id=model_id,
         **{k: v for k, v in raw.items() if k in known and k != "native_resolution"},

@@ -80,17 +80,18 @@ def start_training(
     epochs: int = 0, max_steps: int = 200, resolution: int = 0, batch_size: int = 1, grad_accum: int = 1,
     validate_every: int = 0, checkpoint_every: int = 0, allow_small: bool = False, bucketing: bool = False,
     convs: bool = False, compile_blocks: bool = False, cudnn_attention: bool = True, cuda_graph: bool = True,
-    fp8_base: bool = False,
+    fp8_base: bool = False, timesteps: str = "uniform",
 ) -> dict[str, Any]:
     """/start_training: queue a LoRA run in the app's background thread; returns the job state. The GPU options
-    (compile, cuDNN attention, CUDA graph, fp8 base weights) are ignored by a server without a GPU."""
+    (compile, cuDNN attention, CUDA graph, fp8 base weights) are ignored by a server without a GPU; `timesteps`
+    "high-noise" (SD1.5/SDXL) trains where a palette is decided (the model's own choice is in /list_models)."""
     model = model or default_model(client)
     if not resolution:
         resolution = next(m["native_resolution"][0] for m in list_models(client) if m["id"] == model)
     state, _text = client.predict(
         folder, asset_type, model, name, trigger, rank, alpha, lr, epochs, max_steps, resolution, batch_size,
         grad_accum, validate_every, checkpoint_every, allow_small, bucketing, convs, compile_blocks, cudnn_attention,
-        cuda_graph, fp8_base, api_name="/start_training",
+        cuda_graph, fp8_base, timesteps, api_name="/start_training",
     )
     return _json(state)
 

@@ -42,6 +42,8 @@ def test_listing_endpoints(client: Client):
     models = json.loads(models) if isinstance(models, str) else models
     assert models[0]["id"] == "tiny-sd15"
     assert any(m["id"] == "flux1-dev" and m["commercial_use"] is False for m in models)
+    flux = next(m for m in models if m["id"] == "flux1-dev")  # what the Train tab would start a LoRA from
+    assert (flux["lora_settings"]["resolution"], flux["lora_settings"]["timesteps"]) == (1024, "uniform")
     presets = client.predict(api_name="/list_presets")
     presets = json.loads(presets) if isinstance(presets, str) else presets
     assert presets["quality"]["ultra"] == {"label": "Ultra", "steps": 50, "upscale": 4, "step_cache": 1}

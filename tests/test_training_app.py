@@ -9,8 +9,10 @@ from pathlib import Path
 import pytest
 from gradio_client import Client
 
+from brandgen.errors import InvalidInput
 from brandgen.manager import PipelineManager
 from brandgen.ui.train_tab import config_from_ui, poll_view, status_text
+from conftest import CPU
 from training_helpers import make_dataset, one_torch_thread  # noqa: F401 (autouse fixture)
 
 
@@ -67,7 +69,7 @@ def test_train_tab_end_to_end(client: Client, manager: PipelineManager):
     assert final["step"] == 8 and len(final["history"]) == 8 and final["samples"]
     loras = client.predict(api_name="/list_loras")
     loras = json.loads(loras) if isinstance(loras, str) else loras
-    assert [(l["name"], l["format"], l["base_family"], l["trigger"]) for l in loras] == [
+    assert [(x["name"], x["format"], x["base_family"], x["trigger"]) for x in loras] == [
         ("ui-brand", "diffusers", "sd15", "acme")
     ]
     state, text = client.predict(api_name="/cancel_training")
@@ -90,6 +92,11 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
     assert fp8.fp8_base and not fp8.cuda_graph
     with pytest.raises(Exception, match="LoRA name"):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
+    high = config_from_ui(*_settings(tmp_path).values(), False, True, False, False, "high-noise", family="sd15")
+    assert high.timesteps == "high-noise" and config.timesteps == "uniform"
+    with pytest.raises(InvalidInput, match="flow model.*use 'uniform'"):  # refused before a job starts
+        config_from_ui(*_settings(tmp_path, model="flux1-dev").values(), False, True, False, False, "high-noise",
+                       family="flux")
     assert "No training job" in status_text(None)
 
 
@@ -111,3 +118,21 @@ def test_the_poll_resends_the_loss_curve_and_samples_only_when_they_change():
     assert list(moved[1]["step"]) == [2, 3] and moved[4] == ["run-1", 2, 3]
     state.status = "done"
     assert poll_view(state, shown, moved[4])[5].active is False  # a finished job stops the timer
+
+
+def test_picking_a_model_fills_in_its_own_lora_settings(registry, app_paths):
+    """The Base model dropdown's change fills rank, lr, ... and the timesteps from the entry's `lora_settings`,
+    so a model that needs high-noise timesteps trains with them without the designer knowing why."""
+    from dataclasses import replace
+
+    import gradio as gr
+
+    from brandgen.ui.app import build_app
+
+    high = replace(registry.get("tiny-sd15"), id="tiny-hn", lora_settings={"timesteps": "high-noise", "lr": 6e-4})
+    demo = build_app(PipelineManager(registry=registry.with_entry(high), paths=app_paths, device=CPU))
+    on_model = next(d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__name__ == "on_model")
+    assert on_model("tiny-hn") == [32, 16, 16, 6e-4, 24, True, "high-noise"]
+    assert on_model("tiny-sd15")[-1] == "uniform" and on_model("flux1-dev")[-1] == "uniform"
+    dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Training timesteps")
+    assert dropdown.value == "uniform"  # the default model's (tiny-sd15 here)

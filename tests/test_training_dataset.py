@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -135,15 +136,43 @@ def test_train_config_round_trips_json_and_rejects_bad_values(tmp_path: Path):
 def test_suggested_lora_settings_fit_the_model_size_and_validate():
     """What the Train tab fills in when a model is chosen: the tiny model's measured settings (lr 3e-4, 24 epochs
     of 25 icons = the 600 steps of scripts/bench_train_tiny.py), the design defaults for big models."""
-    from brandgen.registry import ModelRegistry
-
-    tiny = suggested_lora_settings(ModelRegistry.from_file().get("brandgen-tiny").native_resolution[0])
-    assert tiny == {"resolution": 256, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
+    tiny = suggested_lora_settings(256)
+    assert tiny == {"resolution": 256, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True,
+                    "timesteps": "uniform"}
     big = suggested_lora_settings(1024)
-    assert (big["resolution"], big["rank"], big["lr"], big["convs"]) == (1024, 32, 1e-4, False)
+    assert (big["resolution"], big["rank"], big["lr"], big["convs"], big["timesteps"]) == (
+        1024, 32, 1e-4, False, "uniform")
     for values in (tiny, big):
         settings = {k: v for k, v in values.items() if k != "convs"}
         assert TrainConfig(name="brand", **settings).validated().lr == values["lr"]
+
+
+def test_a_model_entry_carries_its_own_lora_settings_over_its_sizes():
+    """A model whose palette is decided at high noise ships `lora_settings` in presets/models.json; the Train tab
+    starts from them. Entries that could not train (a typo, a wrong type, high-noise on a flow model) fail at load."""
+    from brandgen.registry import ModelRegistry, _validate
+
+    registry = ModelRegistry.from_file()
+    shipped = registry.get("brandgen-tiny")
+    assert shipped.suggested_lora_settings() == suggested_lora_settings(256, shipped.lora_settings)
+    raw = json.loads((Path(__file__).parents[1] / "presets" / "models.json").read_text())["brandgen-tiny"]
+    entry = _validate("tiny-hn", {**raw, "lora_settings": {"timesteps": "high-noise", "lr": 6e-4}})
+    values = entry.suggested_lora_settings()
+    assert (values["timesteps"], values["lr"], values["rank"], values["epochs"]) == ("high-noise", 6e-4, 16, 24)
+    config = TrainConfig(name="brand", **{k: v for k, v in values.items() if k != "convs"}).validated()
+    assert config.timesteps == "high-noise"
+    flux = json.loads((Path(__file__).parents[1] / "presets" / "models.json").read_text())["flux1-dev"]
+    bad = [({"timestep": "uniform"}, "lora_settings.timestep is not a setting"),
+           ({"rank": 16.5}, "lora_settings.rank must be int"),
+           ({"convs": 1}, "lora_settings.convs must be bool"),
+           ({"lr": "3e-4"}, "lora_settings.lr must be a number"),
+           ({"timesteps": "late"}, "lora_settings.timesteps must be one of"),
+           ([1, 2], "lora_settings must be an object")]
+    for settings, message in bad:
+        with pytest.raises(ValueError, match=re.escape(message)):
+            _validate("tiny-bad", {**raw, "lora_settings": settings})
+    with pytest.raises(ValueError, match="for the sd15 and sdxl families"):
+        _validate("flux-bad", {**flux, "lora_settings": {"timesteps": "high-noise"}})
 
 
 def test_uploads_are_copied_with_safe_names_only(tmp_path: Path):

@@ -19,15 +19,42 @@ TIMESTEP_SAMPLING = ("uniform", "high-noise")
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
-def suggested_lora_settings(native_size: int) -> dict[str, Any]:
+LORA_SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
+    "resolution": int, "rank": int, "alpha": (int, float), "lr": (int, float), "epochs": int, "convs": bool,
+    "timesteps": str,
+}
+
+
+def suggested_lora_settings(native_size: int, model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
     """LoRA settings to start from for a base model of this native size: small embedded models learn fast and
     cheaply; big ones use the design defaults (rank 32, lr 1e-4). The Train tab fills them in.
 
     The tiny model's are scripts/bench_train_tiny.py's figures (docs/TINY_MODEL.md): 24 epochs (600 steps) of the
-    25-icon brand example at lr 3e-4 move it into the palette in < 3 min on 2 CPU cores; lr 1e-3 drifts off it."""
+    25-icon brand example at lr 3e-4 move it into the palette in < 3 min on 2 CPU cores; lr 1e-3 drifts off it.
+    `model_settings` (a registry entry's `lora_settings`) wins: what works depends on the weights, not only on the
+    size (a model whose palette is decided at high noise wants `timesteps: high-noise`)."""
     if native_size <= 256:
-        return {"resolution": native_size, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
-    return {"resolution": native_size, "rank": 32, "alpha": 16, "lr": 1e-4, "epochs": 10, "convs": False}
+        values = {"resolution": native_size, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
+    else:
+        values = {"resolution": native_size, "rank": 32, "alpha": 16, "lr": 1e-4, "epochs": 10, "convs": False}
+    return {**values, "timesteps": "uniform", **(model_settings or {})}
+
+
+def lora_settings_problems(settings: Any, family: str) -> list[str]:
+    """Why a registry entry's `lora_settings` cannot be used (empty when it can)."""
+    if not isinstance(settings, dict):
+        return ["lora_settings must be an object"]
+    problems = [f"lora_settings.{key} is not a setting ({', '.join(LORA_SETTING_TYPES)})"
+                for key in settings if key not in LORA_SETTING_TYPES]
+    problems += [f"lora_settings.{key} must be {kind.__name__ if isinstance(kind, type) else 'a number'}"
+                 for key, kind in LORA_SETTING_TYPES.items() if key in settings
+                 and (isinstance(settings[key], bool) != (kind is bool) or not isinstance(settings[key], kind))]
+    steps = settings.get("timesteps", "uniform")
+    if steps not in TIMESTEP_SAMPLING:
+        problems.append(f"lora_settings.timesteps must be one of {TIMESTEP_SAMPLING}")
+    elif steps != "uniform" and family not in ("sd15", "sdxl"):
+        problems.append("lora_settings.timesteps other than uniform is for the sd15 and sdxl families")
+    return problems
 
 
 def _fits(value: Any, annotation: str) -> bool:

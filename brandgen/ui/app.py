@@ -27,7 +27,8 @@ def _api_endpoints(manager: PipelineManager) -> None:
         return [
             {"id": e.id, "label": e.label, "family": e.family, "source": e.source,
              "native_resolution": list(e.native_resolution), "vram_gb": e.vram_gb,
-             "license": e.license, "commercial_use": e.commercial_use}
+             "license": e.license, "commercial_use": e.commercial_use,
+             "lora_settings": e.suggested_lora_settings()}  # what the Train tab starts from for this model
             for e in manager.registry.entries()
         ]
 

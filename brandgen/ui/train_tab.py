@@ -13,7 +13,7 @@ from PIL import Image
 
 from brandgen.manager import PipelineManager
 from brandgen.ownership import Access, private_gallery
-from brandgen.training.config import TrainConfig, suggested_lora_settings
+from brandgen.training.config import TrainConfig
 from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
 from brandgen.training.export import push_to_hub
 from brandgen.training.families import UNET_CONV_TARGETS, get_family
@@ -48,10 +48,13 @@ def config_from_ui(
     cudnn_attention: bool = True,
     cuda_graph: bool = False,
     fp8_base: bool = False,
+    timesteps: str = "uniform",
     family: str = "",
 ) -> TrainConfig:
     """Widget values (floats, blanks) -> a validated TrainConfig; `convs` adds a UNet's resnet layers."""
     targets = [*get_family(family).default_targets, *UNET_CONV_TARGETS] if convs and family in ("sd15", "sdxl") else []
+    if family:  # a flow model refuses high-noise timesteps here, before a job starts
+        get_family(family).use_timesteps(timesteps or "uniform")
     return TrainConfig(
         name=(name or "").strip(),
         base_model=model_id,
@@ -75,6 +78,7 @@ def config_from_ui(
         cudnn_attention=bool(cudnn_attention),
         cuda_graph=bool(cuda_graph),
         fp8_base=bool(fp8_base),
+        timesteps=timesteps or "uniform",
     ).validated()
 
 
@@ -156,7 +160,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     """Lay out the tab and wire its events; the job itself lives in `jobs`, owned by the app."""
     entries = manager.registry.entries()
     default = manager.registry.get(manager.registry.default_id)
-    start_values = suggested_lora_settings(default.native_resolution[0])
+    start_values = default.suggested_lora_settings()
 
     with gr.Row():
         with gr.Column(scale=2):
@@ -193,6 +197,11 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                     allow_small = gr.Checkbox(False, label="Allow fewer images than the asset type's minimum")
                     bucketing = gr.Checkbox(False, label="Aspect-ratio buckets (instead of centre crop)")
                     convs = gr.Checkbox(start_values["convs"], label="Also train UNet convolutions (stronger style)")
+                    timesteps = gr.Dropdown(  # the model's own choice is filled in (presets/models.json lora_settings)
+                        [("Uniform", "uniform"), ("High noise (palette, layout)", "high-noise")],
+                        value=start_values["timesteps"], label="Training timesteps",
+                        info="SD1.5/SDXL: high noise teaches colour and layout; flow models sample their own",
+                    )
                 with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md has the measurements)
                     compile_blocks = gr.Checkbox(
                         False, label="GPU: compile the model", info="faster after a 20-50 s start"
@@ -258,6 +267,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         cudnn_attention,
         cuda_graph,
         fp8_base,
+        timesteps,
     ]
 
     def dataset_dir(folder_value: str, write: bool = False) -> Path:
@@ -290,8 +300,8 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         return (str(dest), *validate(str(dest), kind, size, small))
 
     def on_model(model_id: str) -> list:
-        values = suggested_lora_settings(manager.registry.get(model_id).native_resolution[0])
-        return [values["resolution"], values["rank"], values["alpha"], values["lr"], values["epochs"], values["convs"]]
+        values = manager.registry.get(model_id).suggested_lora_settings()
+        return [values[key] for key in ("resolution", "rank", "alpha", "lr", "epochs", "convs", "timesteps")]
 
     @user_errors
     def start_training(request: gr.Request | None, *values: Any) -> tuple[dict, str]:
@@ -355,7 +365,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     upload.upload(
         on_upload, [upload, asset_type, resolution, allow_small], [folder, report_text, report_table], api_name=False
     )
-    model.change(on_model, model, [resolution, rank, alpha, lr, epochs, convs], api_name=False)
+    model.change(on_model, model, [resolution, rank, alpha, lr, epochs, convs, timesteps], api_name=False)
     start.click(start_training, settings, [job_json, status], api_name="start_training").then(
         lambda: gr.Timer(active=True), None, timer, api_name=False
     )
