@@ -11,7 +11,7 @@ from brandgen.export import export_items
 from brandgen.gallery import GalleryItem, GalleryPage, GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.png_settings import read_parameters
-from brandgen.ownership import private_gallery
+from brandgen.ownership import Access, private_gallery
 from brandgen.ui.common import NO_LORA, access_of, user_errors
 from brandgen.ui.generate_tab import GenerateControls
 
