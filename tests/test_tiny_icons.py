@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -133,6 +134,25 @@ def test_context_captions_say_where_the_icon_goes_and_keep_everything_else():
                 rest = b.replace(a, "", 1)
                 assert a in b and any(c in rest for c in contexts), (a, b)
     assert 0.2 <= changed / (len(plain) * 3) <= 0.4
+
+
+def test_modifier_captions_put_a_context_word_after_the_concept_and_keep_everything_else():
+    """"bell dashboard icon": the word before "icon" is not always the concept, so "gear ui icon" can mean a gear."""
+    plain = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, context=0.3)
+    mod = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, context=0.3, modifiers=0.3)
+    assert icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, context=0.3, modifiers=0.0) == plain
+    contexts = icon_data.CONCEPTS["contexts"]
+    changed = 0
+    for old, new in zip(plain, mod):
+        assert (old.icon, old.fg, old.bg, old.scale, old.fg2) == (new.icon, new.fg, new.bg, new.scale, new.fg2)
+        for a, b in zip(old.captions, new.captions):
+            if a != b:
+                changed += 1
+                inserted = [c for c in contexts if f" {c}" in b and b.replace(f" {c}", "", 1) == a]
+                assert inserted, (a, b)  # the same caption with one context word added after a word
+    assert 0.2 <= changed / (len(plain) * 3) <= 0.4
+    compounds = [c for v in mod for c in v.captions if re.search(r"\bbell (%s) icon\b" % "|".join(contexts), c)]
+    assert compounds  # the compound lands between the concept and "icon"
 
 
 def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():
