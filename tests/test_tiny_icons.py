@@ -155,6 +155,20 @@ def test_modifier_captions_put_a_context_word_after_the_concept_and_keep_everyth
     assert compounds  # the compound lands between the concept and "icon"
 
 
+def test_medium_tags_are_never_the_concept_word_when_dropped():
+    """An icon set tags its layout icons "ui" and its app window "app"; with drop_medium_tags a caption never names
+    the icon by such a tag (other tags still), and without it the captions are those of earlier runs."""
+    meta = [{**_meta(), "tags": ["ui", "alarm"]}, {**_meta(None), "name": "x", "phrase": "x", "tags": ["app", "mobile"]}]
+    assert icon_data.make_variants(meta, 60, 3, seed=1, drop_medium_tags=False) == icon_data.make_variants(meta, 60, 3, 1)
+    held = {w for p in icon_data.CONCEPTS["heldout_phrasings"] for w in p.replace(",", " ").split() if "{" not in w}
+    assert {"ui", "app", "mobile", "glyph"} <= icon_data.MEDIUM_WORDS and held & icon_data.MEDIUM_WORDS
+    kept = icon_data.make_variants(meta, 60, 3, seed=1)
+    dropped = icon_data.make_variants(meta, 60, 3, seed=1, drop_medium_tags=True)
+    words = lambda variants: {w for v in variants for c in v.captions for w in re.findall(r"[a-z]+", c)}  # noqa: E731
+    assert {"ui", "app", "mobile", "alarm"} <= words(kept)
+    assert not {"ui", "app", "mobile"} & words(dropped) and "alarm" in words(dropped)
+
+
 def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():
     from brandgen.tiny.eval import color_family
 

@@ -22,6 +22,7 @@ from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES
 from brandgen.tiny.eval import color_family
 
 CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
+MEDIUM_WORDS = frozenset(CONCEPTS["medium_words"])  # tags naming the medium: never a concept word with drop_medium_tags
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
 DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
 DARK_FG = {"black", "navy", "brown", "crimson", "purple"}  # too dark to read on a dark background
@@ -86,13 +87,16 @@ def _colour_and_background(rng: random.Random) -> tuple[tuple, tuple, str, str]:
     return fg, bg, colour_words, bg_words
 
 
-def caption(meta: dict, colour: str, background: str, rng: random.Random, modifier: str | None = None) -> str:
+def caption(meta: dict, colour: str, background: str, rng: random.Random, modifier: str | None = None,
+            drop_medium: bool = False) -> str:
     """One caption in a randomly chosen training phrasing (never the held-out ones in concepts.json).
-    `modifier` (a context word) follows the concept word as a compound: "bell dashboard icon" (make_variants)."""
+    `modifier` (a context word) follows the concept word as a compound: "bell dashboard icon" (make_variants);
+    `drop_medium`: a tag naming the medium ("ui", "app", concepts.json medium_words) is never the concept word."""
     words = _words_for(meta)
     word = words[0] if rng.random() < 0.55 or len(words) == 1 else rng.choice(words[1:])
-    if meta.get("tags") and rng.random() < 0.12:
-        word = rng.choice(meta["tags"])
+    tags = [t for t in meta.get("tags") or [] if not (drop_medium and t in MEDIUM_WORDS)]
+    if meta.get("tags") and rng.random() < 0.12 and tags:
+        word = rng.choice(tags)
     if modifier:
         word = f"{word} {modifier}"
     style = rng.choice(icon_sets.STYLE_WORDS[(meta["set"], meta["style"])])
@@ -161,7 +165,7 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
 
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
                   concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
-                  any_colour: float = 0.0, modifiers: float = 0.0) -> list[Variant]:
+                  any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -183,7 +187,11 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
     and the models drew "gear ui icon" as a gear 26% of the time against 98% for "gear icon, brown" (run 7,
     scripts/phrasing_ablation.py): they took "ui", a tag of 63 layout icons, for the concept. Context words are
     none of the held-out phrasings' words (a test), so the eval still measures "ui", "app", "mobile" unseen.
-    Separate generator; 0 keeps earlier runs' captions."""
+    Separate generator; 0 keeps earlier runs' captions.
+
+    drop_medium_tags: tags that name the medium, not the subject (concepts.json medium_words: an icon set tags its
+    layout icons "ui", its app window "app", its antenna bars "mobile") are never a caption's concept word, so
+    "app bell icon" does not ask for an app window (run 7: 50% top-5 vs 100% for "bell icon", same seeds)."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -203,7 +211,8 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                     colour = f"{colour} and {name2}"
             mods = random.Random(seed * 13_000_019 + i * 131 + v) if modifiers > 0 else None
             caps = [caption(m, colour, background, rng,
-                            mods.choice(CONCEPTS["contexts"]) if mods and mods.random() < modifiers else None)
+                            mods.choice(CONCEPTS["contexts"]) if mods and mods.random() < modifiers else None,
+                            drop_medium_tags)
                     for _ in range(captions_per_variant)]
             if context > 0:
                 caps = with_context(caps, context, random.Random(seed * 9_000_011 + i * 131 + v))
@@ -217,7 +226,8 @@ def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
     ones (the text stage once left out two_tone, so its encoder never saw "teal and orange" captions)."""
     return make_variants(meta, dcfg["variants_per_icon"], dcfg.get("captions_per_image", 1), dcfg["seed"],
                          dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
-                         dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0))
+                         dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0),
+                         dcfg.get("drop_medium_tags", False))
 
 
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

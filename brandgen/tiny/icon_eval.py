@@ -100,7 +100,8 @@ def heldout_prompts(per_concept: int = 4, seed: int = SEED) -> list[dict]:
             word = spec["words"][j % len(spec["words"])]
             color = EVAL_COLORS[(ci * per_concept + j) % len(EVAL_COLORS)]
             phrasing = phrasings[(ci + j) % len(phrasings)]
-            out.append({"concept": concept, "color": color, "prompt": phrasing.format(word=word, color=color),
+            out.append({"concept": concept, "word": word, "color": color,
+                        "prompt": phrasing.format(word=word, color=color),
                         "seed": seed + ci * 100 + j, "phrasing": phrasing})
     rng.shuffle(out)
     return out
