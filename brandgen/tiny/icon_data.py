@@ -209,7 +209,8 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                 if extra.random() < two_tone:
                     fg2, name2 = _second_colour(fg, bg, extra)
                     colour = f"{colour} and {name2}"
-            mods = random.Random(seed * 13_000_019 + i * 131 + v) if modifiers > 0 else None
+            # a string seed: the integer ones above all coincide at seed 0, which tied modifiers to contexts
+            mods = random.Random(f"modifiers:{seed}:{i}:{v}") if modifiers > 0 else None
             caps = [caption(m, colour, background, rng,
                             mods.choice(CONCEPTS["contexts"]) if mods and mods.random() < modifiers else None,
                             drop_medium_tags)
