@@ -191,7 +191,7 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
 
     drop_medium_tags: tags that name the medium, not the subject (concepts.json medium_words: an icon set tags its
     layout icons "ui", its app window "app", its antenna bars "mobile") are never a caption's concept word, so
-    "app bell icon" does not ask for an app window (run 7: 50% top-5 vs 100% for "bell icon", same seeds)."""
+    "app telephone icon" does not ask for an app window (run 7: 50% top-5 vs 100% for "telephone icon", same seeds)."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
