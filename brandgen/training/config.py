@@ -19,10 +19,8 @@ TIMESTEP_SAMPLING = ("uniform", "high-noise")
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
 
 
-LORA_SETTING_TYPES: dict[str, type | tuple[type, ...]] = {
-    "resolution": int, "rank": int, "alpha": (int, float), "lr": (int, float), "epochs": int, "convs": bool,
-    "timesteps": str,
-}
+# a registry entry's lora_settings: TrainConfig fields, plus the Train tab's "convs" checkbox (-> target_modules)
+LORA_SETTINGS = ("resolution", "rank", "alpha", "lr", "epochs", "convs", "timesteps")
 
 
 def suggested_lora_settings(native_size: int, model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -44,11 +42,11 @@ def lora_settings_problems(settings: Any, family: str) -> list[str]:
     """Why a registry entry's `lora_settings` cannot be used (empty when it can)."""
     if not isinstance(settings, dict):
         return ["lora_settings must be an object"]
-    problems = [f"lora_settings.{key} is not a setting ({', '.join(LORA_SETTING_TYPES)})"
-                for key in settings if key not in LORA_SETTING_TYPES]
-    problems += [f"lora_settings.{key} must be {kind.__name__ if isinstance(kind, type) else 'a number'}"
-                 for key, kind in LORA_SETTING_TYPES.items() if key in settings
-                 and (isinstance(settings[key], bool) != (kind is bool) or not isinstance(settings[key], kind))]
+    types = {f.name: f.type for f in fields(TrainConfig)} | {"convs": "bool"}  # TrainConfig.from_dict's check
+    problems = [f"lora_settings.{key} is not a setting ({', '.join(LORA_SETTINGS)})"
+                for key in settings if key not in LORA_SETTINGS]
+    problems += [f"lora_settings.{key} must be {'a number' if types[key] == 'float' else types[key]}"
+                 for key in LORA_SETTINGS if key in settings and not _fits(settings[key], types[key])]
     steps = settings.get("timesteps", "uniform")
     if steps not in TIMESTEP_SAMPLING:
         problems.append(f"lora_settings.timesteps must be one of {TIMESTEP_SAMPLING}")

@@ -53,8 +53,9 @@ def config_from_ui(
 ) -> TrainConfig:
     """Widget values (floats, blanks) -> a validated TrainConfig; `convs` adds a UNet's resnet layers."""
     targets = [*get_family(family).default_targets, *UNET_CONV_TARGETS] if convs and family in ("sd15", "sdxl") else []
+    timesteps = timesteps or "uniform"
     if family:  # a flow model refuses high-noise timesteps here, before a job starts
-        get_family(family).use_timesteps(timesteps or "uniform")
+        get_family(family).use_timesteps(timesteps)
     return TrainConfig(
         name=(name or "").strip(),
         base_model=model_id,
@@ -78,7 +79,7 @@ def config_from_ui(
         cudnn_attention=bool(cudnn_attention),
         cuda_graph=bool(cuda_graph),
         fp8_base=bool(fp8_base),
-        timesteps=timesteps or "uniform",
+        timesteps=timesteps,
     ).validated()
 
 
