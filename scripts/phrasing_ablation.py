@@ -48,9 +48,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    variants = dict(v.split("=", 1) for v in args.variant) if args.variant else VARIANTS
-    if args.variant:
-        variants = {"held-out": args.phrasing, **variants}
+    # the built-in variants are the ui phrasing's words; another phrasing gets only its own variants
+    given = dict(v.split("=", 1) for v in args.variant)
+    variants = VARIANTS if args.phrasing == HELD and not given else {"held-out": args.phrasing, **given}
     result = {"model": args.model, "variants": ablate(icon_eval.load_pipeline(args.model, args.device),
                                                       args.phrasing, variants)}
     if args.out:
