@@ -90,10 +90,11 @@ def rank_concepts(vector: np.ndarray, refs: np.ndarray, ref_concepts: list[str])
     return sorted(best.items(), key=lambda kv: -kv[1])
 
 
-def heldout_prompts(per_concept: int = 4, seed: int = SEED) -> list[dict]:
-    """per_concept prompts a concept, in the held-out phrasings, each with its own colour and seed."""
+def heldout_prompts(per_concept: int = 4, seed: int = SEED, phrasings: str = "heldout") -> list[dict]:
+    """per_concept prompts a concept, in a set of held-out phrasings ("heldout", or "control": the set written
+    before training captions used the first set's words), each with its own colour and seed."""
     rng = random.Random(seed)
-    phrasings = CONCEPTS["heldout_phrasings"]
+    phrasings = CONCEPTS[f"{phrasings}_phrasings"]
     out = []
     for ci, (concept, spec) in enumerate(CONCEPTS["concepts"].items()):
         for j in range(per_concept):
@@ -248,6 +249,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance", type=float, default=6.0, help="the app default for brandgen-tiny")
     parser.add_argument("--guidance-until", type=float, default=1.0,
                         help="stop classifier-free guidance after this share of the steps (1 = every step)")
+    parser.add_argument("--phrasings", choices=["heldout", "control"], default="heldout",
+                        help="concepts.json heldout_phrasings, or control_phrasings (unseen words for models trained "
+                             "with data.medium_modifiers, which puts the first set's words into captions)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     parser.add_argument("--make-refs", default=None, metavar="PACK", help="rebuild eval_refs.npz from an icon pack")
@@ -269,7 +273,8 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     pipe = load_pipeline(args.model, args.device)
-    summary = evaluate_pipeline(pipe, heldout_prompts(args.per_concept), args.steps, args.guidance, args.batch,
+    items = heldout_prompts(args.per_concept, phrasings=args.phrasings)
+    summary = evaluate_pipeline(pipe, items, args.steps, args.guidance, args.batch,
                                 keep_images=bool(args.sheet), guidance_until=args.guidance_until)
     if args.sheet:
         contact_sheet(summary.pop("images"), summary["results"], args.sheet)
