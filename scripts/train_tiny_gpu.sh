@@ -35,7 +35,7 @@ collect() {  # log, summary, eval, sheets and the model (in <= 15 MiB parts) int
     grep -q '"total_seconds"' "$LOG" || { echo "training failed (see train_log.txt)"; tail -n 30 "$OUT/train_log.txt"; exit 1; }
     echo finished
     (cd /tmp && tar czf "$OUT/work.tgz" --ignore-failed-read work/train_log.txt work/summary.json work/eval.json \
-        work/contact_sheet.png work/samples.png work/state.json work/text_init/pretrain.json 2>/dev/null
+        work/contact_sheet.png work/eval_control.json work/samples.png work/state.json work/text_init/pretrain.json 2>/dev/null
      tar czf - model | split -b 15M - "$OUT/model.tgz.")
     ls -la "$OUT"
 }

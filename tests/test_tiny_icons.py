@@ -173,6 +173,45 @@ def test_medium_tags_are_never_the_concept_word_when_dropped():
     assert not {"ui", "app", "mobile"} & words(dropped) and "alarm" in words(dropped)
 
 
+def test_medium_modifiers_put_a_medium_word_before_or_after_the_concept_and_keep_everything_else():
+    """"app bell icon", "bell ui icon": what a designer means by the medium words that run 9-short still drew as
+    layouts; off (0) the captions are those of earlier runs."""
+    opts = dict(context=0.3, modifiers=0.3, drop_medium_tags=True)
+    plain = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, **opts)
+    assert [v.captions for v in plain] == [v.captions for v in icon_data.make_variants(
+        [_meta(), _meta(None)], 50, 3, seed=5, medium_modifiers=0.0, **opts)]
+    med = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=5, medium_modifiers=0.4, **opts)
+    changed = _caption_changes(plain, med)
+    before = after = 0
+    for a, b in changed:
+        a, b = a.replace(" an ", " a "), b.replace(" an ", " a ")  # "an alarm" -> "a mobile alarm"
+        hit = [w for w in icon_data.MEDIUM_MODIFIERS if a in (b.replace(f" {w} ", " ", 1), b.replace(f"{w} ", "", 1),
+                                                              b.replace(f" {w}", "", 1))]
+        assert hit, (a, b)
+        before += any(re.search(rf"\b{w} (bell|alert|alarm|notification)", b) for w in hit)
+        after += any(re.search(rf"(bell|alert|alarm|notification) {w}\b", b) for w in hit)
+    assert 0.15 <= len(changed) / (len(plain) * 3) <= 0.4  # 0.4 of the ~70% without a context modifier
+    assert before > 5 and after > 5
+    used = {w for _, b in changed for w in re.findall(r"[a-z]+", b)} & set(icon_data.MEDIUM_MODIFIERS)
+    assert {"ui", "app", "mobile"} <= used and not {"icon", "glyph", "symbol"} & set(icon_data.MEDIUM_MODIFIERS)
+
+
+def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of():
+    """The second held-out set stays unseen with every caption option on: no context, medium or template word."""
+    control = icon_data.CONCEPTS["control_phrasings"]
+    words = {w for p in control for w in re.findall(r"[a-z]+", p.replace("{word}", "").replace("{color}", ""))}
+    words -= {"a", "for", "in"}
+    assert len(control) == 4 and len(words) >= 10
+    contexts = {w for c in icon_data.CONCEPTS["contexts"] for w in c.split()}
+    held = {w for p in icon_data.CONCEPTS["heldout_phrasings"] for w in re.findall(r"[a-z]+", p)}
+    templates = {w for t in icon_data.TEMPLATES.values() for part in t for w in re.findall(r"[a-z]+", part)}
+    assert not words & (contexts | icon_data.MEDIUM_WORDS | held | templates)
+    every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
+                                    drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2)
+    seen = {w for v in every for c in v.captions for w in re.findall(r"[a-z]+", c)}
+    assert "ui" in seen and not words & seen
+
+
 def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():
     from brandgen.tiny.eval import color_family
 

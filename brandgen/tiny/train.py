@@ -212,6 +212,11 @@ def train(cfg: dict, work_dir: str | Path, out: str | Path, resume: bool = False
         (run.work / "eval.json").write_text(json.dumps(scores, indent=1))
         summary["eval"] = {k: v for k, v in scores.items() if k != "results"}
         log("eval", run.start, **summary["eval"])
+        control = tiny_eval.evaluate_pipeline(pipe, tiny_eval.heldout_prompts(eval_n, phrasings="control"),
+                                              cfg["sample"]["steps"], cfg["sample"]["guidance_scale"])
+        (run.work / "eval_control.json").write_text(json.dumps(control, indent=1))
+        summary["eval_control"] = {k: v for k, v in control.items() if k != "results"}
+        log("eval_control", run.start, **summary["eval_control"])
     summary["timings"]["save_samples_eval"] = round(time.time() - t0, 1)
     summary["total_seconds"] = round(time.time() - run.start, 1)
     (run.work / "summary.json").write_text(json.dumps(summary, indent=1))
