@@ -196,6 +196,22 @@ def test_medium_modifiers_put_a_medium_word_before_or_after_the_concept_and_keep
     assert {"ui", "app", "mobile"} <= used and not {"icon", "glyph", "symbol"} & set(icon_data.MEDIUM_MODIFIERS)
 
 
+def test_format_modifiers_put_a_format_noun_after_the_concept_and_leave_other_options_alone():
+    """"bell decal icon": a noun after the concept says what it is drawn as; the other modifiers are unchanged."""
+    opts = dict(context=0.3, modifiers=0.3, drop_medium_tags=True, medium_modifiers=0.4)
+    plain = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=3, **opts)
+    fmt = icon_data.make_variants([_meta(), _meta(None)], 50, 3, seed=3, format_modifiers=0.4, **opts)
+    changed = _caption_changes(plain, fmt)
+    formats = icon_data.CONCEPTS["format_words"]
+    for a, b in changed:
+        hit = [w for w in formats if re.search(rf"\b(bell|alert|alarm|notification) {w}\b", b)
+               and b.replace(f" {w}", "", 1).replace(" an ", " a ") == a.replace(" an ", " a ")]
+        assert hit, (a, b)
+    share = len(changed) / (len(plain) * 3)
+    assert 0.1 <= share <= 0.3  # 0.4 of the ~42% with neither a context nor a medium modifier
+    assert len({w for _, b in changed for w in formats if f" {w}" in b}) >= 6
+
+
 def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of():
     """The second held-out set stays unseen with every caption option on: no context, medium or template word."""
     control = icon_data.CONCEPTS["control_phrasings"]
@@ -205,9 +221,11 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     contexts = {w for c in icon_data.CONCEPTS["contexts"] for w in c.split()}
     held = {w for p in icon_data.CONCEPTS["heldout_phrasings"] for w in re.findall(r"[a-z]+", p)}
     templates = {w for t in icon_data.TEMPLATES.values() for part in t for w in re.findall(r"[a-z]+", part)}
-    assert not words & (contexts | icon_data.MEDIUM_WORDS | held | templates)
+    formats = set(icon_data.CONCEPTS["format_words"])
+    assert not words & (contexts | icon_data.MEDIUM_WORDS | held | templates | formats)
     every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
-                                    drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2)
+                                    drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
+                                    format_modifiers=0.4)
     seen = {w for v in every for c in v.captions for w in re.findall(r"[a-z]+", c)}
     assert "ui" in seen and not words & seen
 

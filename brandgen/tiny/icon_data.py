@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -167,21 +168,24 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
     return _jitter(COLORS[name][0], rng), name
 
 
-def _modifier(mods: random.Random | None, share: float, medium: random.Random | None,
-              medium_share: float) -> str | None:
-    """A context word after the concept word (share), else a medium word before or after it (medium_share)."""
-    if mods and mods.random() < share:
-        return mods.choice(CONCEPTS["contexts"])
-    if medium and medium.random() < medium_share:
-        word = medium.choice(MEDIUM_MODIFIERS)
-        return f"{word} {{}}" if medium.random() < 0.5 else f"{{}} {word}"
+def _medium_form(rng: random.Random) -> str:
+    word = rng.choice(MEDIUM_MODIFIERS)
+    return f"{word} {{}}" if rng.random() < 0.5 else f"{{}} {word}"
+
+
+def _modifier(sources: list[tuple[random.Random | None, float, Callable[[random.Random], str]]]) -> str | None:
+    """The first source (own generator, share, form) that fires: a context word, else a medium word, else a
+    format noun; each source draws from its own generator, so one at 0 leaves the others' captions as they were."""
+    for rng, share, form in sources:
+        if rng and rng.random() < share:
+            return form(rng)
     return None
 
 
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
                   concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
                   any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False,
-                  medium_modifiers: float = 0.0) -> list[Variant]:
+                  medium_modifiers: float = 0.0, format_modifiers: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -214,7 +218,13 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
     the tags only stops teaching "ui" as a layout; these captions teach what a designer means by it (run 9-short
     with drop_medium_tags alone: "gear ui icon" 20% top-5). This puts the held-out phrasings' words into training on
     purpose, chosen after seeing their failures: concepts.json control_phrasings is the held-out set for such models.
-    Separate generator; 0 keeps earlier runs' captions."""
+    Separate generator; 0 keeps earlier runs' captions.
+
+    format_modifiers: the share of the captions left whose concept word is followed by a format noun (concepts.json
+    format_words: "bell decal icon", "teal gear seal"): a designer's "bell badge" or "bell sticker" asks for a bell
+    drawn as one, and run 10-short drew the control phrasing "{color} {word} badge" as a badge (22% top-5). The
+    control phrasings' nouns are not format words (a test), so they measure whether the rule carries to unseen
+    ones. Separate generator; 0 keeps earlier runs' captions."""
     out = []
     for i, m in enumerate(meta):
         if m.get("heldout"):
@@ -235,7 +245,11 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
             # a string seed: the integer ones above all coincide at seed 0, which tied modifiers to contexts
             mods = random.Random(f"modifiers:{seed}:{i}:{v}") if modifiers > 0 else None
             medium = random.Random(f"medium:{seed}:{i}:{v}") if medium_modifiers > 0 else None
-            caps = [caption(m, colour, background, rng, _modifier(mods, modifiers, medium, medium_modifiers),
+            fmt = random.Random(f"format:{seed}:{i}:{v}") if format_modifiers > 0 else None
+            sources = [(mods, modifiers, lambda r: r.choice(CONCEPTS["contexts"])),
+                       (medium, medium_modifiers, _medium_form),
+                       (fmt, format_modifiers, lambda r: "{} " + r.choice(CONCEPTS["format_words"]))]
+            caps = [caption(m, colour, background, rng, _modifier(sources),
                             drop_medium_tags)
                     for _ in range(captions_per_variant)]
             if context > 0:
@@ -251,7 +265,8 @@ def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
     return make_variants(meta, dcfg["variants_per_icon"], dcfg.get("captions_per_image", 1), dcfg["seed"],
                          dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
                          dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0),
-                         dcfg.get("drop_medium_tags", False), dcfg.get("medium_modifiers", 0.0))
+                         dcfg.get("drop_medium_tags", False), dcfg.get("medium_modifiers", 0.0),
+                         dcfg.get("format_modifiers", 0.0))
 
 
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
