@@ -25,10 +25,13 @@ VARIANTS = {"held-out": HELD, "without 'color'": "{word} ui icon, {color}",
 
 
 def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) -> dict[str, dict]:
-    """Each variant on the held-out items of `phrasing` (same concept word, colour and seed per item)."""
-    items = [it for it in icon_eval.heldout_prompts(per_concept) if it["phrasing"] == phrasing]
-    if not items:
-        raise SystemExit(f"{phrasing!r} is not a held-out phrasing: {icon_eval.CONCEPTS['heldout_phrasings']}")
+    """Each variant on the held-out items of `phrasing` (same concept word, colour and seed per item), from either
+    held-out set (concepts.json heldout_phrasings or control_phrasings)."""
+    sets = [name for name in ("heldout", "control") if phrasing in icon_eval.CONCEPTS[f"{name}_phrasings"]]
+    if not sets:
+        known = icon_eval.CONCEPTS["heldout_phrasings"] + icon_eval.CONCEPTS["control_phrasings"]
+        raise SystemExit(f"{phrasing!r} is not a held-out phrasing: {known}")
+    items = [it for it in icon_eval.heldout_prompts(per_concept, phrasings=sets[0]) if it["phrasing"] == phrasing]
     out = {}
     for name, form in variants.items():
         chunk = [{**it, "prompt": form.format(word=it["word"], color=it["color"])} for it in items]
@@ -42,7 +45,7 @@ def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="assets/brandgen-tiny")
-    parser.add_argument("--phrasing", default=HELD, help="one of concepts.json heldout_phrasings")
+    parser.add_argument("--phrasing", default=HELD, help="one of concepts.json heldout_phrasings or control_phrasings")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FORM",
                         help="a phrasing with {word} and {color} (repeatable; default: the 'ui icon' ablation)")
     parser.add_argument("--device", default="cpu")

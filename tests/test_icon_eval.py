@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from script_loader import load_script
 
 from brandgen.tiny import icon_eval, model, recipe
 
@@ -104,3 +105,25 @@ def test_control_phrasings_ask_for_the_same_concepts_colours_and_seeds_in_other_
     assert not {it["prompt"] for it in held} & {it["prompt"] for it in control}
     for it in control:
         assert it["phrasing"].format(word=it["word"], color=it["color"]) == it["prompt"]
+
+
+def test_phrasing_ablation_takes_its_items_from_either_held_out_set(text_parts):
+    ablation = load_script("phrasing_ablation")
+    tokenizer, text = text_parts
+    asked = []
+
+    class RecordingPipeline:
+        def __init__(self):
+            self.tokenizer, self.text_encoder = tokenizer, text
+
+        def __call__(self, prompts, **_):
+            asked.extend(prompts)
+            return SimpleNamespace(images=[Image.fromarray(np.full((64, 64, 3), 255, np.uint8)) for _ in prompts])
+
+    badge = "{color} {word} badge for a tablet kiosk"
+    out = ablation.ablate(RecordingPipeline(), badge, {"held-out": badge, "no badge": "{color} {word} icon"}, 1)
+    items = [it for it in icon_eval.heldout_prompts(1, phrasings="control") if it["phrasing"] == badge]
+    assert out["held-out"]["n"] == out["no badge"]["n"] == len(items) > 5
+    assert asked == [it["prompt"] for it in items] + [f"{it['color']} {it['word']} icon" for it in items]
+    with pytest.raises(SystemExit, match="not a held-out phrasing"):
+        ablation.ablate(RecordingPipeline(), "{word} banner", {}, 1)
