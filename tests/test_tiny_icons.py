@@ -212,6 +212,29 @@ def test_format_modifiers_put_a_format_noun_after_the_concept_and_leave_other_op
     assert len({w for _, b in changed for w in formats if f" {w}" in b}) >= 6
 
 
+def test_random_places_name_made_up_places_after_the_caption_from_the_icons_words_but_not_the_controls():
+    """"bell icon for a rocket ledger": what follows "for a" is a place, whatever it names; the control phrasings'
+    place words (tablet, kiosk, report ...) stay out of it, and 0 leaves the captions of earlier runs."""
+    rocket = {**_meta(None), "name": "rocket", "phrase": "rocket", "tags": ["launch", "tablet", "tablets", "ledger"]}
+    meta = [_meta(), rocket]
+    vocab = icon_data.place_vocabulary(meta)
+    assert {"rocket", "launch", "ledger", "alarm", "alert"} <= set(vocab) and not {"tablet", "tablets"} & set(vocab)
+    opts = dict(context=0.5, modifiers=0.3, drop_medium_tags=True)
+    plain = icon_data.make_variants(meta, 40, 3, seed=4, **opts)
+    assert [v.captions for v in plain] == [v.captions for v in icon_data.make_variants(
+        meta, 40, 3, seed=4, random_places=0.0, **opts)]
+    placed = icon_data.make_variants(meta, 40, 3, seed=4, random_places=0.5, **opts)
+    changed, places = _caption_changes(plain, placed), set()
+    for a, b in changed:
+        tail = re.search(r"(?: for an? |, )([a-z]+(?: [a-z]+)?)$", b)
+        assert tail and set(tail.group(1).split()) <= set(vocab), (a, b)  # after the caption, icon words only
+        assert b[:tail.start()] in a, (a, b)  # the same caption, only its context phrase swapped
+        places.update(tail.group(1).split())
+    share = len(changed) / (len(plain) * 3)
+    assert 0.15 <= share <= 0.35  # half of the ~50% with a context phrase
+    assert len(places) >= 5 and "tablet" not in places  # a tag of the rocket, and a control phrasing's word
+
+
 def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of():
     """The second held-out set stays unseen with every caption option on: no context, medium or template word."""
     control = icon_data.CONCEPTS["control_phrasings"]
@@ -225,7 +248,7 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     assert not words & (contexts | icon_data.MEDIUM_WORDS | held | templates | formats)
     every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
                                     drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
-                                    format_modifiers=0.4)
+                                    format_modifiers=0.4, random_places=0.5)
     seen = {w for v in every for c in v.captions for w in re.findall(r"[a-z]+", c)}
     assert "ui" in seen and not words & seen
 

@@ -8,25 +8,27 @@ templates. Images are composed on the training device from the masks, so the pac
 
 from __future__ import annotations
 
-import json
 import random
-from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
 from brandgen.tiny import icon_sets
+from brandgen.tiny.caption_options import (  # noqa: F401 (CONCEPTS, MEDIUM_* are icon_data's API too)
+    CONCEPTS,
+    MEDIUM_MODIFIERS,
+    MEDIUM_WORDS,
+    article,
+    first_modifier,
+    medium_form,
+    place_vocabulary,
+    with_context,
+)
 from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES
 from brandgen.tiny.eval import color_family
 
-CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
-MEDIUM_WORDS = frozenset(CONCEPTS["medium_words"])  # tags naming the medium: never a concept word with drop_medium_tags
-# the medium words a caption can put next to the concept word (data.medium_modifiers); "icon", "glyph" ... are the
-# phrasings' own nouns already
-MEDIUM_MODIFIERS = sorted(MEDIUM_WORDS - {"icon", "icons", "glyph", "symbol", "symbols"})
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
 DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
 DARK_FG = {"black", "navy", "brown", "crimson", "purple"}  # too dark to read on a dark background
@@ -45,10 +47,6 @@ def _words_for(meta: dict) -> list[str]:
 
 def hex_of(rgb) -> str:
     return "#{:02x}{:02x}{:02x}".format(*(int(c) for c in rgb))
-
-
-def _article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
 
 
 @dataclass
@@ -112,20 +110,20 @@ def caption(meta: dict, colour: str, background: str, rng: random.Random, modifi
     if form == 1:
         return f"{style} {word} icon, {colour}"
     if form == 2:
-        return f"{_article(colour)} {colour} {word} icon on a {background}"
+        return f"{article(colour)} {colour} {word} icon on a {background}"
     if form == 3:
         head = f"{trigger}, " if rng.random() < 0.5 else ""
-        return f"{head}{prefix} {_article(colour)} {colour} {word}, {style}, {suffix}"
+        return f"{head}{prefix} {article(colour)} {colour} {word}, {style}, {suffix}"
     if form == 4:
         return f"{word}, {style} icon in {colour}, {background}"
     if form == 5:
         return f"{colour} {style} {word} symbol"
     if form == 6:
         ltrig, lprefix, lsuffix = TEMPLATES["logo"]
-        return f"{ltrig}, {lprefix} {_article(colour)} {colour} {word}, {lsuffix}"
+        return f"{ltrig}, {lprefix} {article(colour)} {colour} {word}, {lsuffix}"
     if form == 7:
         extra = f", {meta['category'].lower()}" if meta.get("category") else ""
-        return f"{style} icon of {_article(word)} {word}{extra}, {colour} on {background}"
+        return f"{style} icon of {article(word)} {word}{extra}, {colour} on {background}"
     return f"{colour} {word}"
 
 
@@ -143,20 +141,6 @@ def _any_colour(bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], st
     return rgb, hex_of(rgb) if rng.random() < 0.5 else color_family(rgb)
 
 
-def with_context(captions: list[str], share: float, rng: random.Random) -> list[str]:
-    """About `share` of the captions with a context phrase before or after them (see make_variants)."""
-    out = []
-    for cap in captions:
-        if rng.random() >= share:
-            out.append(cap)
-            continue
-        where = rng.choice(CONCEPTS["contexts"])
-        form = rng.randrange(3)
-        out.append(f"{cap} for {_article(where)} {where}" if form == 0 else f"{cap}, {where}" if form == 1
-                   else f"{where} {cap}")
-    return out
-
-
 def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int, int, int], str]:
     """A fill colour of another family than the line, readable against the background."""
     def far(rgb: tuple, other: tuple) -> bool:
@@ -168,24 +152,11 @@ def _second_colour(fg: tuple, bg: tuple, rng: random.Random) -> tuple[tuple[int,
     return _jitter(COLORS[name][0], rng), name
 
 
-def _medium_form(rng: random.Random) -> str:
-    word = rng.choice(MEDIUM_MODIFIERS)
-    return f"{word} {{}}" if rng.random() < 0.5 else f"{{}} {word}"
-
-
-def _modifier(sources: list[tuple[random.Random | None, float, Callable[[random.Random], str]]]) -> str | None:
-    """The first source (own generator, share, form) that fires: a context word, else a medium word, else a
-    format noun; each source draws from its own generator, so one at 0 leaves the others' captions as they were."""
-    for rng, share, form in sources:
-        if rng and rng.random() < share:
-            return form(rng)
-    return None
-
-
 def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, seed: int,
                   concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
                   any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False,
-                  medium_modifiers: float = 0.0, format_modifiers: float = 0.0) -> list[Variant]:
+                  medium_modifiers: float = 0.0, format_modifiers: float = 0.0,
+                  random_places: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -222,10 +193,18 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
 
     format_modifiers: the share of the captions left whose concept word is followed by a format noun (concepts.json
     format_words: "bell decal icon", "teal gear seal"): a designer's "bell badge" or "bell sticker" asks for a bell
-    drawn as one, and run 10-short drew the control phrasing "{color} {word} badge" as a badge (22% top-5). The
-    control phrasings' nouns are not format words (a test), so they measure whether the rule carries to unseen
-    ones. Separate generator; 0 keeps earlier runs' captions."""
+    drawn as one. Run 10-short already draws "teal telephone badge" as a telephone (88% top-5; its control misses
+    come from the place, see random_places), so this is for format nouns that are icons of their own ("seal",
+    "tile", "sign"). The control phrasings' nouns are not format words (a test). Separate generator; 0 keeps
+    earlier runs' captions.
+
+    random_places: the share of context phrases (data.context) that name a made-up place of one or two words from
+    the icons' names and tags ("bell icon for a rocket ledger") instead of the 24 contexts: run 10-short drew "teal
+    telephone badge" right (88% top-5) and "teal telephone for a tablet kiosk" wrong (14%), so an unseen place that
+    names an icon ("tablet") takes over the drawing. The control phrasings' words are left out of the vocabulary
+    (place_vocabulary), so they measure whether "for a ..." is learned as a place. Separate generator."""
     out = []
+    vocabulary = place_vocabulary(meta) if random_places > 0 else None
     for i, m in enumerate(meta):
         if m.get("heldout"):
             continue
@@ -247,13 +226,15 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
             medium = random.Random(f"medium:{seed}:{i}:{v}") if medium_modifiers > 0 else None
             fmt = random.Random(f"format:{seed}:{i}:{v}") if format_modifiers > 0 else None
             sources = [(mods, modifiers, lambda r: r.choice(CONCEPTS["contexts"])),
-                       (medium, medium_modifiers, _medium_form),
+                       (medium, medium_modifiers, medium_form),
                        (fmt, format_modifiers, lambda r: "{} " + r.choice(CONCEPTS["format_words"]))]
-            caps = [caption(m, colour, background, rng, _modifier(sources),
+            caps = [caption(m, colour, background, rng, first_modifier(sources),
                             drop_medium_tags)
                     for _ in range(captions_per_variant)]
             if context > 0:
-                caps = with_context(caps, context, random.Random(seed * 9_000_011 + i * 131 + v))
+                places = random.Random(f"places:{seed}:{i}:{v}") if vocabulary else None
+                caps = with_context(caps, context, random.Random(seed * 9_000_011 + i * 131 + v), places,
+                                    random_places, vocabulary)
             out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
                                rng.uniform(-0.03, 0.03), caps, fg2))
     return out
@@ -266,7 +247,7 @@ def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
                          dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
                          dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0),
                          dcfg.get("drop_medium_tags", False), dcfg.get("medium_modifiers", 0.0),
-                         dcfg.get("format_modifiers", 0.0))
+                         dcfg.get("format_modifiers", 0.0), dcfg.get("random_places", 0.0))
 
 
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
