@@ -327,7 +327,7 @@ class PipelineManager:
         seeds = [seed + i for i in range(request.count)]
         with self.lock, self._running(owner, others_waiting):
             self.load_model(entry.id, progress)
-            notes = self.set_loras(request.loras)
+            notes = self.set_loras(request.loras) + entry.prompt_hints_for(request.prompt)
             loaded = self._require_loaded()
             pipe = loaded.pipe
             until = entry.guided_share(bool(request.active_loras))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +42,16 @@ class ModelEntry:
     guidance_until: float = 1.0  # share of the steps that run classifier-free guidance (pipeline_call)
     extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
     lora_settings: dict[str, Any] = field(default_factory=dict)  # what the Train tab starts from, over the size's
+    prompt_hints: list[dict[str, str]] = field(default_factory=list)  # {"pattern", "message"}: see prompt_hints_for
 
     def suggested_lora_settings(self) -> dict[str, Any]:
         """The Train tab's starting LoRA settings for this model: the size's, with the entry's own on top."""
         return suggested_lora_settings(self.native_resolution[0], self.lora_settings)
+
+    def prompt_hints_for(self, prompt: str) -> list[str]:
+        """The model's hints whose pattern (a case-insensitive regex) occurs in what the designer typed: wordings
+        this model is measured to follow badly (brandgen-tiny: a place, "ui", "app"), said next to the images."""
+        return [h["message"] for h in self.prompt_hints if re.search(h["pattern"], prompt, re.IGNORECASE)]
 
     def guided_share(self, with_lora: bool) -> float:
         """The share of the steps a generation guides: the model's, under every preset (the Fast preset's cached
@@ -77,6 +84,22 @@ class ModelEntry:
         return text
 
 
+def _hint_problems(hints: Any) -> list[str]:
+    if not isinstance(hints, list):
+        return ["prompt_hints must be a list of {pattern, message}"]
+    problems = []
+    for i, hint in enumerate(hints):
+        if not (isinstance(hint, dict) and set(hint) == {"pattern", "message"}
+                and all(isinstance(v, str) and v.strip() for v in hint.values())):
+            problems.append(f"prompt_hints[{i}] must be {{pattern, message}}, both non-empty text")
+            continue
+        try:
+            re.compile(hint["pattern"])
+        except re.error as exc:
+            problems.append(f"prompt_hints[{i}] pattern is not a regular expression: {exc}")
+    return problems
+
+
 def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
     problems = [
         f"'{key}' must be {kind}" for key, kind in _REQUIRED.items()
@@ -101,9 +124,10 @@ def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
             problems.append(f"extra component {name!r} needs library, class and source")
     if "lora_settings" in raw:
         problems += lora_settings_problems(raw["lora_settings"], raw.get("family", ""))
+    problems += _hint_problems(raw.get("prompt_hints", []))
     if problems:
         raise ValueError(f"presets/models.json entry {model_id!r}: " + "; ".join(problems))
-    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until", "lora_settings"}
+    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until", "lora_settings", "prompt_hints"}
     return ModelEntry(
         id=model_id,
         **{k: v for k, v in raw.items() if k in known and k != "native_resolution"},

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import threading
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -12,7 +13,8 @@ import torch
 from brandgen.errors import Cancelled, InvalidInput, LoraError, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest
 from brandgen.manager import PipelineManager
-from conftest import make_sd15_lora
+from brandgen.registry import ModelRegistry
+from conftest import CPU, make_sd15_lora
 
 
 def _pixels(result) -> np.ndarray:
@@ -267,3 +269,11 @@ def test_a_cpu_load_primes_the_model_once_and_keeps_nothing(registry, app_paths,
     assert manager.generate(GenerationRequest(prompt="a red star", seed=1)).images
     PipelineManager(registry=registry, paths=app_paths, device=CPU, prime_on_load=False).load_model()
     assert len(calls) == 1
+
+
+def test_a_models_prompt_hints_come_back_as_notes_for_the_prompt_typed(registry, app_paths):
+    """The hint is matched on what the designer typed (not the template's words) and said next to the images."""
+    hinted = replace(registry.get("tiny-sd15"), prompt_hints=[{"pattern": r"\bfor an? \w+", "message": "Place!"}])
+    manager = PipelineManager(registry=ModelRegistry({hinted.id: hinted}), paths=app_paths, device=CPU)
+    assert manager.generate(_req(prompt="a bell icon for a tablet kiosk")).notes == ["Place!"]
+    assert manager.generate(_req(prompt="a bell icon")).notes == []  # the template's own words match nothing
