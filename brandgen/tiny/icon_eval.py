@@ -4,7 +4,8 @@
         [--sheet docs/tiny/contact_sheet.png]
 
 Prompts name the 50 everyday concepts of concepts.json in phrasings never used in training, each in a
-named colour. Each image is read back with classic image analysis (no learned model, so the metric
+named colour (`--phrasings control`: the second set, for models whose captions use the first set's words,
+data.medium_modifiers). Each image is read back with classic image analysis (no learned model, so the metric
 cannot share the generator's mistakes): the background is the border median, the foreground the
 pixels far from it in Lab. Colour family = family of the strongest foreground pixels' median.
 Silhouette retrieval = rank of the asked concept when the blurred foreground mask is compared (cosine)
