@@ -11,15 +11,13 @@ import re
 from collections.abc import Callable
 from pathlib import Path
 
+from brandgen.tiny.data import article
+
 CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encoding="utf-8"))
 MEDIUM_WORDS = frozenset(CONCEPTS["medium_words"])  # tags naming the medium: never a concept word with drop_medium_tags
 # the medium words a caption can put next to the concept word (data.medium_modifiers); "icon", "glyph" ... are the
 # phrasings' own nouns already
 MEDIUM_MODIFIERS = sorted(MEDIUM_WORDS - {"icon", "icons", "glyph", "symbol", "symbols"})
-
-
-def article(word: str) -> str:
-    return "an" if word[:1] in "aeiou" else "a"
 
 
 def with_context(captions: list[str], share: float, rng: random.Random, places: random.Random | None = None,

@@ -257,16 +257,17 @@ def _name(rng: random.Random, shape: str) -> str:
     return rng.choice(SYNONYMS[shape]) if shape in SYNONYMS and rng.random() < 0.15 else shape
 
 
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
+def article(word: str) -> str:
+    """"a" or "an" before `word` (by its first letter: enough for colours, shapes and icon names)."""
+    return "an" if word[:1] in "aeiou" else "a"
 
 
 def _subject(spec: AssetSpec, rng: random.Random) -> str:
     parts = [f"{c} {_name(rng, s)}" for c, s in ((e.color, e.shape) for e in spec.elements)]
     if len(parts) == 2:
-        return f"{_article(parts[0])} {parts[0]} and {_article(parts[1])} {parts[1]}"
+        return f"{article(parts[0])} {parts[0]} and {article(parts[1])} {parts[1]}"
     tail = rng.choice(["", "", " icon", " icon", " logo", " symbol", " shape"])
-    return f"{_article(parts[0])} {parts[0]}{tail}" if rng.random() < 0.75 else parts[0] + tail
+    return f"{article(parts[0])} {parts[0]}{tail}" if rng.random() < 0.75 else parts[0] + tail
 
 
 def _style_words(spec: AssetSpec, rng: random.Random) -> str:
@@ -277,7 +278,7 @@ def _style_words(spec: AssetSpec, rng: random.Random) -> str:
 
 def _background_words(spec: AssetSpec, rng: random.Random) -> str:
     if spec.background == "colored":
-        return f"on {_article(spec.bg_color)} {spec.bg_color} background"
+        return f"on {article(spec.bg_color)} {spec.bg_color} background"
     if spec.background == "dark":
         return rng.choice(["on a dark background", "on a black background", "on dark", "dark background"])
     return rng.choice(["on a white background", "on a light background", "on white", "white background"])
@@ -371,4 +372,4 @@ def heldout_pairs(n: int = 100, seed: int = 20240601) -> list[tuple[str, str, st
     combos = [(c, s) for c in BASE_COLORS for s in SHAPES]
     rng.shuffle(combos)
     combos = (combos * (n // len(combos) + 1))[:n]
-    return [(c, s, f"{_article(c)} {c} {s} icon", rng.randrange(2**31)) for c, s in combos]
+    return [(c, s, f"{article(c)} {c} {s} icon", rng.randrange(2**31)) for c, s in combos]

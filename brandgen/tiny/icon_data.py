@@ -20,13 +20,12 @@ from brandgen.tiny.caption_options import (  # noqa: F401 (CONCEPTS, MEDIUM_* ar
     CONCEPTS,
     MEDIUM_MODIFIERS,
     MEDIUM_WORDS,
-    article,
     first_modifier,
     medium_form,
     place_vocabulary,
     with_context,
 )
-from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES
+from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES, article
 from brandgen.tiny.eval import color_family
 
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
