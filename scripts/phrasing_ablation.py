@@ -26,10 +26,10 @@ VARIANTS = {"held-out": HELD, "without 'color'": "{word} ui icon, {color}",
 
 def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) -> dict[str, dict]:
     """Each variant on the held-out items of `phrasing` (same concept word, colour and seed per item), from either
-    held-out set (concepts.json heldout_phrasings or control_phrasings)."""
-    sets = [name for name in ("heldout", "control") if phrasing in icon_eval.CONCEPTS[f"{name}_phrasings"]]
+    held-out set (concepts.json heldout_, control_ or blind_phrasings)."""
+    sets = [name for name in icon_eval.PHRASING_SETS if phrasing in icon_eval.CONCEPTS[f"{name}_phrasings"]]
     if not sets:
-        known = icon_eval.CONCEPTS["heldout_phrasings"] + icon_eval.CONCEPTS["control_phrasings"]
+        known = [p for name in icon_eval.PHRASING_SETS for p in icon_eval.CONCEPTS[f"{name}_phrasings"]]
         raise SystemExit(f"{phrasing!r} is not a held-out phrasing: {known}")
     items = [it for it in icon_eval.heldout_prompts(per_concept, phrasings=sets[0]) if it["phrasing"] == phrasing]
     out = {}

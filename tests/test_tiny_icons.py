@@ -253,6 +253,26 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     assert "ui" in seen and not words & seen
 
 
+def test_blind_phrasings_use_no_word_of_the_other_sets_or_of_captions_with_every_option_on():
+    """The third held-out set: beyond "for", "a", "the", "in", none of its words is in a caption (here of two
+    synthetic icons; scripts/caption_words.py counts the whole pack's), nor in the sets written before it."""
+    from script_loader import load_script
+
+    words_of = load_script("caption_words")
+    every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
+                                    drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
+                                    format_modifiers=0.4, random_places=0.5)
+    counts = words_of.caption_word_counts(every)
+    blind = words_of.phrasing_word_counts(counts, icon_data.CONCEPTS["blind_phrasings"])
+    assert len(icon_data.CONCEPTS["blind_phrasings"]) == 4 and len(blind) >= 12
+    assert {w for w, n in blind.items() if n} <= {"for", "a", "the", "in"} and blind["for"] > 0
+    earlier = {w for name in ("heldout", "control") for w in words_of.phrasing_word_counts(
+        counts, icon_data.CONCEPTS[f"{name}_phrasings"])}
+    contexts = {w for c in icon_data.CONCEPTS["contexts"] for w in c.split()}
+    formats = set(icon_data.CONCEPTS["format_words"])
+    assert not (set(blind) - {"for", "a", "the", "in"}) & (earlier | contexts | formats | icon_data.MEDIUM_WORDS)
+
+
 def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():
     from brandgen.tiny.eval import color_family
 
