@@ -3,13 +3,13 @@
     python -m brandgen.tiny.icon_eval --model assets/brandgen-tiny --per-concept 4 --out results.json \
         [--sheet docs/tiny/contact_sheet.png]
 
-Prompts name the 50 everyday concepts of concepts.json in phrasings never used in training, each in a
-named colour (`--phrasings control`: the second set, for models whose captions use the first set's words,
-data.medium_modifiers; `--phrasings blind`: a third, in words no run 11 caption has). Each image is read back with classic image analysis (no learned model, so the metric
-cannot share the generator's mistakes): the background is the border median, the foreground the
-pixels far from it in Lab. Colour family = family of the strongest foreground pixels' median.
-Silhouette retrieval = rank of the asked concept when the blurred foreground mask is compared (cosine)
-with the reference masks of all 50 concepts from every icon set, held-out icons included.
+Prompts name the 50 everyday concepts of concepts.json in phrasings never used in training, each in a named colour
+(`--phrasings control`: the second set, for models whose captions use the first set's words, data.medium_modifiers;
+`--phrasings blind`: a third, in words no run 11 caption has). Each image is read back with classic image analysis
+(no learned model, so the metric cannot share the generator's mistakes): the background is the border median, the
+foreground the pixels far from it in Lab. Colour family = family of the strongest foreground pixels' median.
+Silhouette retrieval = rank of the asked concept when the blurred foreground mask is compared (cosine) with the
+reference masks of all 50 concepts from every icon set, held-out icons included.
 """
 
 from __future__ import annotations
