@@ -45,7 +45,7 @@ def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="assets/brandgen-tiny")
-    parser.add_argument("--phrasing", default=HELD, help="one of concepts.json heldout_phrasings or control_phrasings")
+    parser.add_argument("--phrasing", default=HELD, help="one of concepts.json heldout_, control_ or blind_phrasings")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FORM",
                         help="a phrasing with {word} and {color} (repeatable; default: the 'ui icon' ablation)")
     parser.add_argument("--device", default="cpu")

@@ -235,6 +235,34 @@ def test_random_places_name_made_up_places_after_the_caption_from_the_icons_word
     assert len(places) >= 5 and "tablet" not in places  # a tag of the rocket, and a control phrasing's word
 
 
+def test_made_up_names_come_first_before_or_after_a_caption_and_are_never_an_icon_or_held_out_word():
+    """"zorvex, bell icon", "zorvex bell icon", "bell icon by zorvex": a brand name or a LoRA trigger is a word the
+    model never met; the rest of the caption stays as it was, and 0 leaves the captions of earlier runs."""
+    rocket = {**_meta(None), "name": "rocket", "phrase": "rocket", "tags": ["launch"]}
+    meta = [_meta(), rocket]
+    known = icon_data.known_words(meta)
+    assert {"rocket", "launch", "alarm", "alert", "hero", "kiosk", "ui"} <= known
+    opts = dict(context=0.3, modifiers=0.3, drop_medium_tags=True, random_places=0.5)
+    plain = icon_data.make_variants(meta, 40, 3, seed=5, **opts)
+    assert [v.captions for v in plain] == [v.captions for v in icon_data.make_variants(
+        meta, 40, 3, seed=5, made_up_names=0.0, **opts)]
+    named = icon_data.make_variants(meta, 40, 3, seed=5, made_up_names=0.3, **opts)
+    changed, names, forms = _caption_changes(plain, named), set(), set()
+    for a, b in changed:
+        for form, pattern in (("first", rf"^([a-z]+), {re.escape(a)}$"), ("before", rf"^([a-z]+) {re.escape(a)}$"),
+                              ("after", rf"^{re.escape(a)} by ([a-z]+)$")):
+            hit = re.match(pattern, b)
+            if hit:
+                names.add(hit.group(1))
+                forms.add(form)
+                break
+        else:
+            raise AssertionError((a, b))
+    assert 0.2 <= len(changed) / (len(plain) * 3) <= 0.4
+    assert forms == {"first", "before", "after"} and len(names) > 0.9 * len(changed) and not names & known
+    assert any(not re.search("[aeiouy]", n) for n in names)  # trigger-like letter strings too
+
+
 def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of():
     """The second held-out set stays unseen with every caption option on: no context, medium or template word."""
     control = icon_data.CONCEPTS["control_phrasings"]
@@ -248,7 +276,7 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     assert not words & (contexts | icon_data.MEDIUM_WORDS | held | templates | formats)
     every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
                                     drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
-                                    format_modifiers=0.4, random_places=0.5)
+                                    format_modifiers=0.4, random_places=0.5, made_up_names=0.3)
     seen = {w for v in every for c in v.captions for w in re.findall(r"[a-z]+", c)}
     assert "ui" in seen and not words & seen
 
@@ -261,7 +289,7 @@ def test_blind_phrasings_use_no_word_of_the_other_sets_or_of_captions_with_every
     words_of = load_script("caption_words")
     every = icon_data.make_variants([_meta(), _meta(None)], 60, 3, seed=2, context=0.3, modifiers=0.3,
                                     drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
-                                    format_modifiers=0.4, random_places=0.5)
+                                    format_modifiers=0.4, random_places=0.5, made_up_names=0.3)
     counts = words_of.caption_word_counts(every)
     blind = words_of.phrasing_word_counts(counts, icon_data.CONCEPTS["blind_phrasings"])
     assert len(icon_data.CONCEPTS["blind_phrasings"]) == 4 and len(blind) >= 12

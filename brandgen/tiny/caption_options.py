@@ -1,6 +1,7 @@
-"""How captions say more than the icon: where it goes (contexts, made-up places), the medium ("app", "ui") and
-modifiers next to the concept word. Each option draws from its own generator (make_variants), so turning one on
-leaves every other caption as earlier runs had it; concepts.json holds the word lists.
+"""How captions say more than the icon: where it goes (contexts, made-up places), the medium ("app", "ui"),
+modifiers next to the concept word and made-up names (a brand, a LoRA trigger). Each option draws from its own
+generator (make_variants), so turning one on leaves every other caption as earlier runs had it; concepts.json holds
+the word lists.
 """
 
 from __future__ import annotations
@@ -61,3 +62,43 @@ def first_modifier(sources: list[tuple[random.Random | None, float, Callable[[ra
         if rng and rng.random() < share:
             return form(rng)
     return None
+
+
+_ONSETS = "b c d f g h j k l m n p r s t v w z br cr dr fl gr kl pr qu st tr vr zh".split()
+_VOWELS = "a e i o u y ae ia io ou".split()
+_CODAS = ["", "", "", "n", "r", "x", "s", "l", "m", "th", "ck"]
+
+
+def made_up_name(rng: random.Random, known: frozenset[str] | set[str]) -> str:
+    """A word no caption otherwise has: a pronounceable brand-like one ("zorvex", "quantrix") three times in four,
+    else a trigger-like letter string ("qxv"); never one of `known` (icon names, tags, held-out words)."""
+    while True:
+        if rng.random() < 0.75:
+            word = "".join(rng.choice(_ONSETS) + rng.choice(_VOWELS) + rng.choice(_CODAS)
+                           for _ in range(rng.randint(2, 3)))
+        else:
+            word = "".join(rng.choice("bcdfghjklmnpqrstvwxz") for _ in range(rng.randint(3, 6)))
+        if word not in known:
+            return word
+
+
+def with_made_up_names(captions: list[str], share: float, rng: random.Random, known: frozenset[str]) -> list[str]:
+    """About `share` of the captions with a made-up name first as a trigger ("zorvex, bell icon"), before the
+    caption ("zorvex bell icon") or after it ("bell icon by zorvex")."""
+    out = []
+    for cap in captions:
+        if rng.random() >= share:
+            out.append(cap)
+            continue
+        name, form = made_up_name(rng, known), rng.randrange(3)
+        out.append(f"{name}, {cap}" if form == 0 else f"{name} {cap}" if form == 1 else f"{cap} by {name}")
+    return out
+
+
+def known_words(meta: list[dict]) -> frozenset[str]:
+    """Every word a made-up name must not be: the icons' names and tags and the held-out phrasings' words."""
+    words = {w for m in meta for t in [m.get("phrase") or "", m.get("name") or "", *(m.get("tags") or [])]
+             for w in re.findall(r"[a-z]+", t.lower())}
+    for key in ("heldout_phrasings", "control_phrasings", "blind_phrasings"):
+        words |= {w for p in CONCEPTS[key] for w in re.findall(r"[a-z]+", p)}
+    return frozenset(words)

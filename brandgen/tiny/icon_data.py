@@ -21,9 +21,11 @@ from brandgen.tiny.caption_options import (  # noqa: F401 (CONCEPTS, MEDIUM_* ar
     MEDIUM_MODIFIERS,
     MEDIUM_WORDS,
     first_modifier,
+    known_words,
     medium_form,
     place_vocabulary,
     with_context,
+    with_made_up_names,
 )
 from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES, article
 from brandgen.tiny.eval import color_family
@@ -155,7 +157,7 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                   concept_boost: int = 1, two_tone: float = 0.0, context: float = 0.0,
                   any_colour: float = 0.0, modifiers: float = 0.0, drop_medium_tags: bool = False,
                   medium_modifiers: float = 0.0, format_modifiers: float = 0.0,
-                  random_places: float = 0.0) -> list[Variant]:
+                  random_places: float = 0.0, made_up_names: float = 0.0) -> list[Variant]:
     """per_icon variants of every training (not held-out) icon, deterministic for a seed; icons of the
     everyday concepts (concepts.json) get concept_boost times as many, as designers ask for them most.
 
@@ -201,9 +203,16 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
     the icons' names and tags ("bell icon for a rocket ledger") instead of the 24 contexts: run 10-short drew "teal
     telephone badge" right (88% top-5) and "teal telephone for a tablet kiosk" wrong (14%), so an unseen place that
     names an icon ("tablet") takes over the drawing. The control phrasings' words are left out of the vocabulary
-    (place_vocabulary), so they measure whether "for a ..." is learned as a place. Separate generator."""
+    (place_vocabulary), so they measure whether "for a ..." is learned as a place. Separate generator.
+
+    made_up_names: the share of captions with a made-up word (a brand-like name or a trigger-like letter string, never
+    an icon's name or tag) first, before the caption or after it ("zorvex, bell icon", "bell icon by zorvex"): a
+    designer types a brand name and a LoRA puts its trigger first, and run 11 draws "teal telephone icon" 100% top-5
+    but "zorvex teal telephone icon" 58% and "northwind, teal telephone icon" 18% (run 5: 42%, 20%;
+    scripts/phrasing_ablation.py). known_words keeps the held-out sets' words out. Separate generator."""
     out = []
     vocabulary = place_vocabulary(meta) if random_places > 0 else None
+    known = known_words(meta) if made_up_names > 0 else None
     for i, m in enumerate(meta):
         if m.get("heldout"):
             continue
@@ -234,6 +243,8 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
                 places = random.Random(f"places:{seed}:{i}:{v}") if vocabulary else None
                 caps = with_context(caps, context, random.Random(seed * 9_000_011 + i * 131 + v), places,
                                     random_places, vocabulary)
+            if known:
+                caps = with_made_up_names(caps, made_up_names, random.Random(f"names:{seed}:{i}:{v}"), known)
             out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
                                rng.uniform(-0.03, 0.03), caps, fg2))
     return out
@@ -246,7 +257,8 @@ def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:
                          dcfg.get("concept_boost", 1), dcfg.get("two_tone", 0.0), dcfg.get("context", 0.0),
                          dcfg.get("any_colour", 0.0), dcfg.get("modifiers", 0.0),
                          dcfg.get("drop_medium_tags", False), dcfg.get("medium_modifiers", 0.0),
-                         dcfg.get("format_modifiers", 0.0), dcfg.get("random_places", 0.0))
+                         dcfg.get("format_modifiers", 0.0), dcfg.get("random_places", 0.0),
+                         dcfg.get("made_up_names", 0.0))
 
 
 def split_duotone(masks: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
