@@ -23,6 +23,7 @@ from brandgen.tiny import icon_data  # noqa: E402
 from brandgen.tiny.icon_eval import PHRASING_SETS  # noqa: E402
 from brandgen.tiny.recipe import load_config, set_value  # noqa: E402
 
+
 def caption_word_counts(variants) -> Counter:
     return Counter(w for v in variants for c in v.captions for w in re.findall(r"[a-z]+", c.lower()))
 

@@ -99,6 +99,6 @@ def known_words(meta: list[dict]) -> frozenset[str]:
     """Every word a made-up name must not be: the icons' names and tags and the held-out phrasings' words."""
     words = {w for m in meta for t in [m.get("phrase") or "", m.get("name") or "", *(m.get("tags") or [])]
              for w in re.findall(r"[a-z]+", t.lower())}
-    for key in ("heldout_phrasings", "control_phrasings", "blind_phrasings"):
+    for key in (k for k in CONCEPTS if k.endswith("_phrasings")):  # every held-out set, later ones too
         words |= {w for p in CONCEPTS[key] for w in re.findall(r"[a-z]+", p)}
     return frozenset(words)
