@@ -32,7 +32,7 @@ from brandgen.prompt_cache import PromptCache
 from brandgen.presets import LanczosUpscaler, QualityPreset, Upscaler, get_preset, load_quality_presets
 from brandgen.registry import ModelEntry, ModelRegistry
 from brandgen.step_cache import for_preset
-from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types
+from brandgen.templates import AssetType, build_prompt, clean_prompt, load_asset_types, truncation_note
 from brandgen.warmup import prime
 
 log = logging.getLogger(__name__)
@@ -330,6 +330,7 @@ class PipelineManager:
             notes = self.set_loras(request.loras) + entry.prompt_hints_for(request.prompt)
             loaded = self._require_loaded()
             pipe = loaded.pipe
+            notes += [n for n in [truncation_note(pipe, prompt)] if n]
             until = entry.guided_share(bool(request.active_loras))
             kwargs = call_kwargs(pipe, prompt, negative, steps, guidance, width, height, seeds, progress,
                                  self._cancel, until)

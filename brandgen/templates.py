@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from brandgen.errors import InvalidInput
 from brandgen.paths import PRESETS_DIR
@@ -89,3 +90,25 @@ def build_prompt(
     prompt = f"{lead}, {kind.prefix} {words}, {kind.suffix}" if lead else f"{kind.prefix} {words}, {kind.suffix}"
     negative = ", ".join(part for part in (kind.negative, " ".join(extra_negative.split())) if part)
     return PromptPair(prompt=prompt, negative=negative)
+
+
+_TOKENIZERS = ("tokenizer", "tokenizer_2", "tokenizer_3", "tokenizer_4")
+_NO_LIMIT = 100_000  # tokenizers without a length limit report ~1e30
+
+
+def truncation_note(pipe: Any, prompt: str) -> str | None:
+    """Which words of the final prompt no text encoder of `pipe` reads, said to the designer: CLIP reads 77 tokens
+    and diffusers only logs what it cut, so a long prompt silently lost its end and the template's style suffix.
+    Counted with the pipeline's first tokenizer against the longest window among its tokenizers (FLUX's and SD3's
+    T5 reads 256-512), less the begin and end tokens."""
+    tokenizers = [t for t in (getattr(pipe, name, None) for name in _TOKENIZERS) if t is not None]
+    if not tokenizers:
+        return None
+    room = max(min(int(t.model_max_length), _NO_LIMIT) for t in tokenizers) - 2
+    ids = tokenizers[0](prompt, add_special_tokens=False, truncation=False, verbose=False).input_ids
+    if len(ids) <= room:
+        return None
+    dropped = " ".join(tokenizers[0].decode(ids[room:]).split())
+    shown = dropped if len(dropped) <= 120 else "..." + dropped[-117:]
+    return (f"The prompt is longer than this model reads ({len(ids)} tokens with the template, it reads {room}): it "
+            f"ignored \"{shown}\". Put the words that matter first, or shorten the prompt.")

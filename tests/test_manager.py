@@ -277,3 +277,9 @@ def test_a_models_prompt_hints_come_back_as_notes_for_the_prompt_typed(registry,
     manager = PipelineManager(registry=ModelRegistry({hinted.id: hinted}), paths=app_paths, device=CPU)
     assert manager.generate(_req(prompt="a bell icon for a tablet kiosk")).notes == ["Place!"]
     assert manager.generate(_req(prompt="a bell icon")).notes == []  # the template's own words match nothing
+
+
+def test_a_prompt_longer_than_the_text_encoder_reads_says_what_was_ignored(manager: PipelineManager):
+    long = manager.generate(_req(prompt="a red star " + "next to a blue circle " * 12))
+    assert len(long.notes) == 1 and "ignored" in long.notes[0] and "plain background" in long.notes[0]
+    assert manager.generate(_req(prompt="a red star next to a blue circle")).notes == []

@@ -121,3 +121,22 @@ def test_prompt_hints_are_validated_when_the_registry_loads(tmp_path: Path):
     path.write_text(json.dumps({"ok": {**entry, "prompt_hints": [{"pattern": r"\bneon\b", "message": "No neon."}]}}))
     ok = ModelRegistry.from_file(path).get("ok")
     assert ok.prompt_hints_for("NEON bell") == ["No neon."] and ok.prompt_hints_for("neonate bell") == []
+
+
+def test_truncation_note_names_what_no_text_encoder_reads():
+    """CLIP reads 75 tokens between its begin and end tokens; a longer templated prompt loses its end (the style
+    suffix first) without a word from diffusers but a log line. A pipeline with a longer reader (T5) reads on."""
+    from types import SimpleNamespace
+
+    from tiny_pipelines import tiny_tokenizer
+
+    from brandgen.templates import truncation_note
+
+    clip = tiny_tokenizer()
+    short = build_prompt("a red star", "icons").prompt
+    assert truncation_note(SimpleNamespace(tokenizer=clip), short) is None
+    long = build_prompt("a red star " + "next to a blue circle " * 12, "icons").prompt
+    note = truncation_note(SimpleNamespace(tokenizer=clip), long)
+    assert note and "it reads 75" in note and "plain background" in note and "bgicon" not in note
+    assert truncation_note(SimpleNamespace(tokenizer=clip, tokenizer_2=tiny_tokenizer(512)), long) is None
+    assert truncation_note(SimpleNamespace(), long) is None  # no tokenizer (a custom pipeline): nothing to say

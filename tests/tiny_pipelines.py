@@ -18,14 +18,21 @@ TEXT_DIM = 32
 
 
 def tiny_tokenizer(max_length: int = 77) -> CLIPTokenizer:
-    """A CLIP BPE tokenizer with a byte-level alphabet and a few whole-word merges."""
+    """A CLIP BPE tokenizer with a byte-level alphabet and whole-word merges for the test prompts' and the asset
+    templates' words, so a templated prompt fits 77 tokens as with a real CLIP vocabulary."""
+    import re
+
     from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from brandgen.templates import load_asset_types
 
     chars = list(bytes_to_unicode().values())
     vocab = {c: i for i, c in enumerate(chars)}
     vocab.update({c + "</w>": len(vocab) + i for i, c in enumerate(chars)})
     merges = []
-    for word in ("red", "blue", "star", "icon", "circle"):
+    template_words = {w for t in load_asset_types().values()
+                      for w in re.findall(r"[a-z]{2,}", f"{t.trigger} {t.prefix} {t.suffix} {t.negative}")}
+    for word in ("red", "blue", "star", "icon", "circle", *sorted(template_words - {"red", "blue", "star", "icon"})):
         pieces = list(word[:-1]) + [word[-1] + "</w>"]
         while len(pieces) > 1:
             merges.append((pieces[0], pieces[1]))
