@@ -21,7 +21,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from brandgen.tiny import icon_data  # noqa: E402
 from brandgen.tiny.icon_eval import PHRASING_SETS  # noqa: E402
-from brandgen.tiny.recipe import load_config, set_value  # noqa: E402
 
 
 def caption_word_counts(variants) -> Counter:
@@ -41,13 +40,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--set", action="append", default=[], metavar="KEY=JSON")
     parser.add_argument("--out", default=None)
     args = parser.parse_args(argv)
-    from brandgen.tiny.icons import load_pack
-
-    cfg = load_config(args.config)
-    for item in args.set:
-        set_value(cfg, item)
-    _, meta, _ = load_pack(args.pack)
-    variants = icon_data.variants_for(meta, cfg["data"])
+    _, variants = icon_data.recipe_variants(args.config, args.set, args.pack)
     counts = caption_word_counts(variants)
     sets = {name: phrasing_word_counts(counts, icon_data.CONCEPTS[f"{name}_phrasings"]) for name in PHRASING_SETS}
     result = {"variants": len(variants), "distinct_words": len(counts), "overrides": args.set, "sets": sets}

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -248,6 +249,19 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
             out.append(Variant(i, fg, bg, rng.uniform(0.72, 0.84), rng.uniform(-0.03, 0.03),
                                rng.uniform(-0.03, 0.03), caps, fg2))
     return out
+
+
+def recipe_variants(config: str | Path, overrides: list[str], pack: str | Path) -> tuple[list[dict], list[Variant]]:
+    """The pack's icons and the variants a run with this recipe and these --set overrides trains on: for the CPU
+    tools that must see a run's exact captions (scripts/caption_words.py, name_tune)."""
+    from brandgen.tiny.icons import load_pack
+    from brandgen.tiny.recipe import load_config, set_value
+
+    cfg = load_config(config)
+    for item in overrides:
+        set_value(cfg, item)
+    _, meta, _ = load_pack(pack)
+    return meta, variants_for(meta, cfg["data"])
 
 
 def variants_for(meta: list[dict], dcfg: dict) -> list[Variant]:

@@ -98,14 +98,8 @@ def main(argv: list[str] | None = None) -> dict:
 
     from brandgen.tiny import icon_data
     from brandgen.tiny.caption_options import known_words
-    from brandgen.tiny.icons import load_pack
-    from brandgen.tiny.recipe import load_config, set_value
 
-    cfg = load_config(args.config)
-    for item in args.set:
-        set_value(cfg, item)
-    _, meta, _ = load_pack(args.pack)
-    variants = icon_data.variants_for(meta, cfg["data"])
+    meta, variants = icon_data.recipe_variants(args.config, args.set, args.pack)
     captions = [v.captions[0] for v in random.Random(0).sample(variants, min(args.captions, len(variants)))]
     tokenizer = CLIPTokenizer.from_pretrained(Path(args.model) / "tokenizer")
     encoder = CLIPTextModel.from_pretrained(Path(args.model) / "text_encoder", torch_dtype=torch.float32)
