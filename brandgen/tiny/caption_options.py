@@ -82,16 +82,24 @@ def made_up_name(rng: random.Random, known: frozenset[str] | set[str]) -> str:
             return word
 
 
+NAME_FORMS = 3  # name_caption's forms: 0 and 1 put the name first, 2 after the caption
+
+
+def name_caption(caption: str, name: str, form: int) -> str:
+    """The caption with a name first as a trigger ("zorvex, bell icon"), before it ("zorvex bell icon") or after
+    it ("bell icon by zorvex")."""
+    return f"{name}, {caption}" if form == 0 else f"{name} {caption}" if form == 1 else f"{caption} by {name}"
+
+
 def with_made_up_names(captions: list[str], share: float, rng: random.Random, known: frozenset[str]) -> list[str]:
-    """About `share` of the captions with a made-up name first as a trigger ("zorvex, bell icon"), before the
-    caption ("zorvex bell icon") or after it ("bell icon by zorvex")."""
+    """About `share` of the captions with a made-up name in one of name_caption's forms."""
     out = []
     for cap in captions:
         if rng.random() >= share:
             out.append(cap)
             continue
-        name, form = made_up_name(rng, known), rng.randrange(3)
-        out.append(f"{name}, {cap}" if form == 0 else f"{name} {cap}" if form == 1 else f"{cap} by {name}")
+        name, form = made_up_name(rng, known), rng.randrange(NAME_FORMS)
+        out.append(name_caption(cap, name, form))
     return out
 
 

@@ -30,6 +30,8 @@ from brandgen.tiny.caption_options import (  # noqa: F401 (CONCEPTS, MEDIUM_* ar
 )
 from brandgen.tiny.data import COLORS, NEGATIVES, TEMPLATES, article
 from brandgen.tiny.eval import color_family
+from brandgen.tiny.icons import load_pack
+from brandgen.tiny.recipe import load_config, set_value
 
 LIGHT_BG = {"white": (255, 255, 255), "off-white": (250, 248, 242), "light gray": (238, 238, 240)}
 DARK_BG = {"dark": (24, 26, 32), "black": (14, 14, 14), "dark navy": (20, 28, 52)}
@@ -254,9 +256,6 @@ def make_variants(meta: list[dict], per_icon: int, captions_per_variant: int, se
 def recipe_variants(config: str | Path, overrides: list[str], pack: str | Path) -> tuple[list[dict], list[Variant]]:
     """The pack's icons and the variants a run with this recipe and these --set overrides trains on: for the CPU
     tools that must see a run's exact captions (scripts/caption_words.py, name_tune)."""
-    from brandgen.tiny.icons import load_pack
-    from brandgen.tiny.recipe import load_config, set_value
-
     cfg = load_config(config)
     for item in overrides:
         set_value(cfg, item)

@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from brandgen.tiny.caption_options import made_up_name
+from brandgen.tiny.caption_options import NAME_FORMS, made_up_name, name_caption
 
 
 def position_map(caption_tokens: int, name_tokens: int, form: int, length: int) -> list[int]:
@@ -41,8 +41,8 @@ def position_map(caption_tokens: int, name_tokens: int, form: int, length: int) 
 
 def named_example(caption: str, rng: random.Random, known: frozenset[str], tokenizer) -> tuple[str, list[int]]:
     """The caption with a made-up name (as data.made_up_names writes it) and its position map."""
-    name, form = made_up_name(rng, known), rng.randrange(3)
-    named = f"{name}, {caption}" if form == 0 else f"{name} {caption}" if form == 1 else f"{caption} by {name}"
+    name, form = made_up_name(rng, known), rng.randrange(NAME_FORMS)
+    named = name_caption(caption, name, form)
     count = lambda text: len(tokenizer(text, add_special_tokens=False).input_ids)  # noqa: E731
     n_caption = count(caption)
     return named, position_map(n_caption, count(named) - n_caption, form, tokenizer.model_max_length)
