@@ -2,7 +2,7 @@
 
 A held-out phrasing only measures generalisation if its words were not trained in that role; this counts, for the
 exact variants a training run builds from the pack (recipe + the run's --set overrides), every word of each set in
-concepts.json (heldout, control, blind). Run 11's options, 2026-12-07:
+concepts.json (heldout, control, blind, fresh). Run 11's options, 2026-12-07:
 
     python scripts/caption_words.py --set data.context=0.3 --set data.modifiers=0.3 --set data.drop_medium_tags=true \
         --set data.medium_modifiers=0.4 --set data.random_places=0.5 --set data.format_modifiers=0.3 --out words.json

@@ -26,7 +26,7 @@ VARIANTS = {"held-out": HELD, "without 'color'": "{word} ui icon, {color}",
 
 def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) -> dict[str, dict]:
     """Each variant on the held-out items of `phrasing` (same concept word, colour and seed per item), from either
-    held-out set (concepts.json heldout_, control_ or blind_phrasings)."""
+    held-out set (concepts.json heldout_, control_, blind_ or fresh_phrasings)."""
     sets = [name for name in icon_eval.PHRASING_SETS if phrasing in icon_eval.CONCEPTS[f"{name}_phrasings"]]
     if not sets:
         known = [p for name in icon_eval.PHRASING_SETS for p in icon_eval.CONCEPTS[f"{name}_phrasings"]]
@@ -45,7 +45,8 @@ def ablate(pipe, phrasing: str, variants: dict[str, str], per_concept: int = 4) 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--model", default="assets/brandgen-tiny")
-    parser.add_argument("--phrasing", default=HELD, help="one of concepts.json heldout_, control_ or blind_phrasings")
+    parser.add_argument("--phrasing", default=HELD,
+                        help="one of concepts.json heldout_, control_, blind_ or fresh_phrasings")
     parser.add_argument("--variant", action="append", default=[], metavar="NAME=FORM",
                         help="a phrasing with {word} and {color} (repeatable; default: the 'ui icon' ablation)")
     parser.add_argument("--device", default="cpu")

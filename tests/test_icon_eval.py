@@ -97,7 +97,7 @@ def test_vae_colour_round_trip_finds_the_colours_a_vae_loses():
     assert swapped["gray"] == 1.0 and swapped["black"] == 1.0  # neutral colours do not care
 
 
-@pytest.mark.parametrize("other", ["control", "blind"])
+@pytest.mark.parametrize("other", ["control", "blind", "fresh"])
 def test_later_held_out_sets_ask_for_the_same_concepts_colours_and_seeds_in_other_words(other: str):
     held, control = icon_eval.heldout_prompts(2), icon_eval.heldout_prompts(2, phrasings=other)
     assert {it["phrasing"] for it in control} == set(icon_eval.CONCEPTS[f"{other}_phrasings"])

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from brandgen.tiny import icon_data, icon_sets, icons
+from brandgen.tiny import icon_data, icon_eval, icon_sets, icons
 
 CIRCLE = (b'<svg xmlns="http://www.w3.org/2000/svg" width="24" height="24" viewBox="0 0 24 24" fill="none" '
           b'stroke="currentColor" stroke-width="2"><circle cx="12" cy="12" r="8"/></svg>')
@@ -281,9 +281,10 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     assert "ui" in seen and not words & seen
 
 
-def test_blind_phrasings_use_no_word_of_the_other_sets_or_of_captions_with_every_option_on():
-    """The third held-out set: beyond "for", "a", "the", "in", none of its words is in a caption (here of two
-    synthetic icons; scripts/caption_words.py counts the whole pack's), nor in the sets written before it."""
+@pytest.mark.parametrize("name", ["blind", "fresh"])
+def test_late_held_out_sets_use_no_word_of_the_earlier_sets_or_of_captions_with_every_option_on(name: str):
+    """The third and fourth held-out sets: beyond "for", "a", "an", "the", "in", none of their words is in a caption
+    (here of two synthetic icons; scripts/caption_words.py counts the whole pack's), nor in a set written before."""
     from script_loader import load_script
 
     words_of = load_script("caption_words")
@@ -291,14 +292,16 @@ def test_blind_phrasings_use_no_word_of_the_other_sets_or_of_captions_with_every
                                     drop_medium_tags=True, medium_modifiers=0.4, two_tone=0.5, any_colour=0.2,
                                     format_modifiers=0.4, random_places=0.5, made_up_names=0.3)
     counts = words_of.caption_word_counts(every)
-    blind = words_of.phrasing_word_counts(counts, icon_data.CONCEPTS["blind_phrasings"])
-    assert len(icon_data.CONCEPTS["blind_phrasings"]) == 4 and len(blind) >= 12
-    assert {w for w, n in blind.items() if n} <= {"for", "a", "the", "in"} and blind["for"] > 0
-    earlier = {w for name in ("heldout", "control") for w in words_of.phrasing_word_counts(
-        counts, icon_data.CONCEPTS[f"{name}_phrasings"])}
+    late = words_of.phrasing_word_counts(counts, icon_data.CONCEPTS[f"{name}_phrasings"])
+    function_words = {"for", "a", "an", "the", "in"}
+    assert len(icon_data.CONCEPTS[f"{name}_phrasings"]) == 4 and len(late) >= 10
+    assert {w for w, n in late.items() if n} <= function_words and late["for"] > 0
+    before = icon_eval.PHRASING_SETS[:icon_eval.PHRASING_SETS.index(name)]
+    earlier = {w for other in before for w in words_of.phrasing_word_counts(
+        counts, icon_data.CONCEPTS[f"{other}_phrasings"])}
     contexts = {w for c in icon_data.CONCEPTS["contexts"] for w in c.split()}
     formats = set(icon_data.CONCEPTS["format_words"])
-    assert not (set(blind) - {"for", "a", "the", "in"}) & (earlier | contexts | formats | icon_data.MEDIUM_WORDS)
+    assert not (set(late) - function_words) & (earlier | contexts | formats | icon_data.MEDIUM_WORDS)
 
 
 def test_any_colour_variants_use_free_colours_that_read_on_their_background_and_say_which():

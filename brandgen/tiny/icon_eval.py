@@ -5,7 +5,8 @@
 
 Prompts name the 50 everyday concepts of concepts.json in phrasings never used in training, each in a named colour
 (`--phrasings control`: the second set, for models whose captions use the first set's words, data.medium_modifiers;
-`--phrasings blind`: a third, in words no run 11 caption has). Each image is read back with classic image analysis
+`--phrasings blind`: a third, in words no run 11 caption has; `--phrasings fresh`: a fourth, written before run 12 in
+words no icon name or tag has). Each image is read back with classic image analysis
 (no learned model, so the metric cannot share the generator's mistakes): the background is the border median, the
 foreground the pixels far from it in Lab. Colour family = family of the strongest foreground pixels' median.
 Silhouette retrieval = rank of the asked concept when the blurred foreground mask is compared (cosine) with the
@@ -32,7 +33,8 @@ CONCEPTS = json.loads(Path(__file__).with_name("concepts.json").read_text(encodi
 EVAL_COLORS = ["red", "orange", "yellow", "green", "teal", "blue", "purple", "pink", "brown", "black"]
 FG_DISTANCE = 22.0
 RES = 64
-PHRASING_SETS = ("heldout", "control", "blind")  # concepts.json {name}_phrasings, in the order they were written
+# concepts.json {name}_phrasings, in the order they were written
+PHRASING_SETS = ("heldout", "control", "blind", "fresh")
 SEED = 424242
 
 
@@ -95,7 +97,8 @@ def rank_concepts(vector: np.ndarray, refs: np.ndarray, ref_concepts: list[str])
 def heldout_prompts(per_concept: int = 4, seed: int = SEED, phrasings: str = "heldout") -> list[dict]:
     """per_concept prompts a concept, in a set of held-out phrasings ("heldout"; "control": the set written
     before training captions used the first set's words; "blind": written after run 11, in words none of its
-    captions has), each with its own colour and seed."""
+    captions has; "fresh": written before run 12, in words no icon name or tag has), each with its own colour
+    and seed."""
     rng = random.Random(seed)
     phrasings = CONCEPTS[f"{phrasings}_phrasings"]
     out = []
@@ -255,7 +258,8 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--phrasings", choices=PHRASING_SETS, default="heldout",
                         help="concepts.json heldout_phrasings, control_phrasings (unseen words for models trained "
                              "with data.medium_modifiers, which puts the first set's words into captions) or "
-                             "blind_phrasings (words no run 11 caption has)")
+                             "blind_phrasings (words no run 11 caption has) or fresh_phrasings (written before "
+                             "run 12, in words no icon name or tag or run 12 caption has)")
     parser.add_argument("--batch", type=int, default=25)
     parser.add_argument("--device", default=None)
     parser.add_argument("--make-refs", default=None, metavar="PACK", help="rebuild eval_refs.npz from an icon pack")
