@@ -328,6 +328,10 @@ class PipelineManager:
         with self.lock, self._running(owner, others_waiting):
             self.load_model(entry.id, progress)
             notes = self.set_loras(request.loras) + entry.prompt_hints_for(request.prompt)
+            if request.active_loras and request.guidance_scale is None and entry.lora_guidance is not None:
+                notes.append(f"Guidance {guidance:g} with a LoRA ({entry.label}'s setting: at "
+                             f"{entry.default_guidance:g} a brand LoRA's colours drift off its palette); "
+                             "set Guidance to choose another.")
             loaded = self._require_loaded()
             pipe = loaded.pipe
             notes += [n for n in [truncation_note(pipe, prompt)] if n]
@@ -383,4 +387,5 @@ class PipelineManager:
     def _steps_and_guidance(entry: ModelEntry, preset: QualityPreset, request: GenerationRequest) -> tuple[int, float]:
         """Distilled models run their own step count; elsewhere the preset sets steps."""
         steps = request.steps or (entry.default_steps if entry.distilled else preset.steps)
-        return int(steps), model_guidance(request.guidance_scale, entry.default_guidance, entry.label)
+        default = entry.default_guidance_for(bool(request.active_loras))
+        return int(steps), model_guidance(request.guidance_scale, default, entry.label)

@@ -40,6 +40,7 @@ class ModelEntry:
     commercial_use: bool
     notes: str = ""
     guidance_until: float = 1.0  # share of the steps that run classifier-free guidance (pipeline_call)
+    lora_guidance: float | None = None  # guidance with a LoRA active when the designer leaves it at the default
     extra_components: dict[str, dict[str, Any]] = field(default_factory=dict)
     lora_settings: dict[str, Any] = field(default_factory=dict)  # what the Train tab starts from, over the size's
     prompt_hints: list[dict[str, str]] = field(default_factory=list)  # {"pattern", "message"}: see prompt_hints_for
@@ -60,6 +61,13 @@ class ModelEntry:
         docs/PERFORMANCE.md). The manager and the LoRA demo benchmark both ask this."""
         return 1.0 if with_lora else self.guidance_until
 
+    def default_guidance_for(self, with_lora: bool) -> float:
+        """The guidance a generation runs when the designer leaves it at -1 (model default): the entry's
+        lora_guidance with a LoRA active, if it has one. Classifier-free guidance pushes a brand LoRA's colours
+        off its palette on brandgen-tiny (teal -> navy, coral -> orange at 6.0; docs/TINY_MODEL.md "Guidance with a
+        brand LoRA"), so that model guides more gently with one."""
+        return self.lora_guidance if with_lora and self.lora_guidance is not None else self.default_guidance
+
     def resolved_source(self, base: Path = REPO_ROOT) -> str:
         """Local paths are relative to the repository; hub ids are returned as they are."""
         if self.source_type == "local":
@@ -79,6 +87,9 @@ class ModelEntry:
         if self.guidance_until < 1:
             text += (f"\n\nGuidance runs for the first {self.guidance_until:.0%} of the steps, the rest at half "
                      "the cost (Fast preset included); every step with a brand LoRA (docs/PERFORMANCE.md).")
+        if self.lora_guidance is not None:
+            text += (f"\n\nWith a brand LoRA, guidance defaults to {self.lora_guidance:g} instead of "
+                     f"{self.default_guidance:g}: it keeps the LoRA's colours on its palette.")
         if self.notes:
             text += f"\n\n{self.notes}"
         return text
@@ -119,6 +130,10 @@ def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
         problems.append("guidance_until must be a number in (0, 1]")
     elif until < 1 and raw.get("family") != "sd15":
         problems.append("guidance_until < 1 is only supported for the sd15 family")
+    lora_guidance = raw.get("lora_guidance")
+    if lora_guidance is not None and (isinstance(lora_guidance, bool) or not isinstance(lora_guidance, (int, float))
+                                      or not 1 <= lora_guidance <= 30):
+        problems.append("lora_guidance must be a number in [1, 30] (below 1 turns the negative prompt off)")
     for name, spec in (raw.get("extra_components") or {}).items():
         if not {"library", "class", "source"} <= set(spec):
             problems.append(f"extra component {name!r} needs library, class and source")
@@ -127,7 +142,8 @@ def _validate(model_id: str, raw: dict[str, Any]) -> ModelEntry:
     problems += _hint_problems(raw.get("prompt_hints", []))
     if problems:
         raise ValueError(f"presets/models.json entry {model_id!r}: " + "; ".join(problems))
-    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until", "lora_settings", "prompt_hints"}
+    known = set(_REQUIRED) | {"notes", "extra_components", "guidance_until", "lora_guidance", "lora_settings",
+                              "prompt_hints"}
     return ModelEntry(
         id=model_id,
         **{k: v for k, v in raw.items() if k in known and k != "native_resolution"},

@@ -77,6 +77,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--steps", type=int, default=None, help="default: 600 for v2, 250 for v1")
     parser.add_argument("--lr", type=float, default=None, help="default: 3e-4 for v2, 1e-3 for v1")
     parser.add_argument("--seeds", type=int, default=2)
+    parser.add_argument("--first-seed", type=int, default=0, help="seeds first-seed .. first-seed + seeds - 1")
+    parser.add_argument("--lora-guidance", type=float, default=None,
+                        help="guidance after training (default: as the app does, the registry model's "
+                             "lora_guidance, else its default guidance)")
     parser.add_argument("--sample-steps", type=int, default=20)
     parser.add_argument("--guidance-until", type=float, default=None,
                         help="guide this share of the sampling steps (default: as the app does, the registry model's "
@@ -130,6 +134,9 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(result))
         return result
     guidance = entry.default_guidance if entry else 6.0
+    # as the app guides with a LoRA active and Guidance left at -1 (ModelEntry.default_guidance_for)
+    guidance_lora = (args.lora_guidance if args.lora_guidance is not None
+                     else entry.default_guidance_for(True) if entry else guidance)
     # as the app guides: the model's share before the LoRA, its share with a LoRA active after (ModelEntry)
     until, until_lora = ((args.guidance_until,) * 2 if args.guidance_until is not None
                          else (entry.guided_share(False), entry.guided_share(True)) if entry else (1.0, 1.0))
@@ -152,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict:
             shutil.copy(image.with_suffix(".txt"), data)
     pairs = [build_prompt(f"a {subject}", "icons", extra_triggers=(args.trigger,)) for subject in subjects]
     prompts, negative = [p.prompt for p in pairs], pairs[0].negative
-    seeds = list(range(args.seeds))
+    seeds = list(range(args.first_seed, args.first_seed + args.seeds))
 
     before = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until)
 
@@ -181,7 +188,7 @@ def main(argv: list[str] | None = None) -> dict:
     train_seconds = time.perf_counter() - start
 
     pipe.load_lora_weights(str(result.lora_dir), weight_name=DIFFUSERS_FILE)
-    after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance, args.resolution, until_lora)
+    after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance_lora, args.resolution, until_lora)
     grid_dir = ROOT / "benchmarks" / "outputs"
     grid_dir.mkdir(parents=True, exist_ok=True)
     grid = Image.new("RGB", (args.resolution * len(before), 2 * args.resolution))  # row 1 before, row 2 after
@@ -206,6 +213,7 @@ def main(argv: list[str] | None = None) -> dict:
         "rank": args.rank,
         "steps": result.steps,
         "lr": args.lr,
+        "guidance": {"before": guidance, "after": guidance_lora},
         "guidance_until": {"before": until, "after": until_lora},
         "target_modules": args.target_modules,
         "timesteps": args.timesteps,

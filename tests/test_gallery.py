@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import sqlite3
 import time
 from pathlib import Path
@@ -115,6 +117,20 @@ def test_steps_and_guidance_stay_default_when_they_match_the_preset_and_model(ma
     assert (values["steps"], values["guidance"], values["count"]) == (0, -1, 1)
     values, _ = controls_from_settings({**settings, "steps": 9, "guidance_scale": 3.5}, manager)
     assert (values["steps"], values["guidance"]) == (9, 3.5)
+
+
+def test_guidance_stays_default_when_it_matches_the_models_guidance_with_a_lora(manager: PipelineManager):
+    """A model with lora_guidance generates at it when a LoRA is on and Guidance is -1: reusing such an image
+    keeps -1; its plain default, chosen by hand with a LoRA on, is kept as a number."""
+    entry = dataclasses.replace(manager.registry.get("tiny-sd15"), lora_guidance=2.0)
+    manager.registry = manager.registry.with_entry(entry)
+    settings = {"prompt": "a leaf", "model": "tiny-sd15", "preset": "draft", "seed": 3, "steps": 0,
+                "loras": [{"name": "gone", "weight": 0.8}], "guidance_scale": 2.0}
+    assert controls_from_settings(settings, manager)[0]["guidance"] == -1
+    chosen = {**settings, "guidance_scale": entry.default_guidance}
+    assert controls_from_settings(chosen, manager)[0]["guidance"] == entry.default_guidance
+    without = {**settings, "loras": [{"name": "gone", "weight": 0}]}  # a slot at weight 0 is off
+    assert controls_from_settings(without, manager)[0]["guidance"] == 2.0
 
 
 def test_settings_are_read_without_decoding_the_pixels(tmp_path: Path, monkeypatch):

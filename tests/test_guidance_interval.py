@@ -131,6 +131,41 @@ def test_registry_validates_the_share():
     assert entry.guided_share(with_lora=False) == 0.4 and entry.guided_share(with_lora=True) == 1.0
 
 
+def test_registry_validates_the_guidance_with_a_lora():
+    tiny = ModelRegistry.from_file().get("brandgen-tiny")
+    base = {k: getattr(tiny, k) for k in ("label", "family", "source_type", "source", "pipeline_class",
+                                          "default_steps", "default_guidance", "distilled", "vram_gb", "license",
+                                          "commercial_use")}
+    base["native_resolution"] = list(tiny.native_resolution)
+    plain = _validate("m", base)
+    assert plain.lora_guidance is None and plain.default_guidance_for(True) == plain.default_guidance
+    gentle = _validate("m", {**base, "lora_guidance": 2})
+    assert (gentle.default_guidance_for(False), gentle.default_guidance_for(True)) == (base["default_guidance"], 2)
+    assert "guidance defaults to 2 instead of" in gentle.summary() and "instead of" not in plain.summary()
+    for bad in (0.5, 0, 31, "low", True):
+        with pytest.raises(ValueError, match="lora_guidance must be a number in"):
+            _validate("m", {**base, "lora_guidance": bad})
+
+
+def test_a_lora_runs_at_the_models_lora_guidance_unless_the_designer_sets_one(registry, app_paths, tiny_dirs):
+    entry = dataclasses.replace(registry.get("tiny-sd15"), lora_guidance=2.0)
+    manager = PipelineManager(registry=registry.with_entry(entry), paths=app_paths)
+    make_sd15_lora(tiny_dirs["sd15"], app_paths.loras / "palette.safetensors", seed=3)
+    seen = {}
+    for loras, guidance in (((), None), ((("palette", 0.8),), None), ((("palette", 0.8),), 4.0),
+                            ((("palette", 0.0),), None)):
+        seen[loras, guidance] = manager.generate(GenerationRequest(
+            prompt="a bell icon", model_id=entry.id, seed=1, preset="draft", loras=loras, guidance_scale=guidance))
+    scale = {key: result.metadata[0]["guidance_scale"] for key, result in seen.items()}
+    assert scale[(), None] == scale[(("palette", 0.0),), None] == entry.default_guidance
+    assert scale[(("palette", 0.8),), None] == 2.0 and scale[(("palette", 0.8),), 4.0] == 4.0
+    assert any("Guidance 2 with a LoRA" in n for n in seen[(("palette", 0.8),), None].notes)
+    assert not any("with a LoRA" in n for n in seen[(("palette", 0.8),), 4.0].notes)
+    # the pipeline ran at it: the same LoRA and seed at 2.0 and at 4.0 give different images
+    low, high = (np.asarray(seen[(("palette", 0.8),), g].images[0], dtype=int) for g in (None, 4.0))
+    assert np.abs(low - high).max() > 0
+
+
 def test_manager_uses_the_models_share_under_draft_and_the_step_cached_fast_preset(tmp_path: Path):
     manager = PipelineManager(paths=AppPaths(tmp_path))
     entry = manager.registry.get(manager.registry.default_id)

@@ -338,7 +338,8 @@ class LoraTrainer:
             self.val_uncond,
             seeds=seeds or [cfg.seed + i for i in range(max(1, cfg.validation_images))],
             steps=steps or cfg.validation_steps or (entry.default_steps if entry else family.default_steps),
-            guidance=entry.default_guidance if entry else family.default_guidance,
+            # as the Generate tab will run this LoRA: with the model's guidance for a LoRA (ModelEntry)
+            guidance=entry.default_guidance_for(True) if entry else family.default_guidance,
             resolution=cfg.resolution,
             device=self.accelerator.device,
             dtype=self.dtype,

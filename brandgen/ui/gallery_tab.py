@@ -61,7 +61,8 @@ def controls_from_settings(settings: dict[str, Any], manager: PipelineManager) -
     default_steps = (entry.default_steps if entry and entry.distilled else preset_steps)
     values["steps"] = 0 if not steps or steps == default_steps else int(steps)
     guidance = settings.get("guidance_scale")
-    default_guidance = entry.default_guidance if entry else None
+    with_lora = any(float(lora.get("weight") or 0) for lora in settings.get("loras") or [])
+    default_guidance = entry.default_guidance_for(with_lora) if entry else None
     values["guidance"] = -1 if guidance is None or guidance == default_guidance else float(guidance)
     available = {info.name for info in manager.list_loras()}
     loras = []
