@@ -85,12 +85,17 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--guidance-until", type=float, default=None,
                         help="guide this share of the sampling steps (default: as the app does, the registry model's "
                              "share without a LoRA and every step with one)")
+    parser.add_argument("--sweep-lora-guidance", default="", metavar="G1,G2,...",
+                        help="also render the trained LoRA at these guidance scales (same seeds) and report each "
+                             "one's foreground adherence: how a model's lora_guidance is chosen")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
     parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="uniform",
                         help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
+    parser.add_argument("--grid", default=None,
+                        help="before/after PNG (default: benchmarks/outputs/train_tiny_EXAMPLE_before_after.png)")
     parser.add_argument("--ceiling-only", action="store_true",
                         help="only the dataset's VAE round trip (the adherence no LoRA can exceed), no training")
     args = parser.parse_args(argv)
@@ -189,13 +194,12 @@ def main(argv: list[str] | None = None) -> dict:
 
     pipe.load_lora_weights(str(result.lora_dir), weight_name=DIFFUSERS_FILE)
     after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance_lora, args.resolution, until_lora)
-    grid_dir = ROOT / "benchmarks" / "outputs"
-    grid_dir.mkdir(parents=True, exist_ok=True)
     grid = Image.new("RGB", (args.resolution * len(before), 2 * args.resolution))  # row 1 before, row 2 after
     for row, batch in enumerate((before, after)):
         for i, image in enumerate(batch):
             grid.paste(image.resize((args.resolution, args.resolution)), (i * args.resolution, row * args.resolution))
-    grid_path = grid_dir / f"train_tiny_{args.example}_before_after.png"
+    grid_path = Path(args.grid or ROOT / "benchmarks" / "outputs" / f"train_tiny_{args.example}_before_after.png")
+    grid_path.parent.mkdir(parents=True, exist_ok=True)
     grid.save(grid_path)
 
     mean = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
@@ -204,6 +208,10 @@ def main(argv: list[str] | None = None) -> dict:
     foreground = {tag: mean([foreground_palette_adherence(i, palette) for i in batch])
                   for tag, batch in (("before", before), ("after", after), ("dataset", dataset),
                                      ("vae", round_trip))}
+    sweep = {}
+    for value in (float(v) for v in args.sweep_lora_guidance.split(",") if v.strip()):
+        batch = render_all(pipe, prompts, negative, seeds, args.sample_steps, value, args.resolution, until_lora)
+        sweep[f"{value:g}"] = mean([foreground_palette_adherence(i, palette) for i in batch])
     report = {
         "status": "done",
         "model": args.model,
@@ -230,6 +238,7 @@ def main(argv: list[str] | None = None) -> dict:
         "foreground_gain_points": round(100 * (foreground["after"] - foreground["before"]), 1),
         "dataset_foreground_adherence": foreground["dataset"],
         "vae_round_trip_foreground_adherence": foreground["vae"],
+        "foreground_adherence_after_by_guidance": sweep,
         "eval_loss": result.metrics,
         "prompts": prompts,
         "seeds": seeds,

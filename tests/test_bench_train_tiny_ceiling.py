@@ -1,4 +1,5 @@
-"""scripts/bench_train_tiny.py --ceiling-only: the demo set's VAE round trip, the most a brand LoRA can reach."""
+"""scripts/bench_train_tiny.py: --ceiling-only (the demo set's VAE round trip, the most a brand LoRA can reach) and
+the whole demo on a tiny model (guidance and seeds of the after row)."""
 
 from __future__ import annotations
 
@@ -17,3 +18,17 @@ def test_ceiling_only_reports_the_round_trip_without_training(bench, tiny_dirs, 
     # a random-weight autoencoder returns noise: far below the dataset's own adherence (0.92), but a real number
     assert 0.0 <= out["vae_round_trip_foreground_adherence"] < 0.5
     assert "adherence_after" not in out and "train_seconds" not in out
+
+
+def test_demo_renders_after_training_at_the_asked_guidance_and_seeds(bench, tiny_dirs, tmp_path):
+    """The whole demo on a tiny random-weight SD1.5 (a few steps): the after row runs at --lora-guidance, and the
+    sweep renders the same LoRA and seeds again, so its entry for that guidance is the after figure itself."""
+    out = bench.main(["--model", str(tiny_dirs["sd15"]), "--images", "3", "--resolution", "32", "--steps", "2",
+                      "--seeds", "2", "--first-seed", "5", "--sample-steps", "2", "--lora-guidance", "2",
+                      "--sweep-lora-guidance", "2,4", "--grid", str(tmp_path / "grid.png"),
+                      "--out", str(tmp_path / "demo.json")])
+    assert out["status"] == "done" and out["seeds"] == [5, 6] and out["steps"] == 2
+    assert out["guidance"] == {"before": 6.0, "after": 2.0}
+    sweep = out["foreground_adherence_after_by_guidance"]
+    assert set(sweep) == {"2", "4"} and sweep["2"] == out["foreground_adherence_after"]
+    assert (tmp_path / "grid.png").is_file() and (tmp_path / "demo.json").is_file()
