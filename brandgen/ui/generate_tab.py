@@ -137,7 +137,7 @@ def build_generate_tab(manager: PipelineManager, gallery_store: Any = None,
                 negative = gr.Textbox(label="Extra negative prompt (added to the asset type's)", lines=1)
                 with gr.Row():
                     steps = gr.Number(value=0, label="Steps (0 = preset)", precision=0)
-                    guidance = gr.Number(value=-1, label="Guidance (-1 = model default)")
+                    guidance = gr.Number(value=-1, label="Guidance (-1 = model default; with a LoRA, its LoRA default)")
                 with gr.Row():
                     memory_mode = gr.Dropdown(list(MEMORY_MODES), value=manager.memory_mode, label="Memory mode")
                     vae_tiling = gr.Checkbox(value=manager.vae_tiling, label="VAE tiling (large images)")
