@@ -113,12 +113,17 @@ def test_pipelines_with_pooled_embeddings_keep_guidance_on_every_step(tmp_path_f
     assert batches == [2] * 4
 
 
-def test_registry_validates_the_share():
+def _required_fields() -> dict:
+    """The shipped default model's required models.json fields: a valid entry to vary one setting of."""
     tiny = ModelRegistry.from_file().get("brandgen-tiny")
     base = {k: getattr(tiny, k) for k in ("label", "family", "source_type", "source", "pipeline_class",
                                           "default_steps", "default_guidance", "distilled", "vram_gb", "license",
                                           "commercial_use")}
-    base["native_resolution"] = list(tiny.native_resolution)
+    return {**base, "native_resolution": list(tiny.native_resolution)}
+
+
+def test_registry_validates_the_share():
+    base = _required_fields()
     assert _validate("m", {**base, "guidance_until": 0.4}).guidance_until == 0.4
     assert _validate("m", base).guidance_until == 1.0
     for bad in (0, -0.5, 1.5, "half", True):
@@ -132,11 +137,7 @@ def test_registry_validates_the_share():
 
 
 def test_registry_validates_the_guidance_with_a_lora():
-    tiny = ModelRegistry.from_file().get("brandgen-tiny")
-    base = {k: getattr(tiny, k) for k in ("label", "family", "source_type", "source", "pipeline_class",
-                                          "default_steps", "default_guidance", "distilled", "vram_gb", "license",
-                                          "commercial_use")}
-    base["native_resolution"] = list(tiny.native_resolution)
+    base = _required_fields()
     plain = _validate("m", base)
     assert plain.lora_guidance is None and plain.default_guidance_for(True) == plain.default_guidance
     gentle = _validate("m", {**base, "lora_guidance": 2})
