@@ -329,9 +329,8 @@ class PipelineManager:
             self.load_model(entry.id, progress)
             notes = self.set_loras(request.loras) + entry.prompt_hints_for(request.prompt)
             if request.active_loras and request.guidance_scale is None and entry.lora_guidance is not None:
-                notes.append(f"Guidance {guidance:g} with a LoRA ({entry.label}'s setting: at "
-                             f"{entry.default_guidance:g} a brand LoRA's colours drift off its palette); "
-                             "set Guidance to choose another.")
+                notes.append(f"Guidance {guidance:g} with a LoRA, this model's setting (at {entry.default_guidance:g} "
+                             "a brand LoRA's colours drift off its palette); set Guidance to choose another.")
             loaded = self._require_loaded()
             pipe = loaded.pipe
             notes += [n for n in [truncation_note(pipe, prompt)] if n]
