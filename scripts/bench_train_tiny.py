@@ -65,6 +65,28 @@ def vae_round_trip(pipe, images: list, size: int) -> list:
                             .astype(np.uint8)) for image in images]
 
 
+def kept_by_colour(originals: list, round_trips: list, palette: list[str], size: int) -> dict[str, float]:
+    """For each brand colour, the share of the dataset's pixels drawn in it (within delta E 10) that are still
+    within the palette tolerance of it after the VAE round trip: which colour the autoencoder loses (thin teal
+    outlines, large coral fills)."""
+    import numpy as np
+
+    from brandgen.metrics import PALETTE_TOLERANCE, hex_to_rgb, rgb_to_lab
+
+    lab = rgb_to_lab(np.array([hex_to_rgb(c) for c in palette], np.float64))
+    kept, drawn = np.zeros(len(palette)), np.zeros(len(palette))
+    for original, back in zip(originals, round_trips):
+        x = rgb_to_lab(np.asarray(original.convert("RGB").resize((size, size)), np.float64).reshape(-1, 3))
+        y = rgb_to_lab(np.asarray(back.convert("RGB"), np.float64).reshape(-1, 3))
+        distance = np.linalg.norm(x[:, None] - lab[None], axis=-1)
+        nearest = distance.argmin(1)
+        for k in range(len(palette)):
+            mask = (nearest == k) & (distance.min(1) < 10)
+            drawn[k] += mask.sum()
+            kept[k] += (np.linalg.norm(y[mask] - lab[k], axis=-1) < PALETTE_TOLERANCE).sum()
+    return {c: round(float(kept[k] / drawn[k]), 4) if drawn[k] else None for k, c in enumerate(palette)}
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="brandgen-tiny", help="registry id or diffusers folder")
@@ -150,10 +172,14 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.set_progress_bar_config(disable=True)
     if args.ceiling_only:  # seconds instead of minutes: screens an autoencoder before any LoRA is trained on it
         dataset = [Image.open(p) for p in images]
-        adherence = [foreground_palette_adherence(i, palette) for i in vae_round_trip(pipe, dataset, args.resolution)]
+        round_trip = vae_round_trip(pipe, dataset, args.resolution)
+        adherence = [foreground_palette_adherence(i, palette) for i in round_trip]
         result = {"status": "ceiling", "model": args.model, "images": len(images), "palette": palette,
-                  "vae_round_trip_foreground_adherence": round(sum(adherence) / len(adherence), 4)}
+                  "vae_round_trip_foreground_adherence": round(sum(adherence) / len(adherence), 4),
+                  "vae_round_trip_kept_by_colour": kept_by_colour(dataset, round_trip, palette, args.resolution)}
         print(json.dumps(result))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
         return result
     work = Path(tempfile.mkdtemp(prefix="bench-train-"))
     data = work / "data"

@@ -3,6 +3,8 @@ the whole demo on a tiny model (guidance and seeds of the after row)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from script_loader import load_script
 
@@ -13,11 +15,28 @@ def bench():
 
 
 def test_ceiling_only_reports_the_round_trip_without_training(bench, tiny_dirs, tmp_path):
-    out = bench.main(["--model", str(tiny_dirs["sd15"]), "--ceiling-only", "--images", "3", "--resolution", "32"])
+    out = bench.main(["--model", str(tiny_dirs["sd15"]), "--ceiling-only", "--images", "3", "--resolution", "32",
+                      "--out", str(tmp_path / "ceiling.json")])
+    assert json.loads((tmp_path / "ceiling.json").read_text()) == out
     assert out["status"] == "ceiling" and out["images"] == 3
     # a random-weight autoencoder returns noise: far below the dataset's own adherence (0.92), but a real number
     assert 0.0 <= out["vae_round_trip_foreground_adherence"] < 0.5
     assert "adherence_after" not in out and "train_seconds" not in out
+    kept = out["vae_round_trip_kept_by_colour"]
+    assert set(kept) == set(out["palette"]) and all(0.0 <= v <= 1.0 for v in kept.values())
+
+
+def test_kept_by_colour_counts_what_a_round_trip_keeps_of_each_brand_colour(bench):
+    """An exact round trip keeps every colour; one that turns the teal half navy keeps none of the teal."""
+    from PIL import Image
+
+    palette = ["#0f766e", "#f97360"]
+    image = Image.new("RGB", (8, 8), (0x0F, 0x76, 0x6E))
+    image.paste((0xF9, 0x73, 0x60), (0, 4, 8, 8))
+    navy = image.copy()
+    navy.paste((0x1E, 0x2A, 0x5A), (0, 0, 8, 4))
+    assert bench.kept_by_colour([image], [image.copy()], palette, 8) == {"#0f766e": 1.0, "#f97360": 1.0}
+    assert bench.kept_by_colour([image], [navy], palette, 8) == {"#0f766e": 0.0, "#f97360": 1.0}
 
 
 def test_demo_renders_after_training_at_the_asked_guidance_and_seeds(bench, tiny_dirs, tmp_path):
