@@ -79,9 +79,9 @@ def kept_by_colour(originals: list, round_trips: list, palette: list[str], size:
         x = rgb_to_lab(np.asarray(original.convert("RGB").resize((size, size)), np.float64).reshape(-1, 3))
         y = rgb_to_lab(np.asarray(back.convert("RGB"), np.float64).reshape(-1, 3))
         distance = np.linalg.norm(x[:, None] - lab[None], axis=-1)
-        nearest = distance.argmin(1)
+        nearest, drawn_in_palette = distance.argmin(1), distance.min(1) < 10
         for k in range(len(palette)):
-            mask = (nearest == k) & (distance.min(1) < 10)
+            mask = (nearest == k) & drawn_in_palette
             drawn[k] += mask.sum()
             kept[k] += (np.linalg.norm(y[mask] - lab[k], axis=-1) < PALETTE_TOLERANCE).sum()
     return {c: round(float(kept[k] / drawn[k]), 4) if drawn[k] else None for k, c in enumerate(palette)}
