@@ -281,6 +281,14 @@ def test_control_phrasings_share_no_word_with_what_training_captions_are_made_of
     assert "ui" in seen and not words & seen
 
 
+def test_icon_words_are_the_names_phrases_and_tags_and_made_up_names_avoid_them_and_the_held_out_sets():
+    from brandgen.tiny.caption_options import icon_words, known_words
+
+    meta = [_meta(), {**_meta(None), "name": "rocket-ship", "phrase": "rocket ship", "tags": ["Launch", "space"]}]
+    assert icon_words(meta) == {"alert", "alarm", "rocket", "ship", "launch", "space"}
+    assert icon_words(meta) | {"signage", "quarterly"} <= known_words(meta)
+
+
 @pytest.mark.parametrize("name", ["blind", "fresh"])
 def test_late_held_out_sets_use_no_word_of_the_earlier_sets_or_of_captions_with_every_option_on(name: str):
     """The third and fourth held-out sets: beyond "for", "a", "an", "the", "in", none of their words is in a caption

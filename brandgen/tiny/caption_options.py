@@ -103,10 +103,15 @@ def with_made_up_names(captions: list[str], share: float, rng: random.Random, kn
     return out
 
 
+def icon_words(meta: list[dict]) -> set[str]:
+    """The words of the icons' names, phrases and tags (held-out icons too)."""
+    return {w for m in meta for t in [m.get("phrase") or "", m.get("name") or "", *(m.get("tags") or [])]
+            for w in re.findall(r"[a-z]+", t.lower())}
+
+
 def known_words(meta: list[dict]) -> frozenset[str]:
     """Every word a made-up name must not be: the icons' names and tags and the held-out phrasings' words."""
-    words = {w for m in meta for t in [m.get("phrase") or "", m.get("name") or "", *(m.get("tags") or [])]
-             for w in re.findall(r"[a-z]+", t.lower())}
+    words = icon_words(meta)
     for key in (k for k in CONCEPTS if k.endswith("_phrasings")):  # every held-out set, later ones too
         words |= {w for p in CONCEPTS[key] for w in re.findall(r"[a-z]+", p)}
     return frozenset(words)
