@@ -198,3 +198,22 @@ def test_a_brand_lora_keeps_guidance_on_every_step(registry, app_paths, tiny_dir
     assert seen[()] == [2] * cut + [1] * (15 - cut)
     assert seen[(("palette", 0.8),)] == [2] * 15
     assert seen[(("palette", 0.0),)] == seen[()]  # a LoRA at weight 0 is off
+
+
+def test_train_tab_samples_use_the_guidance_a_lora_will_generate_at(registry, monkeypatch):
+    """The samples a training run shows are the LoRA as Generate will run it: at the model's lora_guidance."""
+    from types import SimpleNamespace
+
+    from brandgen.training import trainer as trainer_module
+
+    seen = []
+    monkeypatch.setattr(trainer_module, "render_images", lambda *a, **kw: seen.append(kw["guidance"]) or [])
+    config = SimpleNamespace(seed=1, validation_images=1, validation_steps=2, resolution=32)
+    run = trainer_module.LoraTrainer.__new__(trainer_module.LoraTrainer)
+    run.config, run.family, run.pipe, run.val_cond, run.val_uncond, run.dtype = config, None, None, {}, {}, None
+    run.accelerator = SimpleNamespace(device="cpu", autocast=None)
+    plain = registry.get("tiny-sd15")
+    for entry in (plain, dataclasses.replace(plain, lora_guidance=2.5)):
+        run.entry = entry
+        run.render()
+    assert seen == [plain.default_guidance, 2.5]
