@@ -113,8 +113,12 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: leave the default)")
     parser.add_argument("--trigger", default=None, help="default: tealcoral (v2: brand_example.json's)")
     parser.add_argument("--target-modules", choices=("attention+conv", "attention"), default="attention+conv")
-    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default="uniform",
-                        help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided")
+    parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default=None,
+                        help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided "
+                             "(default: what the Train tab suggests for the model, else uniform)")
+    parser.add_argument("--settings-of", default=None, metavar="REGISTRY_ID",
+                        help="judge a model folder with this registry entry's guidance and LoRA settings, as if it "
+                             "shipped under that id (a candidate for brandgen-tiny: --settings-of brandgen-tiny)")
     parser.add_argument("--out", default=None, help="also write the JSON report here")
     parser.add_argument("--grid", default=None,
                         help="before/after PNG (default: benchmarks/outputs/train_tiny_EXAMPLE_before_after.png)")
@@ -132,13 +136,21 @@ def main(argv: list[str] | None = None) -> dict:
     args.trigger = args.trigger or trigger
     args.data = args.data or str(data_dir)
     args.resolution = args.resolution or (256 if args.example == "v2" else 128)
-    if args.example == "v2":  # what the Train tab suggests for a model of this size, epochs over these images
+    from brandgen.registry import ModelRegistry
+    from brandgen.training.loading import resolve_base_model
+
+    source, family, entry = resolve_base_model(args.model, None)
+    if args.settings_of:
+        entry = ModelRegistry.from_file().get(args.settings_of)
+    if args.example == "v2":  # what the Train tab suggests for this model (its entry's lora_settings win), in epochs
         from brandgen.training.config import suggested_lora_settings
 
-        suggested = suggested_lora_settings(args.resolution)
+        suggested = entry.suggested_lora_settings() if entry else suggested_lora_settings(args.resolution)
         args.steps = args.steps or suggested["epochs"] * args.images
         args.lr = args.lr or suggested["lr"]
+        args.timesteps = args.timesteps or suggested.get("timesteps", "uniform")
     args.steps, args.lr = args.steps or 250, args.lr or 1e-3  # v1's figures
+    args.timesteps = args.timesteps or "uniform"
 
     import torch
     from diffusers import DiffusionPipeline
@@ -150,12 +162,10 @@ def main(argv: list[str] | None = None) -> dict:
     from brandgen.templates import build_prompt
     from brandgen.training.config import TrainConfig
     from brandgen.training.families import UNET_CONV_TARGETS, get_family
-    from brandgen.training.loading import resolve_base_model
     from brandgen.training.trainer import LoraTrainer
 
     if args.threads:
         torch.set_num_threads(args.threads)
-    source, family, entry = resolve_base_model(args.model, None)
     if not Path(source, "model_index.json").is_file():
         result = {"status": "skipped", "reason": f"no model folder at {source} (build brandgen-tiny first)"}
         print(json.dumps(result))
@@ -241,6 +251,7 @@ def main(argv: list[str] | None = None) -> dict:
     report = {
         "status": "done",
         "model": args.model,
+        "settings_of": args.settings_of,
         "family": family,
         "images": len(images),
         "resolution": args.resolution,

@@ -51,3 +51,30 @@ def test_demo_renders_after_training_at_the_asked_guidance_and_seeds(bench, tiny
     sweep = out["foreground_adherence_after_by_guidance"]
     assert set(sweep) == {"2", "4"} and sweep["2"] == out["foreground_adherence_after"]
     assert (tmp_path / "grid.png").is_file() and (tmp_path / "demo.json").is_file()
+
+
+def test_settings_of_judges_a_folder_as_the_registry_entry_would_run_it(bench, tiny_dirs, tmp_path, monkeypatch):
+    """--settings-of brandgen-tiny: a candidate folder is rendered at that entry's guidance (6 on its first half of
+    the steps before, its lora_guidance on every step after) and trained with its lora_settings, as the app and the
+    Train tab would once it shipped under that id; a folder alone gets neither."""
+    import dataclasses
+
+    from brandgen.registry import ModelRegistry
+
+    real = ModelRegistry.from_file()
+    entries = {e.id: e for e in real.entries()}
+    entries["brandgen-tiny"] = dataclasses.replace(entries["brandgen-tiny"],
+                                                   lora_settings={"timesteps": "high-noise", "lr": 6e-4})
+    monkeypatch.setattr(ModelRegistry, "from_file", classmethod(lambda cls, path=None: cls(entries)))
+    common = ["--model", str(tiny_dirs["sd15"]), "--images", "3", "--resolution", "32", "--steps", "2",
+              "--seeds", "1", "--sample-steps", "2", "--grid", str(tmp_path / "grid.png")]
+    out = bench.main([*common, "--settings-of", "brandgen-tiny"])
+    tiny = entries["brandgen-tiny"]
+    assert out["settings_of"] == "brandgen-tiny"
+    assert out["guidance"] == {"before": tiny.default_guidance, "after": tiny.lora_guidance}
+    assert out["guidance_until"] == {"before": tiny.guidance_until, "after": 1.0}
+    assert out["timesteps"] == "high-noise" and out["lr"] == 6e-4
+    plain = bench.main(common)
+    assert plain["guidance"] == {"before": 6.0, "after": 6.0} and plain["guidance_until"] == {"before": 1.0,
+                                                                                                "after": 1.0}
+    assert plain["timesteps"] == "uniform" and plain["lr"] == 3e-4
