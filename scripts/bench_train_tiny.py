@@ -139,9 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
     from brandgen.registry import ModelRegistry
     from brandgen.training.loading import resolve_base_model
 
-    source, family, entry = resolve_base_model(args.model, None)
+    registry = ModelRegistry.from_file()
+    source, family, entry = resolve_base_model(args.model, registry)
     if args.settings_of:
-        entry = ModelRegistry.from_file().get(args.settings_of)
+        entry = registry.get(args.settings_of)
     if args.example == "v2":  # what the Train tab suggests for this model (its entry's lora_settings win), in epochs
         from brandgen.training.config import suggested_lora_settings
 
