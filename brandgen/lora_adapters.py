@@ -48,6 +48,24 @@ def ensure_adapter(loaded: Any, library: LoraLibrary, name: str) -> LoraInfo:
     return info
 
 
+def brand_decoders(loaded: Any, infos: list[LoraInfo], wanted: tuple[tuple[str, float], ...]
+                   ) -> list[tuple[str, Any, float]]:
+    """(name, delta, weight) for each wanted LoRA that brings a brand decoder (brandgen.brand_decoder), read and
+    checked against the model's autoencoder before anything is switched, so a bad file changes nothing."""
+    vae = getattr(loaded.pipe, "vae", None)
+    if vae is None:
+        return []
+    found = [(info.name, loaded.decoder.delta_for(info.path, vae, info.name, loaded.entry.label), weight)
+             for info, (_, weight) in zip(infos, wanted)]
+    return [item for item in found if item[1] is not None]
+
+
+def set_brand_decoders(loaded: Any, decoders: list[tuple[str, Any, float]]) -> None:
+    """The decoder as base + the active LoRAs' brand decoders at their weights ([]: the base decoder)."""
+    if getattr(loaded.pipe, "vae", None) is not None:
+        loaded.decoder.set(loaded.pipe.vae, decoders)
+
+
 def switch(loaded: Any, infos: list[LoraInfo], wanted: tuple[tuple[str, float], ...], fuse_single: bool) -> None:
     """Make the loaded adapters `infos` active at the weights of `wanted` (none: LoRAs off); a single one is fused.
     On failure the pipeline falls back to no LoRA and the error propagates."""

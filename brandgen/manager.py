@@ -15,13 +15,14 @@ import torch
 
 from brandgen import __version__
 from brandgen.acceleration import FastPathOptions, apply_fast_path
+from brandgen.brand_decoder import DecoderBlend
 from brandgen.device import (
     MEMORY_MODES, DeviceInfo, ThreadPlan, detect_device, free_memory, free_memory_after, free_vram_gb,
     is_out_of_memory, others_running, peak_memory_gb, reset_peak_memory,
 )
 from brandgen.errors import Cancelled, InvalidInput, ModelUnavailable, OutOfMemory
 from brandgen.generation import GenerationRequest, GenerationResult, model_guidance
-from brandgen.lora_adapters import ensure_adapter, switch
+from brandgen.lora_adapters import brand_decoders, ensure_adapter, set_brand_decoders, switch
 from brandgen.lora_hotswap import read_ahead_in_background
 from brandgen.loras import LoraInfo, LoraLibrary
 from brandgen.model_loading import availability, load_pipeline
@@ -50,6 +51,7 @@ class _Loaded:
     fused: bool = False
     hotswap: Any = None  # performance mode's LoRA switcher: lora_fuse.LoraFuser or lora_hotswap.LoraHotswapper
     prompts: PromptCache = field(default_factory=PromptCache)  # text embeddings of recent prompts
+    decoder: DecoderBlend = field(default_factory=DecoderBlend)  # active LoRAs' brand decoders (brand_decoder.py)
 
 
 class PipelineManager:
@@ -247,17 +249,27 @@ class PipelineManager:
                 return []
             if loaded.hotswap is not None:  # switched in place (merged, or the slot): no recompiles
                 infos = [ensure_adapter(loaded, self.lora_library, name) for name, _ in wanted]
+                decoders = brand_decoders(loaded, infos, wanted)
                 previous = loaded.active
                 try:
                     note = loaded.hotswap.set([(info.path, w, info.name) for info, (_, w) in zip(infos, wanted)])
                 except Exception:  # the merge refuses before changing anything; the slot empties itself
                     loaded.active = previous if loaded.hotswap.holds_loras else ()
+                    if not loaded.active:
+                        set_brand_decoders(loaded, [])
                     raise
                 loaded.active = wanted
+                set_brand_decoders(loaded, decoders)
                 return [note] if note else []
-            # load (and validate) new adapters first: a LoRA that fails leaves the fused weights untouched
+            # load (and validate) new adapters and brand decoders first: a LoRA that fails leaves the weights untouched
             infos = [ensure_adapter(loaded, self.lora_library, name) for name, _ in wanted]
-            switch(loaded, infos, wanted, self.fuse_single_lora)
+            decoders = brand_decoders(loaded, infos, wanted)
+            try:
+                switch(loaded, infos, wanted, self.fuse_single_lora)
+            except Exception:  # switch fell back to no LoRA: the base decoder too
+                set_brand_decoders(loaded, [])
+                raise
+            set_brand_decoders(loaded, decoders)
             return []
 
     def unload_loras(self) -> None:
@@ -267,6 +279,7 @@ class PipelineManager:
                 loaded.pipe.unload_lora_weights()
             if loaded.hotswap is not None:
                 loaded.hotswap.reset()
+            set_brand_decoders(loaded, [])
             loaded.loras.clear()
             loaded.active, loaded.fused = (), False
 

@@ -116,6 +116,9 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--timesteps", choices=TIMESTEP_SAMPLING, default=None,
                         help="TrainConfig.timesteps: high-noise weights the steps where a palette is decided "
                              "(default: what the Train tab suggests for the model, else uniform)")
+    parser.add_argument("--decoder-steps", type=int, default=None,
+                        help="TrainConfig.decoder_steps: a brand decoder tuned after the LoRA (brand_decoder.py; "
+                             "default: the model's lora_settings, 0 for none)")
     parser.add_argument("--settings-of", default=None, metavar="REGISTRY_ID",
                         help="judge a model folder with this registry entry's guidance and LoRA settings, as if it "
                              "shipped under that id (a candidate for brandgen-tiny: --settings-of brandgen-tiny)")
@@ -150,13 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
         args.steps = args.steps or suggested["epochs"] * args.images
         args.lr = args.lr or suggested["lr"]
         args.timesteps = args.timesteps or suggested.get("timesteps", "uniform")
+        args.decoder_steps = suggested.get("decoder_steps", 0) if args.decoder_steps is None else args.decoder_steps
     args.steps, args.lr = args.steps or 250, args.lr or 1e-3  # v1's figures
     args.timesteps = args.timesteps or "uniform"
+    args.decoder_steps = args.decoder_steps or 0
 
     import torch
     from diffusers import DiffusionPipeline
     from PIL import Image
 
+    from brandgen.brand_decoder import DecoderBlend
     from brandgen.loras import DIFFUSERS_FILE
     from brandgen.metrics import foreground_palette_adherence, palette_adherence
     from brandgen.paths import AppPaths
@@ -224,12 +230,16 @@ def main(argv: list[str] | None = None) -> dict:
         target_modules=[*get_family(family).default_targets, *UNET_CONV_TARGETS]
         if family in ("sd15", "sdxl") and args.target_modules == "attention+conv" else [],
         timesteps=args.timesteps,
+        decoder_steps=args.decoder_steps,
     )
     start = time.perf_counter()
     result = LoraTrainer(config, paths=AppPaths(work / "home"), device="cpu").run()
     train_seconds = time.perf_counter() - start
 
     pipe.load_lora_weights(str(result.lora_dir), weight_name=DIFFUSERS_FILE)
+    blend = DecoderBlend()  # the LoRA's brand decoder at weight 1, as the app applies it
+    delta = blend.delta_for(Path(result.lora_dir) / DIFFUSERS_FILE, pipe.vae, config.name, str(args.model))
+    blend.set(pipe.vae, [(config.name, delta, 1.0)] if delta is not None else [])
     after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance_lora, args.resolution, until_lora)
     grid = Image.new("RGB", (args.resolution * len(before), 2 * args.resolution))  # row 1 before, row 2 after
     for row, batch in enumerate((before, after)):
@@ -241,10 +251,13 @@ def main(argv: list[str] | None = None) -> dict:
 
     mean = lambda xs: round(sum(xs) / len(xs), 4)  # noqa: E731
     dataset = [Image.open(p) for p in images]
-    round_trip = vae_round_trip(pipe, dataset, args.resolution)
+    round_trip = vae_round_trip(pipe, dataset, args.resolution)  # through the brand decoder when it has one
+    blend.set(pipe.vae, [])
+    base_round_trip = vae_round_trip(pipe, dataset, args.resolution)
+    blend.set(pipe.vae, [(config.name, delta, 1.0)] if delta is not None else [])  # for the guidance sweep
     foreground = {tag: mean([foreground_palette_adherence(i, palette) for i in batch])
                   for tag, batch in (("before", before), ("after", after), ("dataset", dataset),
-                                     ("vae", round_trip))}
+                                     ("vae", round_trip), ("vae_base", base_round_trip))}
     sweep = {}
     for value in (float(v) for v in args.sweep_lora_guidance.split(",") if v.strip()):
         batch = render_all(pipe, prompts, negative, seeds, args.sample_steps, value, args.resolution, until_lora)
@@ -276,6 +289,9 @@ def main(argv: list[str] | None = None) -> dict:
         "foreground_gain_points": round(100 * (foreground["after"] - foreground["before"]), 1),
         "dataset_foreground_adherence": foreground["dataset"],
         "vae_round_trip_foreground_adherence": foreground["vae"],
+        "base_decoder_round_trip_foreground_adherence": foreground["vae_base"],
+        "decoder_steps": args.decoder_steps,
+        "brand_decoder": delta is not None,
         "foreground_adherence_after_by_guidance": sweep,
         "eval_loss": result.metrics,
         "prompts": prompts,

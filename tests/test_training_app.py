@@ -94,6 +94,8 @@ def test_ui_values_become_a_validated_config(tmp_path: Path):
         config_from_ui(*_settings(tmp_path, name="a/b").values())
     high = config_from_ui(*_settings(tmp_path).values(), False, True, False, False, "high-noise", family="sd15")
     assert high.timesteps == "high-noise" and config.timesteps == "uniform"
+    tuned = config_from_ui(*_settings(tmp_path).values(), False, True, False, False, "uniform", 7.0, family="sd15")
+    assert tuned.decoder_steps == 7 and config.decoder_steps == 0
     with pytest.raises(InvalidInput, match="flow model.*use 'uniform'"):  # refused before a job starts
         config_from_ui(*_settings(tmp_path, model="flux1-dev").values(), False, True, False, False, "high-noise",
                        family="flux")
@@ -129,10 +131,12 @@ def test_picking_a_model_fills_in_its_own_lora_settings(registry, app_paths):
 
     from brandgen.ui.app import build_app
 
-    high = replace(registry.get("tiny-sd15"), id="tiny-hn", lora_settings={"timesteps": "high-noise", "lr": 6e-4})
+    high = replace(registry.get("tiny-sd15"), id="tiny-hn",
+                   lora_settings={"timesteps": "high-noise", "lr": 6e-4, "decoder_steps": 120})
     demo = build_app(PipelineManager(registry=registry.with_entry(high), paths=app_paths, device=CPU))
     on_model = next(d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__name__ == "on_model")
-    assert on_model("tiny-hn") == [32, 16, 16, 6e-4, 24, True, "high-noise"]
-    assert on_model("tiny-sd15")[-1] == "uniform" and on_model("flux1-dev")[-1] == "uniform"
+    assert on_model("tiny-hn") == [32, 16, 16, 6e-4, 24, True, "high-noise", 120]
+    assert on_model("tiny-sd15")[-2:] == ["uniform", 0] and on_model("flux1-dev")[-2:] == ["uniform", 0]
+    assert on_model("brandgen-tiny")[-1] == 200  # the embedded model ships its brand decoder setting
     dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Training timesteps")
     assert dropdown.value == "uniform"  # the default model's (tiny-sd15 here)

@@ -20,7 +20,7 @@ _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "floa
 
 
 # a registry entry's lora_settings: TrainConfig fields, plus the Train tab's "convs" checkbox (-> target_modules)
-LORA_SETTINGS = ("resolution", "rank", "alpha", "lr", "epochs", "convs", "timesteps")
+LORA_SETTINGS = ("resolution", "rank", "alpha", "lr", "epochs", "convs", "timesteps", "decoder_steps")
 
 
 def suggested_lora_settings(native_size: int, model_settings: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -35,7 +35,7 @@ def suggested_lora_settings(native_size: int, model_settings: dict[str, Any] | N
         values = {"resolution": native_size, "rank": 16, "alpha": 16, "lr": 3e-4, "epochs": 24, "convs": True}
     else:
         values = {"resolution": native_size, "rank": 32, "alpha": 16, "lr": 1e-4, "epochs": 10, "convs": False}
-    return {**values, "timesteps": "uniform", **(model_settings or {})}
+    return {**values, "timesteps": "uniform", "decoder_steps": 0, **(model_settings or {})}
 
 
 def lora_settings_problems(settings: Any, family: str) -> list[str]:
@@ -47,6 +47,9 @@ def lora_settings_problems(settings: Any, family: str) -> list[str]:
                 for key in settings if key not in LORA_SETTINGS]
     problems += [f"lora_settings.{key} must be {'a number' if types[key] == 'float' else types[key]}"
                  for key in LORA_SETTINGS if key in settings and not _fits(settings[key], types[key])]
+    decoder = settings.get("decoder_steps", 0)
+    if isinstance(decoder, int) and not isinstance(decoder, bool) and not 0 <= decoder <= 5000:
+        problems.append("lora_settings.decoder_steps must be 0..5000")
     steps = settings.get("timesteps", "uniform")
     if steps not in TIMESTEP_SAMPLING:
         problems.append(f"lora_settings.timesteps must be one of {TIMESTEP_SAMPLING}")
@@ -111,6 +114,9 @@ class TrainConfig:
     # SD1.5/SDXL: "high-noise" draws training timesteps with a density rising with the noise level (t = T * sqrt(u)),
     # where colour and layout are decided; brandgen-tiny run 8's palette LoRA +1.1 -> +25.6 points (docs/TINY_MODEL.md)
     timesteps: str = "uniform"
+    # > 0: after the LoRA, tune the autoencoder's decoder on the dataset for this many steps and ship the delta with
+    # it (brandgen/brand_decoder.py): brandgen-tiny's decoder cannot return a brand's exact colours otherwise
+    decoder_steps: int = 0
 
     def validated(self) -> "TrainConfig":
         """Check ranges here so a bad value fails before minutes of model loading, with a clear message."""
@@ -138,6 +144,7 @@ class TrainConfig:
             (0 <= self.validation_images <= 8, "validation images must be 0..8"),
             (self.validation_steps >= 0, "validation steps cannot be negative"),
             (self.timesteps in TIMESTEP_SAMPLING, f"timesteps must be one of {TIMESTEP_SAMPLING}"),
+            (0 <= self.decoder_steps <= 5000, "brand decoder steps must be 0..5000"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -12,7 +12,7 @@ from typing import Any, ContextManager
 class TrainProgress:
     """A snapshot for whoever watches the run (the job registry, the CLI's log line)."""
 
-    phase: str  # loading | caching | training | validating | saving | done | cancelled
+    phase: str  # loading | caching | training | decoder | validating | saving | done | cancelled
     step: int = 0
     total: int = 0
     epoch: int = 0

@@ -30,6 +30,7 @@ from brandgen.training.checkpoints import resume_from, save_checkpoint
 from brandgen.training.config import TrainConfig
 from brandgen.training.cuda_graph import GraphedStep, unavailable_reason
 from brandgen.training.dataset import DatasetReport, load_examples, validate_dataset
+from brandgen.training.decoder_stage import restore_decoder, save_brand_decoder, tune_brand_decoder
 from brandgen.training.export import ensure_lora_name_free, export_trained, publish
 from brandgen.training.families import Cond, get_family
 from brandgen.training.history import LossHistory
@@ -81,6 +82,8 @@ class LoraTrainer:
         self.pipe: Any = None
         self.report: DatasetReport | None = None
         self.speed = RunSpeed()
+        self.decoder_delta: dict[str, torch.Tensor] | None = None  # the brand decoder, when the config asks for one
+        self.decoder_blend: Any = None
 
     # ----- plumbing ------------------------------------------------------------------------------
     def _emit(self, phase: str, **kw: Any) -> None:
@@ -125,6 +128,7 @@ class LoraTrainer:
         finally:
             if self.pipe is not None:  # the exact base weights again, for whatever uses the pipeline next
                 restore_layers(getattr(self.pipe, self.family.denoiser))
+                restore_decoder(self)
             free_memory()
 
     def _cudnn_attention(self) -> bool:
@@ -273,7 +277,7 @@ class LoraTrainer:
             else:
                 epoch, batch_in_epoch = epoch + 1, 0
         final_loss = self.history.rows[-1]["loss"] if self.history.rows else None
-        if stopped:
+        if stopped or not tune_brand_decoder(self, step, total):  # the decoder stage can be cancelled too
             return self._finish_cancelled(state, total, final_loss)
         if cfg.validation_images:
             self._validate(step, total)
@@ -384,9 +388,11 @@ class LoraTrainer:
             }
             base = self.entry.source if self.entry else str(cfg.base_model)
             exported = export_trained(self.run_dir / "lora", cfg, self.family, self.model, base, extra)
+            decoder_note = save_brand_decoder(self, exported.lora_dir)
             self._save_history()
             lora_dir = publish(exported.lora_dir, self.paths.loras, cfg.name)
-            message = f"LoRA {cfg.name!r} saved to {lora_dir} ({exported.kohya_note})."
+            notes = ", ".join(n for n in (decoder_note, exported.kohya_note) if n)
+            message = f"LoRA {cfg.name!r} saved to {lora_dir} ({notes})."
         result = TrainResult("done", self.run_dir, lora_dir, step, final_loss, None, message, dict(self.metrics))
         self._write_result(result)
         acc.wait_for_everyone()

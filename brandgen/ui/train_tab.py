@@ -13,7 +13,7 @@ from PIL import Image
 
 from brandgen.manager import PipelineManager
 from brandgen.ownership import Access, private_gallery
-from brandgen.training.config import TrainConfig
+from brandgen.training.config import LORA_SETTINGS, TrainConfig
 from brandgen.training.dataset import import_uploads, validate_dataset, write_template_captions
 from brandgen.training.export import push_to_hub
 from brandgen.training.families import UNET_CONV_TARGETS, get_family
@@ -49,6 +49,7 @@ def config_from_ui(
     cuda_graph: bool = False,
     fp8_base: bool = False,
     timesteps: str = "uniform",
+    decoder_steps: float = 0,
     family: str = "",
 ) -> TrainConfig:
     """Widget values (floats, blanks) -> a validated TrainConfig; `convs` adds a UNet's resnet layers."""
@@ -80,6 +81,7 @@ def config_from_ui(
         cuda_graph=bool(cuda_graph),
         fp8_base=bool(fp8_base),
         timesteps=timesteps,
+        decoder_steps=int(decoder_steps or 0),
     ).validated()
 
 
@@ -203,6 +205,10 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                         value=start_values["timesteps"], label="Training timesteps",
                         info="SD1.5/SDXL: high noise teaches colour and layout; flow models sample their own",
                     )
+                    decoder_steps = gr.Number(  # brandgen-tiny: 200 (presets/models.json lora_settings)
+                        start_values["decoder_steps"], label="Brand decoder steps (0 = off)", precision=0,
+                        info="then tunes the model's decoder to the images' exact colours (~45 s on a CPU)",
+                    )
                 with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md has the measurements)
                     compile_blocks = gr.Checkbox(
                         False, label="GPU: compile the model", info="faster after a 20-50 s start"
@@ -269,6 +275,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
         cuda_graph,
         fp8_base,
         timesteps,
+        decoder_steps,
     ]
 
     def dataset_dir(folder_value: str, write: bool = False) -> Path:
@@ -302,7 +309,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
 
     def on_model(model_id: str) -> list:
         values = manager.registry.get(model_id).suggested_lora_settings()
-        return [values[key] for key in ("resolution", "rank", "alpha", "lr", "epochs", "convs", "timesteps")]
+        return [values[key] for key in LORA_SETTINGS]
 
     @user_errors
     def start_training(request: gr.Request | None, *values: Any) -> tuple[dict, str]:
@@ -366,7 +373,8 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
     upload.upload(
         on_upload, [upload, asset_type, resolution, allow_small], [folder, report_text, report_table], api_name=False
     )
-    model.change(on_model, model, [resolution, rank, alpha, lr, epochs, convs, timesteps], api_name=False)
+    model.change(on_model, model, [resolution, rank, alpha, lr, epochs, convs, timesteps, decoder_steps],
+                 api_name=False)
     start.click(start_training, settings, [job_json, status], api_name="start_training").then(
         lambda: gr.Timer(active=True), None, timer, api_name=False
     )
