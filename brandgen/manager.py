@@ -275,6 +275,8 @@ class PipelineManager:
     def unload_loras(self) -> None:
         with self.lock:
             loaded = self._require_loaded()
+            if loaded.fused:  # unload_lora_weights drops the adapters but leaves a fused LoRA in the weights
+                loaded.pipe.unfuse_lora()
             if loaded.loras:
                 loaded.pipe.unload_lora_weights()
             if loaded.hotswap is not None:

@@ -107,6 +107,10 @@ def test_lora_changes_output_fuses_and_unloads(manager: PipelineManager, tiny_di
     assert np.abs(back - plain).max() <= 2.0, "switching LoRAs off restores the base model"
     manager.unload_loras()
     assert np.abs(_pixels(manager.generate(_req())) - plain).max() <= 2.0
+    manager.generate(_req(loras=(("acme", 1.0),)))
+    assert manager._loaded.fused
+    manager.unload_loras()  # a fused LoRA is unfused first, not left in the base weights
+    assert np.abs(_pixels(manager.generate(_req())) - plain).max() <= 2.0
 
 
 def test_a_failed_lora_switch_leaves_the_base_model_not_a_stale_state(manager: PipelineManager, tiny_dirs,
