@@ -57,7 +57,9 @@ def test_train_tab_end_to_end(client: Client, manager: PipelineManager):
         client.predict(*_settings(folder, allow_small=False).values(), api_name="/start_training")
     assert _status(client) == {"status": "none"} and not manager.paths.training_runs.exists()
 
-    state, text = client.predict(*_settings(folder).values(), api_name="/start_training")
+    # GPU options off, uniform timesteps, and a 3-step brand decoder: the last stage the tab offers
+    state, text = client.predict(*_settings(folder).values(), False, True, False, False, "uniform", 3,
+                                 api_name="/start_training")
     assert state["name"] == "ui-brand" and state["status"] in ("queued", "running")
     with pytest.raises(Exception, match="cancel it or wait"):
         client.predict(*_settings(folder, name="second").values(), api_name="/start_training")
@@ -67,10 +69,11 @@ def test_train_tab_end_to_end(client: Client, manager: PipelineManager):
     final = _status(client)
     assert final["status"] == "done", final
     assert final["step"] == 8 and len(final["history"]) == 8 and final["samples"]
+    assert "with a brand decoder" in final["message"]
     loras = client.predict(api_name="/list_loras")
     loras = json.loads(loras) if isinstance(loras, str) else loras
-    assert [(x["name"], x["format"], x["base_family"], x["trigger"]) for x in loras] == [
-        ("ui-brand", "diffusers", "sd15", "acme")
+    assert [(x["name"], x["format"], x["base_family"], x["trigger"], x["brand_decoder"]) for x in loras] == [
+        ("ui-brand", "diffusers", "sd15", "acme", True)
     ]
     state, text = client.predict(api_name="/cancel_training")
     assert state["status"] == "done" and "ready" in text

@@ -7,6 +7,7 @@ from typing import Any
 import gradio as gr
 
 from brandgen import __version__
+from brandgen.brand_decoder import decoder_file
 from brandgen.gallery import GalleryStore
 from brandgen.manager import PipelineManager
 from brandgen.training.jobs import TrainingJobs
@@ -35,7 +36,8 @@ def _api_endpoints(manager: PipelineManager) -> None:
     def list_loras() -> list[dict[str, Any]]:
         return [
             {"name": i.name, "format": i.format, "size_bytes": i.size_bytes,
-             "base_family": i.base_family, "trigger": i.trigger}
+             "base_family": i.base_family, "trigger": i.trigger,
+             "brand_decoder": decoder_file(i.path) is not None}  # brandgen/brand_decoder.py
             for i in manager.list_loras()
         ]
 

@@ -207,7 +207,7 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                     )
                     decoder_steps = gr.Number(  # brandgen-tiny: 200 (presets/models.json lora_settings)
                         start_values["decoder_steps"], label="Brand decoder steps (0 = off)", precision=0,
-                        info="then tunes the model's decoder to the images' exact colours (~45 s on a CPU)",
+                        info="then tunes the model's decoder to the images' exact colours (200: ~80 s, 2-core CPU)",
                     )
                 with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md has the measurements)
                     compile_blocks = gr.Checkbox(
