@@ -118,17 +118,19 @@ def decoder_file(lora_path: Path) -> Path | None:
 
 def load_decoder_delta(path: Path, vae: Any, lora_name: str, model_label: str) -> dict[str, torch.Tensor]:
     """Read a brand decoder and check it against this model's autoencoder, naming the LoRA in any error."""
-    from safetensors.torch import load_file
+    from safetensors import safe_open
 
-    try:
-        delta = load_file(str(path))
+    params = tuned_parameters(vae)
+    try:  # names and shapes from the header first: a file that does not fit is never read into memory
+        with safe_open(str(path), framework="pt") as f:
+            shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            wrong = [k for k, shape in shapes.items() if k not in params or shape != tuple(params[k].shape)]
+            delta = {} if wrong or not shapes else {k: f.get_tensor(k) for k in shapes}
     except Exception as exc:  # truncated or not a safetensors file
         raise LoraError(f"LoRA {lora_name!r}: its {DECODER_FILE} cannot be read ({str(exc)[:200]}).") from exc
-    params = tuned_parameters(vae)
-    wrong = [k for k, v in delta.items() if k not in params or tuple(v.shape) != tuple(params[k].shape)]
-    if wrong or not delta:
+    if wrong or not shapes or not all(v.is_floating_point() for v in delta.values()):
         raise LoraError(f"LoRA {lora_name!r}: its {DECODER_FILE} was made for another autoencoder than "
-                        f"{model_label}'s ({len(wrong)} of {len(delta)} tensors do not fit); move it out of the "
+                        f"{model_label}'s ({len(wrong)} of {len(shapes)} tensors do not fit); move it out of the "
                         "LoRA's folder to use the LoRA without it.")
     return delta
 

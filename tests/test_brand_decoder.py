@@ -101,6 +101,13 @@ def test_a_decoder_for_another_autoencoder_or_a_broken_file_is_refused_by_name(t
     path = save_decoder_delta({k: torch.zeros_like(v).half() for k, v in tuned_parameters(other).items()}, tmp_path)
     with pytest.raises(LoraError, match=r"'acme'.*another autoencoder than Tiny's"):
         load_decoder_delta(path, vae, "acme", "Tiny")
+    name, shape = next((k, v.shape) for k, v in tuned_parameters(vae).items())
+    save_file({name: torch.zeros(shape, dtype=torch.int32)}, str(path))  # the right shape, but not weights
+    with pytest.raises(LoraError, match=r"'acme'.*another autoencoder"):
+        load_decoder_delta(path, vae, "acme", "Tiny")
+    save_file({}, str(path))
+    with pytest.raises(LoraError, match=r"'acme'.*another autoencoder"):
+        load_decoder_delta(path, vae, "acme", "Tiny")
     path.write_bytes(b"not a safetensors file" * 10)
     with pytest.raises(LoraError, match=r"'acme'.*cannot be read"):
         load_decoder_delta(path, vae, "acme", "Tiny")
