@@ -63,6 +63,7 @@ def train_decoder_delta(
         targets = [img.to(device, torch.float32) for img in images]
         latents = [vae.encode(t[None].to(dtype)).latent_dist.mean[0].float() for t in targets]
     spread = torch.cat([z.flatten() for z in latents]).std().item()
+    size = min([crop // factor] + [min(z.shape[-2:]) for z in latents])  # square windows: buckets differ in shape
     frozen = [p for name, p in vae.named_parameters() if name not in params]
     grads = [(p, p.requires_grad) for p in vae.parameters()]
     for p in frozen:
@@ -79,7 +80,6 @@ def train_decoder_delta(
             for _ in range(batch):
                 i = rng.randrange(len(latents))
                 z, x = latents[i], targets[i]
-                size = min(crop // factor, z.shape[-2], z.shape[-1])
                 top, left = rng.randrange(z.shape[-2] - size + 1), rng.randrange(z.shape[-1] - size + 1)
                 zs.append(z[:, top:top + size, left:left + size])
                 xs.append(x[:, top * factor:(top + size) * factor, left * factor:(left + size) * factor])

@@ -78,6 +78,13 @@ def test_training_stops_when_asked_and_restores_the_weights():
     assert all(torch.equal(weights[k], v) for k, v in vae.state_dict().items())
 
 
+def test_images_of_different_bucket_shapes_train_together():
+    vae = _vae()
+    images = [_images(1)[0], torch.rand(3, 24, 40) * 2 - 1]  # a square image and a 3:5 bucket of about its area
+    delta = train_decoder_delta(vae, images, steps=3, batch=2)
+    assert set(delta) == set(tuned_parameters(vae))
+
+
 def test_the_blend_adds_each_delta_at_its_weight_and_restores_the_exact_base():
     vae = _vae()
     base = {k: v.clone() for k, v in tuned_parameters(vae).items()}
