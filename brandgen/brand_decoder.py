@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import random
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any, Callable, ContextManager
 
@@ -23,6 +24,7 @@ from brandgen.errors import LoraError
 
 DECODER_FILE = "brand_decoder.safetensors"
 TUNED_PREFIXES = ("post_quant_conv.", "decoder.")
+CACHED_DECODERS = 4  # the most LoRAs a request activates is 3
 
 
 def tuned_parameters(vae: Any) -> dict[str, torch.nn.Parameter]:
@@ -139,12 +141,12 @@ class DecoderBlend:
     """The base decoder's weights plus the active LoRAs' brand decoders, each at its LoRA's weight.
 
     The base is copied the first time a brand decoder is applied (a few MB) and written back when none is active,
-    so a model whose LoRAs have no decoder is never touched. Deltas are read once per file version."""
+    so a model whose LoRAs have no decoder is never touched. The last few deltas read stay cached, per file version."""
 
     def __init__(self) -> None:
         self.base: dict[str, torch.Tensor] | None = None
         self.applied: tuple[tuple[str, float], ...] = ()
-        self._cache: dict[str, tuple[float, dict[str, torch.Tensor]]] = {}
+        self._cache: OrderedDict[str, tuple[float, dict[str, torch.Tensor]]] = OrderedDict()  # newest last
 
     def delta_for(self, lora_path: Path, vae: Any, lora_name: str, model_label: str) -> dict[str, torch.Tensor] | None:
         path = decoder_file(lora_path)
@@ -155,6 +157,9 @@ class DecoderBlend:
         if cached is None or cached[0] != stamp:
             cached = (stamp, load_decoder_delta(path, vae, lora_name, model_label))
             self._cache[str(path)] = cached
+        self._cache.move_to_end(str(path))
+        while len(self._cache) > CACHED_DECODERS:  # an SDXL-size decoder delta is ~100 MB
+            self._cache.popitem(last=False)
         return cached[1]
 
     @torch.no_grad()

@@ -3,6 +3,7 @@ the LoRA's weight by the manager, and refused with a clear message when they do 
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -221,3 +222,25 @@ def test_decoder_steps_are_checked_in_settings_and_in_a_models_lora_settings():
     assert lora_settings_problems({"decoder_steps": 9999}, "sd15") == ["lora_settings.decoder_steps must be 0..5000"]
     assert lora_settings_problems({"decoder_steps": "200"}, "sd15") == ["lora_settings.decoder_steps must be int"]
     assert lora_settings_problems({"decoder_steps": 200}, "sd15") == []
+
+
+def test_the_blend_rereads_a_changed_file_and_keeps_only_the_last_few(tmp_path: Path):
+    from brandgen.brand_decoder import CACHED_DECODERS
+
+    vae = _vae()
+    blend = DecoderBlend()
+    paths = []
+    for i in range(CACHED_DECODERS + 2):
+        folder = tmp_path / f"lora{i}"
+        folder.mkdir()
+        save_decoder_delta({k: torch.full_like(v, float(i)).half() for k, v in tuned_parameters(vae).items()}, folder)
+        paths.append(folder / DIFFUSERS_FILE)
+        blend.delta_for(paths[-1], vae, f"lora{i}", "Tiny")
+    assert len(blend._cache) == CACHED_DECODERS
+    name = next(iter(tuned_parameters(vae)))
+    first = blend.delta_for(paths[-1], vae, "last", "Tiny")[name]
+    assert float(first.flatten()[0]) == CACHED_DECODERS + 1
+    save_decoder_delta({k: torch.full_like(v, 7.0).half() for k, v in tuned_parameters(vae).items()}, paths[-1].parent)
+    os.utime(paths[-1].parent / DECODER_FILE, (1, 1))  # a new version of the file
+    assert float(blend.delta_for(paths[-1], vae, "last", "Tiny")[name].flatten()[0]) == 7.0
+
