@@ -156,7 +156,8 @@ def test_the_manager_blends_a_loras_brand_decoder_while_it_is_active(manager, ti
     manager.set_loras([("brand", 1.0)])
     manager.unload_loras()
     assert all(torch.equal(v, base[k]) for k, v in _decoder_weights(manager).items())
-    assert np.array_equal(np.asarray(manager.generate(request).images[0]), plain)
+    again = np.asarray(manager.generate(request).images[0]).astype(int)  # unfusing rounds, as in test_manager
+    assert np.abs(again - plain.astype(int)).max() <= 2
 
 
 def test_a_bad_brand_decoder_changes_nothing_and_says_which_lora(manager, tiny_dirs: dict):
