@@ -208,3 +208,25 @@ def test_overlapped_steps_record_every_step_once_in_order_and_train_the_same(
     assert [r["loss"] for r in overlapped.history.rows] == pytest.approx([r["loss"] for r in plain.history.rows])
     assert [step for step, loss in seen if loss is not None] == [1, 2, 3, 4, 5, 6]  # each once, in order
     assert saved_history == {2: 2, 4: 4}  # a checkpoint's loss curve includes its own step
+
+
+def test_a_served_cpu_job_trains_with_every_core(manager, tmp_path: Path, monkeypatch):
+    """The served app leaves a core to the server (ThreadPlan.busy), and a new thread inherits that count; a CPU
+    job's steps take turns with generations under the lock, so its thread uses every core (the brand demo in the
+    served app: 140 s of UNet steps at 1 thread, ~72 s at 2)."""
+    from brandgen.device import ThreadPlan
+
+    manager.thread_plan = ThreadPlan(lone=2, busy=1)
+    torch.set_num_threads(1)  # as `brandgen serve` leaves the main thread
+    seen: list[int] = []
+
+    def record(job):
+        seen.append(torch.get_num_threads())
+        raise RuntimeError("stop here")
+
+    jobs = TrainingJobs(manager)
+    monkeypatch.setattr(jobs, "_train", record)
+    jobs.start(_config(make_dataset(tmp_path / "data", count=2), "tiny-sd15"))
+    assert jobs.wait(timeout=60).status == "failed" and seen == [2]
+    assert torch.get_num_threads() == 1  # the server's own threads keep the busy count
+

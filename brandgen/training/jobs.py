@@ -16,6 +16,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from brandgen.device import free_memory
 from brandgen.errors import BrandGenError, InvalidInput
 from brandgen.ownership import OPERATOR, Access
@@ -282,6 +284,9 @@ class TrainingJobs:
         return result
 
     def _run(self, job: TrainingJob) -> None:
+        plan = getattr(self.manager, "thread_plan", None) if self.device == "cpu" else None
+        if plan is not None:  # steps and generations take turns under the lock, so a step may use every core; a new
+            torch.set_num_threads(plan.lone)  # thread starts with the server's busy count (1 of 2): 2x slower steps
         with job.lock:
             job.state.status = "cancelling" if job.stop.is_set() else "running"
         try:
