@@ -70,6 +70,8 @@ def test_train_tab_end_to_end(client: Client, manager: PipelineManager):
     assert final["status"] == "done", final
     assert final["step"] == 8 and len(final["history"]) == 8 and final["samples"]
     assert "with a brand decoder" in final["message"]
+    saved = json.loads((Path(final["run_dir"]) / "config.json").read_text())
+    assert saved["decoder_steps"] == 3 and saved["gradient_checkpointing"] is False  # a 32 px model: no recompute
     loras = client.predict(api_name="/list_loras")
     loras = json.loads(loras) if isinstance(loras, str) else loras
     assert [(x["name"], x["format"], x["base_family"], x["trigger"], x["brand_decoder"]) for x in loras] == [
