@@ -142,6 +142,6 @@ def test_picking_a_model_fills_in_its_own_lora_settings(registry, app_paths):
     on_model = next(d.fn for d in demo.fns.values() if d.fn is not None and d.fn.__name__ == "on_model")
     assert on_model("tiny-hn") == [32, 16, 16, 6e-4, 24, True, "high-noise", 120]
     assert on_model("tiny-sd15")[-2:] == ["uniform", 0] and on_model("flux1-dev")[-2:] == ["uniform", 0]
-    assert on_model("brandgen-tiny")[-1] == 200  # the embedded model ships its brand decoder setting
+    assert on_model("brandgen-tiny")[-1] == 150  # the embedded model ships its brand decoder setting
     dropdown = next(b for b in demo.blocks.values() if isinstance(b, gr.Dropdown) and b.label == "Training timesteps")
     assert dropdown.value == "uniform"  # the default model's (tiny-sd15 here)

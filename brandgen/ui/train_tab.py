@@ -207,9 +207,9 @@ def build_train_tab(manager: PipelineManager, jobs: TrainingJobs) -> None:
                         value=start_values["timesteps"], label="Training timesteps",
                         info="SD1.5/SDXL: high noise teaches colour and layout; flow models sample their own",
                     )
-                    decoder_steps = gr.Number(  # brandgen-tiny: 200 (presets/models.json lora_settings)
+                    decoder_steps = gr.Number(  # brandgen-tiny: 150 (presets/models.json lora_settings)
                         start_values["decoder_steps"], label="Brand decoder steps (0 = off)", precision=0,
-                        info="then tunes the model's decoder to the images' exact colours (200: ~80 s, 2-core CPU)",
+                        info="then tunes the model's decoder to the images' exact colours (150: ~60 s, 2-core CPU)",
                     )
                 with gr.Row():  # GPU speed options; no effect on the CPU (docs/TRAINING.md has the measurements)
                     compile_blocks = gr.Checkbox(
