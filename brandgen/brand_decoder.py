@@ -4,7 +4,7 @@ A LoRA on the denoiser can only ask for latents; the colours a designer sees are
 brandgen-tiny's small autoencoder decodes the latents of a brand's exact teal and coral as blue and orange (its
 round trip keeps 0.45 of the demo set's glyph pixels on the palette, docs/TINY_MODEL.md), which caps any LoRA there.
 Tuning post_quant_conv + decoder on the brand's own latents (encoder frozen, so the latent space the denoiser draws
-in does not move) lifts that to 0.91 in ~80 s on a 2-core CPU (200 steps). The delta (tuned - base) ships beside
+in does not move) lifts that to 0.90 in ~60 s on a 2-core CPU (150 steps). The delta (tuned - base) ships beside
 the LoRA in its folder (`brand_decoder.safetensors`) and is blended in with the LoRA's weight whenever that LoRA is
 active; other tools that load only the LoRA file are unaffected. A model opts in with `lora_settings.decoder_steps`.
 """
