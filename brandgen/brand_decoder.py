@@ -21,8 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from brandgen.errors import LoraError
-
-DECODER_FILE = "brand_decoder.safetensors"
+from brandgen.loras import DECODER_FILE, DIFFUSERS_FILE
 TUNED_PREFIXES = ("post_quant_conv.", "decoder.")
 CACHED_DECODERS = 4  # the most LoRAs a request activates is 3
 
@@ -113,9 +112,10 @@ def save_decoder_delta(delta: dict[str, torch.Tensor], folder: Path, metadata: d
 
 
 def decoder_file(lora_path: Path) -> Path | None:
-    """The brand decoder beside a LoRA folder's weights, if it has one (single-file LoRAs never do)."""
+    """The brand decoder beside a LoRA folder's diffusers weights (what the trainer writes), if it has one; a
+    single-file LoRA never has one, whatever else lies in the folder it sits in."""
     path = Path(lora_path).parent / DECODER_FILE
-    return path if Path(lora_path).name != DECODER_FILE and path.is_file() else None
+    return path if Path(lora_path).name == DIFFUSERS_FILE and path.is_file() else None
 
 
 def load_decoder_delta(path: Path, vae: Any, lora_name: str, model_label: str) -> dict[str, torch.Tensor]:

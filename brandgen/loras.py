@@ -23,6 +23,7 @@ log = logging.getLogger(__name__)
 
 PICKLE_SUFFIXES = (".bin", ".ckpt", ".pt", ".pth", ".pkl")
 DIFFUSERS_FILE = "pytorch_lora_weights.safetensors"
+DECODER_FILE = "brand_decoder.safetensors"  # a brand decoder beside a folder LoRA's weights (brandgen/brand_decoder.py)
 _KOHYA_PREFIXES = ("lora_unet_", "lora_te_", "lora_te1_", "lora_te2_", "lora_transformer_")
 
 
@@ -133,7 +134,7 @@ class LoraLibrary:
             preferred = entry / DIFFUSERS_FILE
             if preferred.is_file():
                 return preferred
-            files = sorted(entry.glob("*.safetensors"))
+            files = sorted(p for p in entry.glob("*.safetensors") if p.name != DECODER_FILE)
             return files[0] if files else None
         return None
 

@@ -120,6 +120,17 @@ def test_a_decoder_for_another_autoencoder_or_a_broken_file_is_refused_by_name(t
     with pytest.raises(LoraError, match=r"'acme'.*cannot be read"):
         load_decoder_delta(path, vae, "acme", "Tiny")
     assert decoder_file(tmp_path / DIFFUSERS_FILE) == path and decoder_file(tmp_path / "x" / DIFFUSERS_FILE) is None
+    assert decoder_file(tmp_path / "acme.safetensors") is None  # a single-file LoRA beside it has none
+
+
+def test_the_library_never_takes_a_brand_decoder_for_the_lora_itself(manager, tiny_dirs: dict):
+    from brandgen.loras import LoraLibrary
+
+    folder = manager.paths.loras / "zeta-brand"  # a kohya file only, sorted after brand_decoder.safetensors
+    make_sd15_lora(tiny_dirs["sd15"], folder / "zeta.safetensors")
+    save_decoder_delta({"decoder.conv_out.bias": torch.zeros(3).half()}, folder)
+    info = LoraLibrary(manager.paths.loras).get("zeta-brand")
+    assert info.path.name == "zeta.safetensors" and decoder_file(info.path) is None
 
 
 def _lora_with_decoder(manager, tiny_dirs: dict, name: str, scale: float, seed: int = 1) -> Path:
