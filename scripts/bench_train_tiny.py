@@ -239,7 +239,8 @@ def main(argv: list[str] | None = None) -> dict:
     pipe.load_lora_weights(str(result.lora_dir), weight_name=DIFFUSERS_FILE)
     blend = DecoderBlend()  # the LoRA's brand decoder at weight 1, as the app applies it
     delta = blend.delta_for(Path(result.lora_dir) / DIFFUSERS_FILE, pipe.vae, config.name, str(args.model))
-    blend.set(pipe.vae, [(config.name, delta, 1.0)] if delta is not None else [])
+    brand = [(config.name, delta, 1.0)] if delta is not None else []
+    blend.set(pipe.vae, brand)
     after = render_all(pipe, prompts, negative, seeds, args.sample_steps, guidance_lora, args.resolution, until_lora)
     grid = Image.new("RGB", (args.resolution * len(before), 2 * args.resolution))  # row 1 before, row 2 after
     for row, batch in enumerate((before, after)):
@@ -254,7 +255,7 @@ def main(argv: list[str] | None = None) -> dict:
     round_trip = vae_round_trip(pipe, dataset, args.resolution)  # through the brand decoder when it has one
     blend.set(pipe.vae, [])
     base_round_trip = vae_round_trip(pipe, dataset, args.resolution)
-    blend.set(pipe.vae, [(config.name, delta, 1.0)] if delta is not None else [])  # for the guidance sweep
+    blend.set(pipe.vae, brand)  # for the guidance sweep
     foreground = {tag: mean([foreground_palette_adherence(i, palette) for i in batch])
                   for tag, batch in (("before", before), ("after", after), ("dataset", dataset),
                                      ("vae", round_trip), ("vae_base", base_round_trip))}

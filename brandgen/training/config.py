@@ -14,6 +14,7 @@ OPTIMIZERS = ("auto", "adamw", "adamw8bit")
 LR_SCHEDULERS = ("constant", "constant_with_warmup", "linear", "cosine", "cosine_with_restarts", "polynomial")
 MIXED_PRECISIONS = ("auto", "no", "bf16", "fp16")
 TIMESTEP_SAMPLING = ("uniform", "high-noise")
+MAX_DECODER_STEPS = 5000
 
 
 _JSON_TYPES: dict[str, type | tuple[type, ...]] = {"str": str, "int": int, "float": (int, float), "bool": bool}
@@ -48,8 +49,8 @@ def lora_settings_problems(settings: Any, family: str) -> list[str]:
     problems += [f"lora_settings.{key} must be {'a number' if types[key] == 'float' else types[key]}"
                  for key in LORA_SETTINGS if key in settings and not _fits(settings[key], types[key])]
     decoder = settings.get("decoder_steps", 0)
-    if isinstance(decoder, int) and not isinstance(decoder, bool) and not 0 <= decoder <= 5000:
-        problems.append("lora_settings.decoder_steps must be 0..5000")
+    if isinstance(decoder, int) and not isinstance(decoder, bool) and not 0 <= decoder <= MAX_DECODER_STEPS:
+        problems.append(f"lora_settings.decoder_steps must be 0..{MAX_DECODER_STEPS}")
     steps = settings.get("timesteps", "uniform")
     if steps not in TIMESTEP_SAMPLING:
         problems.append(f"lora_settings.timesteps must be one of {TIMESTEP_SAMPLING}")
@@ -144,7 +145,7 @@ class TrainConfig:
             (0 <= self.validation_images <= 8, "validation images must be 0..8"),
             (self.validation_steps >= 0, "validation steps cannot be negative"),
             (self.timesteps in TIMESTEP_SAMPLING, f"timesteps must be one of {TIMESTEP_SAMPLING}"),
-            (0 <= self.decoder_steps <= 5000, "brand decoder steps must be 0..5000"),
+            (0 <= self.decoder_steps <= MAX_DECODER_STEPS, f"brand decoder steps must be 0..{MAX_DECODER_STEPS}"),
         ]
         problems = [message for ok, message in checks if not ok]
         if problems:

@@ -31,14 +31,14 @@ def tune_brand_decoder(trainer: Any, step: int, total: int) -> bool:
     if delta is None:
         return False
     trainer.decoder_delta = delta
-    trainer.decoder_blend = trainer.decoder_blend or DecoderBlend()
+    trainer.decoder_blend = trainer.decoder_blend or DecoderBlend()  # one per run: restore_decoder writes its base back
     trainer.decoder_blend.set(trainer.pipe.vae, [("brand", delta, 1.0)])
     return True
 
 
 def save_brand_decoder(trainer: Any, lora_dir: Path) -> str:
     """Write the run's brand decoder into the LoRA folder before it is published; a note for the done message."""
-    delta = getattr(trainer, "decoder_delta", None)
+    delta = trainer.decoder_delta
     if delta is None:
         return ""
     save_decoder_delta(delta, lora_dir, {"steps": str(trainer.config.decoder_steps),
@@ -54,6 +54,5 @@ def save_brand_decoder(trainer: Any, lora_dir: Path) -> str:
 
 def restore_decoder(trainer: Any) -> None:
     """The base decoder again, for whatever uses the pipeline next."""
-    blend, pipe = getattr(trainer, "decoder_blend", None), getattr(trainer, "pipe", None)
-    if blend is not None and pipe is not None:
-        blend.set(pipe.vae, [])
+    if trainer.decoder_blend is not None and trainer.pipe is not None:
+        trainer.decoder_blend.set(trainer.pipe.vae, [])
